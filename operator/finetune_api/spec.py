@@ -1,0 +1,460 @@
+"""The FineTuneJob spec: what a user writes.
+
+One declaration per option, with its default and its help text. The CRD (and so
+``kubectl explain``), ``ftj validate``, the field reference in ``docs/`` and the trainer all
+read these classes; nothing else restates them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, Field
+
+from finetune_api import rules
+from finetune_api._base import ApiModel
+
+# Where models and data can come from: S3, a hub id, a file:// URI, or a plain path
+# (a mounted volume in the cluster; relative to the manifest for `ftj run`).
+SOURCE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|hf://[^/\s]+/[^/\s]+(/.*)?|file://.+|[^:\s][^:]*)$"
+# Outputs can't go to the hub: only S3, file:// or a path.
+OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:\s][^:]*)$"
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+SourceUri = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=2048,
+        pattern=SOURCE_URI_PATTERN,
+        description=(
+            "Where to read from: s3://bucket/key, hf://org/name, file:///path, or a plain path "
+            "(a mounted volume; relative paths are resolved against the manifest's folder by "
+            "`ftj run`)."
+        ),
+    ),
+]
+
+
+def _check_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.match(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 8, 500m, 64Gi)")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    Field(
+        json_schema_extra={"x-kubernetes-int-or-string": True, "pattern": QUANTITY_PATTERN},
+        description="A Kubernetes quantity, e.g. 8, 500m, 64Gi.",
+    ),
+]
+
+
+class ModelSource(ApiModel):
+    """The base model to fine-tune."""
+
+    uri: SourceUri = Field(
+        description=(
+            "The base model: s3://bucket/prefix holding a Hugging Face model folder, "
+            "hf://org/name, file:///path or a mounted path."
+        )
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Hub revision (branch, tag or commit) for hf:// models. Ignored otherwise.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description=(
+            "Allow the model repository's own Python code to run. Only for models you trust."
+        ),
+    )
+
+
+class DatasetColumns(ApiModel):
+    """Which column of the file holds which part of an example (LLaMA-Factory's names)."""
+
+    prompt: str | None = Field(
+        default=None, max_length=253, description="Instruction column (alpaca: instruction)."
+    )
+    query: str | None = Field(
+        default=None, max_length=253, description="Extra input appended to the prompt (alpaca: input)."
+    )
+    response: str | None = Field(
+        default=None, max_length=253, description="Answer column (alpaca: output)."
+    )
+    system: str | None = Field(default=None, max_length=253, description="Per-example system prompt column.")
+    history: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Column with earlier turns as a list of [prompt, response] pairs.",
+    )
+    messages: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Conversation column for sharegpt/messages formats (default: conversations or messages).",
+    )
+    reasoning: str | None = Field(
+        default=None,
+        max_length=253,
+        description=(
+            "Chain-of-thought column; composed as <think>…</think> before the answer "
+            "(see template.reasoning)."
+        ),
+    )
+    text: str | None = Field(default=None, max_length=253, description="Raw text column for format: text.")
+
+
+class DatasetSource(ApiModel):
+    """One dataset file (or folder of files). Several datasets are mixed into one training set."""
+
+    uri: SourceUri = Field(
+        description=(
+            "A JSON, JSONL, Parquet or CSV file, or a folder of them: s3://, hf://, file:// or a path."
+        )
+    )
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = Field(
+        default="auto",
+        description=(
+            "How examples are laid out. auto detects from the columns: instruction/output → "
+            "alpaca, conversations → sharegpt, messages → messages, text → text."
+        ),
+    )
+    columns: DatasetColumns = Field(
+        default_factory=DatasetColumns,
+        description="Column mapping for files whose columns have other names.",
+    )
+    num_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000_000,
+        description="Use at most this many examples of this dataset (after a seeded shuffle).",
+    )
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=64,
+        description=(
+            "Values substituted for {{name}} placeholders in the data, e.g. "
+            "{name: Acme Assistant, author: Acme AI} for self-cognition data."
+        ),
+    )
+
+
+class Template(ApiModel):
+    """How conversations are turned into token sequences."""
+
+    name: Literal["auto", "qwen3", "deepseek-r1", "llama3", "chatml", "alpaca"] = Field(
+        default="auto",
+        description=(
+            "Chat template. auto uses the tokenizer's own chat template; the named ones are "
+            "for tokenizers that ship none."
+        ),
+    )
+    system: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="System prompt added to examples that have none.",
+    )
+    reasoning: Literal["keep", "strip"] = Field(
+        default="keep",
+        description=(
+            "keep trains on the <think>…</think> reasoning before each answer; strip removes it."
+        ),
+    )
+
+
+class Quantization(ApiModel):
+    """Base-model quantization for QLoRA (bitsandbytes, GPU only)."""
+
+    bits: Literal[4, 8] = Field(default=4, description="4 (NF4, double quantization) or 8 bits.")
+
+
+class LoraSettings(ApiModel):
+    """The low-rank adapter."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the adapter matrices.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (alpha / r).")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        max_length=64,
+        description=(
+            "Modules that get adapters: all-linear (every linear layer but the output head) "
+            "or names such as q_proj, v_proj."
+        ),
+    )
+    use_rslora: bool = Field(default=False, description="Rank-stabilized scaling alpha / sqrt(r).")
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class Method(ApiModel):
+    """Parameter-efficient fine-tuning method."""
+
+    cross_field_rules: ClassVar[tuple[rules.CrossFieldRule, ...]] = (
+        rules.QUANTIZATION_ONLY_WITH_QLORA,
+    )
+
+    type: Literal["lora", "qlora"] = Field(
+        default="lora", description="lora (16-bit base) or qlora (quantized base, GPU only)."
+    )
+    quantization: Quantization | None = Field(
+        default=None,
+        description="Quantization of the base model; qlora only (defaults to 4 bits).",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
+
+
+class Training(ApiModel):
+    """Hyper-parameters of the run."""
+
+    cross_field_rules: ClassVar[tuple[rules.CrossFieldRule, ...]] = (
+        rules.EXACTLY_ONE_DURATION,
+        rules.SPLITS_LEAVE_TRAINING_DATA,
+    )
+
+    epochs: float | None = Field(
+        default=None, gt=0, le=1000, description="Passes over the data. Exactly one of epochs, maxSteps."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, le=10_000_000, description="Optimizer steps. Exactly one of epochs, maxSteps."
+    )
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="cosine", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate."
+    )
+    batch_size: int = Field(
+        default=4, ge=1, le=4096, description="Examples per device per micro-step."
+    )
+    gradient_accumulation_steps: int = Field(
+        default=4, ge=1, le=4096, description="Micro-steps per optimizer step."
+    )
+    cutoff_length: int = Field(
+        default=2048,
+        ge=16,
+        le=1_048_576,
+        description="Longest example in tokens; longer ones are truncated (and counted in metrics).",
+    )
+    packing: bool = Field(
+        default=True,
+        description=(
+            "Pack examples into rows without padding; attention never crosses example borders."
+        ),
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="auto: bf16 where the device supports it, else fp16 on GPUs, fp32 on CPUs.",
+    )
+    gradient_checkpointing: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description=(
+            "Recompute activations to save memory. auto turns it on only when memory needs it. "
+            "(Strings, not true/false: YAML would read on/off/true/false as booleans.)"
+        ),
+    )
+    optimizer: Literal[
+        "auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"
+    ] = Field(
+        default="auto",
+        description="auto: fused AdamW on GPUs, AdamW elsewhere. adamw_8bit needs bitsandbytes.",
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=10, description="Decoupled weight decay.")
+    max_grad_norm: float = Field(default=1.0, ge=0, le=1000, description="Gradient clipping; 0 disables.")
+    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, splits and init.")
+    validation_split: float = Field(
+        default=0.0, ge=0, lt=1, description="Fraction of examples held out for evaluation loss."
+    )
+    test_split: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Fraction held out for the final test loss and sample generations.",
+    )
+    eval_steps: int = Field(
+        default=100, ge=1, le=10_000_000, description="Evaluate every N optimizer steps (needs validationSplit)."
+    )
+    save_steps: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Checkpoint every N steps; a restarted pod resumes from the newest checkpoint.",
+    )
+    logging_steps: int = Field(default=10, ge=1, le=10_000_000, description="Report loss every N steps.")
+
+
+def _default_training() -> Training:
+    return Training(epochs=3)
+
+
+class Output(ApiModel):
+    """Where artifacts are published."""
+
+    uri: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=OUTPUT_URI_PATTERN,
+        description=(
+            "Destination prefix: s3://bucket/prefix, file:///path or a path. Receives adapter/, "
+            "merged/, checkpoints/, metrics.json, loss.png and MANIFEST.json (written last)."
+        ),
+    )
+    merge: bool = Field(default=True, description="Also publish the adapter merged into the base model.")
+    merge_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Data type of the merged model's weights."
+    )
+    overwrite: bool = Field(
+        default=False,
+        description="Allow publishing over another job's output (refused by default).",
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A Secret holding S3 credentials (the values never appear in status, events or logs)."""
+
+    name: str = Field(min_length=1, max_length=253, description="Secret name, same namespace.")
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID", max_length=253, description="Key holding the access key id."
+    )
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", max_length=253, description="Key holding the secret key."
+    )
+
+
+class S3Storage(ApiModel):
+    """S3 (or S3-compatible: MinIO, Ceph, R2) connection settings."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="Endpoint URL for S3-compatible stores, e.g. http://minio.minio:9000.",
+    )
+    region: str = Field(default="us-east-1", max_length=64, description="Region name.")
+    path_style: bool = Field(
+        default=False, description="Path-style addressing (most self-hosted stores need it)."
+    )
+    credentials_secret: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret with the access keys. Without it the pod's own identity is used "
+            "(e.g. IAM roles for service accounts)."
+        ),
+    )
+
+
+class Storage(ApiModel):
+    """Object-store settings shared by model, datasets and output."""
+
+    s3: S3Storage | None = Field(default=None, description="S3 settings for s3:// URIs.")
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=316, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty means all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay.")
+
+
+class Resources(ApiModel):
+    """Compute for the trainer pods."""
+
+    cross_field_rules: ClassVar[tuple[rules.CrossFieldRule, ...]] = (rules.MULTI_NODE_NEEDS_GPUS,)
+
+    gpus: int = Field(default=1, ge=0, le=64, description="GPUs per node (pod). 0 trains on CPUs.")
+    nodes: int = Field(
+        default=1, ge=1, le=512, description="Nodes (pods); more than 1 runs torchrun across nodes."
+    )
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        max_length=253,
+        pattern=r"^[a-z0-9.\-]+/[a-z0-9.\-_]+$",
+        description="Extended resource name of the GPUs, e.g. nvidia.com/gpu or amd.com/gpu.",
+    )
+    cpu: Quantity | None = Field(default=None, description="CPU request (and limit), e.g. 8.")
+    memory: Quantity | None = Field(default=None, description="Memory request (and limit), e.g. 64Gi.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, max_length=64, description="Node labels the pods must match."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra tolerations; the GPU taint (gpuResourceName) is tolerated by default.",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Pod affinity (core/v1 Affinity), passed through unchanged.",
+    )
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, description="PriorityClass of the pods."
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Trainer image; the operator's default when empty.",
+    )
+    model_cache_claim: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_LABEL_PATTERN,
+        description=(
+            "PersistentVolumeClaim mounted as the download cache, so restarts and later jobs "
+            "don't download the base model again."
+        ),
+    )
+    scratch_size: Quantity = Field(
+        default="200Gi",
+        description="Size limit of the scratch volume for the model, data and checkpoints.",
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """Desired state of a FineTuneJob: the whole recipe of one fine-tuning run."""
+
+    cross_field_rules: ClassVar[tuple[rules.CrossFieldRule, ...]] = (
+        rules.QLORA_NEEDS_GPU,
+        rules.OUTPUT_DIFFERS_FROM_MODEL,
+    )
+
+    model: ModelSource = Field(description="The base model.")
+    datasets: list[DatasetSource] = Field(
+        min_length=1, max_length=64, description="One or more datasets, mixed into one training set."
+    )
+    template: Template = Field(default_factory=Template, description="Chat template and reasoning.")
+    method: Method = Field(default_factory=Method, description="LoRA or QLoRA and adapter settings.")
+    training: Training = Field(
+        default_factory=_default_training,
+        description="Hyper-parameters (default: 3 epochs).",
+    )
+    output: Output = Field(description="Where the adapter, merged model and metrics go.")
+    storage: Storage = Field(default_factory=Storage, description="Object-store connection settings.")
+    resources: Resources = Field(default_factory=Resources, description="GPUs, nodes and placement.")
+    suspend: bool = Field(
+        default=False,
+        description="Pause the job (its pods are removed); set back to false to resume from the last checkpoint.",
+    )
+    queue_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Kueue LocalQueue; the Job is created suspended for Kueue to admit.",
+    )
+    backoff_limit: int = Field(
+        default=3, ge=0, le=100, description="Retries of failed pods (preemptions are not counted)."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job after this many seconds of running."
+    )

@@ -1,0 +1,1 @@
+"""The ``ftj`` command line: run, validate and inspect FineTuneJobs (also ``kubectl ftj``)."""
