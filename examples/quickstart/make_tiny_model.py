@@ -93,6 +93,12 @@ def build_model(vocab_size: int, eos_id: int, pad_id: int, seed: int) -> object:
         pad_token_id=pad_id,
     )
     model = Qwen3ForCausalLM(config)
+    # LoRA on all-linear leaves the (tied) embeddings frozen, so their scale caps how sharp
+    # the output distribution can get. At the default std (0.02) the logits of a 128-wide
+    # model stay near uniform whatever the adapter does, and the loss could not fall below
+    # about 4; a trained model's embeddings are far larger, so give the tiny one that scale.
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, 0.25)
     model.generation_config = GenerationConfig(
         eos_token_id=[eos_id, pad_id], pad_token_id=pad_id, do_sample=False
     )

@@ -1,0 +1,250 @@
+"""The base model, its tokenizer and the LoRA adapter around it.
+
+Decisions that depend on the machine (precision, quantization, gradient checkpointing) are
+pure functions of the spec and a :class:`Hardware` description, so they are tested without a
+GPU; the loaders below only carry them out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from finetune_api.spec import FineTuneJobSpec, LoraSettings, Method, Training
+
+from finetune_trainer.errors import InvalidInput, UnsupportedHardware
+
+log = logging.getLogger("finetune_trainer")
+
+Precision = Literal["bf16", "fp16", "fp32"]
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What this process can use: enough to decide precision, quantization, checkpointing."""
+
+    cuda: bool
+    bf16: bool
+    bitsandbytes: bool
+    device_memory_bytes: int | None = None
+
+    @classmethod
+    def detect(cls) -> Hardware:
+        """Look at this machine (the GPU of this rank, if any)."""
+        cuda = torch.cuda.is_available()
+        memory = None
+        if cuda:
+            memory = torch.cuda.get_device_properties(local_rank()).total_memory
+        return cls(
+            cuda=cuda,
+            bf16=cuda and torch.cuda.is_bf16_supported(),
+            bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None,
+            device_memory_bytes=memory,
+        )
+
+
+def local_rank() -> int:
+    """This process's GPU index on its node (torchrun sets ``LOCAL_RANK``)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_precision(requested: str, hw: Hardware) -> Precision:
+    """``spec.training.precision`` → the precision actually used.
+
+    auto: bf16 where the GPU supports it (no loss scaling needed), else fp16 on older GPUs,
+    fp32 on CPUs (CPU half precision is slow and numerically fragile for training).
+    """
+    if requested == "auto":
+        if hw.cuda:
+            return "bf16" if hw.bf16 else "fp16"
+        return "fp32"
+    if requested == "fp16" and not hw.cuda:
+        raise UnsupportedHardware(
+            "spec.training.precision: fp16 needs a GPU (mixed precision with loss scaling); "
+            "this machine has none. Use precision: auto or fp32."
+        )
+    if requested == "bf16" and hw.cuda and not hw.bf16:
+        raise UnsupportedHardware(
+            "spec.training.precision: bf16 is not supported by this GPU (it needs Ampere or "
+            "newer). Use precision: auto or fp16."
+        )
+    return requested  # type: ignore[return-value]
+
+
+def check_quantization(method: Method, hw: Hardware) -> None:
+    """QLoRA needs bitsandbytes on a CUDA GPU: refuse clearly before any download."""
+    if method.type != "qlora":
+        return
+    if not hw.cuda:
+        raise UnsupportedHardware(
+            "spec.method.type: qlora needs a CUDA GPU (bitsandbytes 4/8-bit quantization runs "
+            "on GPUs only) and this machine has none. Use type: lora on CPUs, or set "
+            "spec.resources.gpus >= 1."
+        )
+    if not hw.bitsandbytes:
+        raise UnsupportedHardware(
+            "spec.method.type: qlora needs the bitsandbytes package, which is not installed in "
+            "this trainer image. Use the default trainer image, or `pip install bitsandbytes`."
+        )
+
+
+def wants_gradient_checkpointing(
+    setting: str,
+    hw: Hardware,
+    *,
+    num_parameters: int,
+    bytes_per_parameter: float,
+    training: Training,
+    hidden_size: int,
+    num_layers: int,
+) -> bool:
+    """``spec.training.gradientCheckpointing`` → on or off.
+
+    auto estimates peak memory as the weights plus the activations kept for backward (about
+    34 bytes per token per hidden unit per layer at 16 bits, the Megatron estimate) and turns
+    checkpointing on when that would exceed 70% of the GPU. On CPU there is no fixed memory
+    wall worth the 30% slowdown, so auto is off there.
+    """
+    if setting == "always":
+        return True
+    if setting == "never" or not hw.cuda or not hw.device_memory_bytes:
+        return False
+    weights = num_parameters * bytes_per_parameter
+    tokens = training.batch_size * training.cutoff_length
+    activations = 34 * tokens * hidden_size * num_layers
+    return weights + activations > 0.7 * hw.device_memory_bytes
+
+
+def lora_config(settings: LoraSettings) -> Any:
+    """The peft ``LoraConfig`` for ``spec.method.lora``."""
+    from peft import LoraConfig
+
+    targets: str | list[str] = settings.target_modules
+    if settings.target_modules == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        use_rslora=settings.use_rslora,
+        use_dora=settings.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False) -> Any:
+    """The base model's tokenizer, with a pad token (padding-free rows still need one)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise InvalidInput(
+            f"spec.model.uri: no usable tokenizer in {model_dir} ({err}). The model folder "
+            "must hold tokenizer.json or tokenizer_config.json."
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes settings for QLoRA: NF4 with double quantization, or 8 bits."""
+    from transformers import BitsAndBytesConfig
+
+    bits = method.quantization.bits if method.quantization else 4
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(
+    model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw: Hardware
+) -> Any:
+    """The base model in the training precision (or quantized for QLoRA).
+
+    Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
+    fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = TORCH_DTYPES[precision]
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
+    if spec.method.type == "qlora":
+        kwargs["quantization_config"] = quantization_config(spec.method, dtype)
+        kwargs["device_map"] = {"": local_rank()}
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as err:
+        raise InvalidInput(
+            f"spec.model.uri: {model_dir} is not a causal language model transformers can load "
+            f"({err}). Point it at a Hugging Face model folder with config.json and weights."
+        ) from None
+
+
+def build_model(model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw: Hardware) -> Any:
+    """The base model wrapped with a fresh LoRA adapter, ready for the trainer.
+
+    At initialisation LoRA's B matrices are zero, so this model still answers exactly like the
+    base model: the "before" generations in metrics.json are taken from it.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_base_model(model_dir, spec, precision, hw)
+    config = model.config
+    checkpointing = wants_gradient_checkpointing(
+        spec.training.gradient_checkpointing,
+        hw,
+        num_parameters=model.num_parameters(),
+        bytes_per_parameter=0.6 if spec.method.type == "qlora" else 2.0,
+        training=spec.training,
+        hidden_size=getattr(config, "hidden_size", 4096),
+        num_layers=getattr(config, "num_hidden_layers", 32),
+    )
+    if spec.method.type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    try:
+        model = get_peft_model(model, lora_config(spec.method.lora))
+    except ValueError as err:
+        raise InvalidInput(
+            f"spec.method.lora.targetModules: {err}. Use all-linear, or names of linear layers "
+            "of this model (e.g. q_proj, v_proj)."
+        ) from None
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info(
+        "model: %s, %.1fM parameters, adapter %.2fM trainable (%.2f%%), %s%s",
+        type(model.get_base_model()).__name__,
+        total / 1e6,
+        trainable / 1e6,
+        100 * trainable / max(total, 1),
+        precision,
+        ", gradient checkpointing" if checkpointing else "",
+    )
+    model.finetune_gradient_checkpointing = checkpointing
+    return model

@@ -1,0 +1,395 @@
+"""Progress reporting: what the operator polls, what a person reads in the log, the final word.
+
+The trainer pod serves its progress instead of pushing it (see ``docs/internals.md``): the pod
+needs no credentials, and the operator sets the polling rate. Three outputs share one
+:class:`ProgressState`:
+
+* ``GET /progress`` (JSON, keys of ``status.progress`` plus ``phase``), ``GET /metrics``
+  (Prometheus text) and ``GET /healthz`` from a small threaded HTTP server;
+* a progress-bar line in the log every ``loggingSteps``;
+* the termination message (at most 4 KiB) the kubelet copies into the pod status.
+
+Only rank 0 reports: the other ranks of a multi-GPU run get a reporter whose server is off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+log = logging.getLogger("finetune_trainer")
+
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates longer messages
+PHASES = ("Initializing", "Training", "Merging", "Uploading", "Succeeded", "Failed")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the whole run (torchrun sets ``RANK``; a single process has none)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def format_eta(seconds: float) -> str:
+    """A short duration for people: ``45s``, ``3m20s``, ``1h05m``, ``2d03h``."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_summary(step: int, total: int | None) -> str:
+    """``120/500 (24%)``; just the step when the total is not known yet."""
+    if not total:
+        return f"{step}"
+    return f"{step}/{total} ({int(100 * step / total)}%)"
+
+
+def estimate_eta_seconds(
+    step: int, total: int, first_step: int, elapsed_seconds: float
+) -> int | None:
+    """Seconds left, from the pace of the steps run *in this process*.
+
+    Steps restored from a checkpoint (``first_step``) took no time here, so counting them
+    would make a resumed run look much faster than it is.
+    """
+    done_here = step - first_step
+    if done_here <= 0 or elapsed_seconds <= 0 or total <= step:
+        return 0 if total <= step else None
+    return int(math.ceil((total - step) * elapsed_seconds / done_here))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class ProgressState:
+    """The numbers behind ``/progress``; ``None`` means unknown (the key is left out)."""
+
+    phase: str = "Initializing"
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    eta_seconds: int | None = None
+    resumed_from_step: int | None = None
+    updated_at: str = field(default_factory=_now)
+
+    @property
+    def percent(self) -> float | None:
+        """``step / totalSteps`` in percent, one decimal."""
+        if self.step is None or not self.total_steps:
+            return None
+        return round(min(100.0, 100.0 * self.step / self.total_steps), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``/progress`` document: exactly the keys of ``status.progress`` plus ``phase``."""
+        doc: dict[str, Any] = {
+            "phase": self.phase,
+            "step": self.step,
+            "totalSteps": self.total_steps,
+            "epoch": None if self.epoch is None else round(self.epoch, 4),
+            "percent": self.percent,
+            "summary": None if self.step is None else format_summary(self.step, self.total_steps),
+            "loss": self.loss,
+            "evalLoss": self.eval_loss,
+            "learningRate": self.learning_rate,
+            "tokensPerSecond": (
+                None if self.tokens_per_second is None else round(self.tokens_per_second, 1)
+            ),
+            "etaSeconds": self.eta_seconds,
+            "eta": None if self.eta_seconds is None else format_eta(self.eta_seconds),
+            "updatedAt": self.updated_at,
+            "resumedFromStep": self.resumed_from_step,
+        }
+        return {k: v for k, v in doc.items() if v is not None}
+
+    def to_prometheus(self) -> str:
+        """The same numbers as Prometheus text exposition (``finetune_trainer_*``)."""
+        gauges = {
+            "step": ("Optimizer steps done.", self.step),
+            "total_steps": ("Optimizer steps planned.", self.total_steps),
+            "epoch": ("Fractional epoch.", self.epoch),
+            "progress_percent": ("step / total_steps in percent.", self.percent),
+            "loss": ("Latest training loss.", self.loss),
+            "eval_loss": ("Latest validation loss.", self.eval_loss),
+            "learning_rate": ("Current learning rate.", self.learning_rate),
+            "tokens_per_second": ("Real (non-padding) tokens per second.", self.tokens_per_second),
+            "eta_seconds": ("Estimated seconds until training ends.", self.eta_seconds),
+            "resumed_from_step": ("Step restored from a checkpoint.", self.resumed_from_step),
+        }
+        lines: list[str] = []
+        for name, (help_text, value) in gauges.items():
+            if value is None:
+                continue
+            lines += [
+                f"# HELP finetune_trainer_{name} {help_text}",
+                f"# TYPE finetune_trainer_{name} gauge",
+                f"finetune_trainer_{name} {float(value)!r}",
+            ]
+        lines += ["# HELP finetune_trainer_phase_info Current phase (value 1)."]
+        lines += ["# TYPE finetune_trainer_phase_info gauge"]
+        lines += [f'finetune_trainer_phase_info{{phase="{self.phase}"}} 1.0']
+        return "\n".join(lines) + "\n"
+
+
+class TokenCounter:
+    """Counts the real tokens handed to the model, wrapping the data collator.
+
+    Counting where batches are built works the same for packed rows (no padding at all) and
+    padded batches (the attention mask says which tokens are real), without depending on
+    which metrics a TRL version happens to log.
+    """
+
+    def __init__(self, collator: Any) -> None:
+        self._collator = collator
+        self.tokens = 0
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = self._collator(features)
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            self.tokens += int(mask.sum())
+        else:
+            self.tokens += int(batch["input_ids"].numel())
+        return batch
+
+
+class ProgressReporter(TrainerCallback):  # type: ignore[misc]
+    """Keeps :class:`ProgressState` current from the trainer's callbacks and serves it.
+
+    ``port=None`` (or not rank 0) means no server; the log lines and the state still work, so
+    ``ftj run`` and tests see the same numbers the operator would.
+    """
+
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        tokens: TokenCounter | None = None,
+        world_size: int = 1,
+    ) -> None:
+        self.state = ProgressState()
+        self.tokens = tokens
+        self._world_size = world_size
+        self._host = host
+        self._port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+        self._start_time = 0.0
+        self._first_step = 0
+        self._rate_mark: tuple[float, int] | None = None
+
+    # -- server ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start serving (rank 0 only, and only with a port)."""
+        if self._port is None or not is_main_process():
+            return
+        reporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                path = self.path.split("?")[0]
+                if path == "/progress":
+                    body = json.dumps(reporter.snapshot()).encode()
+                    kind = "application/json"
+                elif path == "/metrics":
+                    body = reporter.prometheus().encode()
+                    kind = "text/plain; version=0.0.4"
+                elif path == "/healthz":
+                    body, kind = b"ok", "text/plain"
+                else:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # one GET every few seconds is not worth a log line
+
+        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        log.info("progress served on http://%s:%d/progress", self._host, self.port)
+
+    @property
+    def port(self) -> int | None:
+        """The bound port (useful when started with port 0 in tests)."""
+        return self._server.server_address[1] if self._server else None
+
+    def stop(self) -> None:
+        """Stop the server (the state stays readable)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -- state ----------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current ``/progress`` document."""
+        with self._lock:
+            return self.state.to_json()
+
+    def prometheus(self) -> str:
+        """The current ``/metrics`` text."""
+        with self._lock:
+            return self.state.to_prometheus()
+
+    def set_phase(self, phase: str) -> None:
+        """Move to another phase of the run (``Merging``, ``Uploading``...)."""
+        assert phase in PHASES, phase
+        with self._lock:
+            self.state.phase = phase
+            self.state.updated_at = _now()
+        log.info("phase: %s", phase)
+
+    def set_resumed_from(self, step: int | None) -> None:
+        """Record the checkpoint step this run continues from."""
+        with self._lock:
+            self.state.resumed_from_step = step
+
+    # -- trainer callbacks ----------------------------------------------------------------
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        with self._lock:
+            self.state.phase = "Training"
+            self.state.total_steps = state.max_steps
+            self.state.step = state.global_step
+            self.state.updated_at = _now()
+        # On resume the trainer restores global_step before this callback: the pace (ETA)
+        # counts only the steps run from here.
+        self._start_time = time.monotonic()
+        self._first_step = state.global_step
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        now = time.monotonic()
+        with self._lock:
+            s = self.state
+            s.step, s.total_steps, s.epoch = state.global_step, state.max_steps, state.epoch
+            s.eta_seconds = estimate_eta_seconds(
+                state.global_step, state.max_steps, self._first_step, now - self._start_time
+            )
+            if self.tokens is not None:
+                if self._rate_mark is not None and now > self._rate_mark[0]:
+                    new_tokens = (self.tokens.tokens - self._rate_mark[1]) * self._world_size
+                    s.tokens_per_second = new_tokens / (now - self._rate_mark[0])
+                if self._rate_mark is None or now - self._rate_mark[0] > 5.0:
+                    self._rate_mark = (now, self.tokens.tokens)
+            s.updated_at = _now()
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kw: Any,
+    ) -> None:
+        logs = logs or {}
+        with self._lock:
+            if "loss" in logs:
+                self.state.loss = round(float(logs["loss"]), 6)
+            if "eval_loss" in logs:
+                self.state.eval_loss = round(float(logs["eval_loss"]), 6)
+            if "learning_rate" in logs:
+                self.state.learning_rate = float(logs["learning_rate"])
+        if "loss" in logs and is_main_process():
+            log.info(self.progress_line())
+
+    def progress_line(self, width: int = 24) -> str:
+        """``[#######.........] 120/500 (24%) loss 1.234 lr 2e-04 1.2k tok/s eta 3m20s``."""
+        s = self.state
+        done = 0 if not s.total_steps or s.step is None else int(width * s.step / s.total_steps)
+        parts = [f"[{'#' * done}{'.' * (width - done)}]", format_summary(s.step or 0, s.total_steps)]
+        if s.loss is not None:
+            parts.append(f"loss {s.loss:.4f}")
+        if s.eval_loss is not None:
+            parts.append(f"eval {s.eval_loss:.4f}")
+        if s.learning_rate is not None:
+            parts.append(f"lr {s.learning_rate:.2e}")
+        if s.tokens_per_second is not None:
+            parts.append(f"{s.tokens_per_second:,.0f} tok/s")
+        if s.eta_seconds is not None:
+            parts.append(f"eta {format_eta(s.eta_seconds)}")
+        return " ".join(parts)
+
+
+def termination_message(
+    phase: str,
+    *,
+    progress: dict[str, Any],
+    reason: str | None = None,
+    message: str | None = None,
+    artifacts: dict[str, str] | None = None,
+) -> str:
+    """The final summary JSON, cut to fit the kubelet's 4 KiB limit.
+
+    The message is what gets shortened (it is the only unbounded part); the reason, the
+    artifact URIs and the progress numbers are what the operator maps into status, so they
+    are kept whole.
+    """
+    doc: dict[str, Any] = {"phase": phase}
+    if reason:
+        doc["reason"] = reason
+    if message is not None:
+        doc["message"] = message
+    doc["progress"] = progress
+    if artifacts:
+        doc["artifacts"] = artifacts
+    if progress.get("resumedFromStep") is not None:
+        doc["resumedFromStep"] = progress["resumedFromStep"]
+
+    text = json.dumps(doc, ensure_ascii=False)
+    while len(text.encode()) > TERMINATION_MESSAGE_LIMIT and doc.get("message"):
+        excess = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
+        keep = max(0, len(doc["message"]) - excess - 16)
+        doc["message"] = doc["message"][:keep] + "…"
+        if keep == 0:
+            doc["message"] = ""
+        text = json.dumps(doc, ensure_ascii=False)
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:  # absurdly long URIs: drop detail
+        doc.pop("progress", None)
+        text = json.dumps(doc, ensure_ascii=False)[:TERMINATION_MESSAGE_LIMIT]
+    return text
+
+
+def write_termination_message(path: str | Path | None, text: str) -> bool:
+    """Write the summary where the kubelet reads it; skip quietly where that is not writable.
+
+    Outside Kubernetes ``/dev/termination-log`` usually does not exist, and failing the run
+    over a missing status file would be absurd.
+    """
+    if not path or not is_main_process():
+        return False
+    try:
+        Path(path).write_text(text)
+    except OSError as err:
+        log.debug("termination message not written to %s: %s", path, err)
+        return False
+    return True

@@ -1,0 +1,200 @@
+"""Training: TRL's ``SFTTrainer`` on our tokenized data, with checkpoints that survive the pod.
+
+The data arrives already tokenized, masked and (optionally) packed by
+:mod:`finetune_trainer.data`, so TRL's own dataset preparation is switched off
+(``dataset_kwargs={"skip_prepare_dataset": True}``) and our collator is used as is; TRL
+still gives us its loss (token-weighted across gradient accumulation), metrics and
+PEFT handling.
+
+Checkpoints are the preemption story: every ``saveSteps`` the trainer writes a local
+checkpoint, and :class:`CheckpointUploader` copies it to ``<output>/checkpoints/`` with a
+COMPLETE marker last. A restarted pod downloads the newest complete one and continues from
+its step, so the total number of steps trained is the plan, not the plan plus the rework.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune_api.spec import Training
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from finetune_trainer.model import Hardware, Precision
+from finetune_trainer.progress import is_main_process
+
+log = logging.getLogger("finetune_trainer")
+
+LOCAL_CHECKPOINTS_KEPT = 2  # the newest for resuming, one spare while the next is written
+REMOTE_CHECKPOINTS_KEPT = 2
+
+
+def choose_optimizer(setting: str, hw: Hardware) -> str:
+    """``spec.training.optimizer`` → a transformers ``optim`` name (auto: fused AdamW on GPUs)."""
+    if setting == "auto":
+        return "adamw_torch_fused" if hw.cuda else "adamw_torch"
+    return setting
+
+
+def sft_config(
+    training: Training,
+    *,
+    output_dir: Path,
+    precision: Precision,
+    hw: Hardware,
+    has_validation: bool,
+    gradient_checkpointing: bool,
+) -> Any:
+    """The ``SFTConfig`` for ``spec.training``: one place maps our fields to TRL's."""
+    from trl import SFTConfig
+
+    duration: dict[str, Any] = (
+        {"max_steps": training.max_steps}
+        if training.max_steps is not None
+        else {"num_train_epochs": training.epochs, "max_steps": -1}
+    )
+    evaluation: dict[str, Any] = (
+        {"eval_strategy": "steps", "eval_steps": training.eval_steps}
+        if has_validation
+        else {"eval_strategy": "no"}
+    )
+    return SFTConfig(
+        output_dir=str(output_dir),
+        **duration,
+        **evaluation,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        optim=choose_optimizer(training.optimizer, hw),
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        seed=training.seed,
+        data_seed=training.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=LOCAL_CHECKPOINTS_KEPT,
+        report_to="none",
+        disable_tqdm=True,  # the ProgressReporter writes one readable line per loggingSteps
+        # Our data is tokenized, masked and packed already; TRL must neither re-tokenize it
+        # nor drop the columns our collator reads.
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        packing=False,
+        padding_free=False,
+        max_length=None,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=hw.cuda,
+        ddp_find_unused_parameters=False,
+    )
+
+
+class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
+    """Copies each local checkpoint to ``<output>/checkpoints/`` (rank 0), then prunes old ones.
+
+    ``on_save`` runs after the trainer has written the whole checkpoint folder, so the upload
+    sees a finished checkpoint; the store writes the COMPLETE marker last, so a pod killed
+    mid-upload leaves a checkpoint that is simply ignored on resume.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.uploaded: list[int] = []
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        if not is_main_process():
+            return
+        step = state.global_step
+        local = Path(args.output_dir) / f"checkpoint-{step}"
+        self.store.save(step, local)
+        self.store.prune(keep=REMOTE_CHECKPOINTS_KEPT)
+        self.uploaded.append(step)
+        log.info("checkpoint %d uploaded", step)
+
+
+def restore_checkpoint(store: Any, checkpoints_dir: Path) -> tuple[int | None, Path | None]:
+    """The newest COMPLETE checkpoint of this output, downloaded; ``(None, None)`` if none.
+
+    A local copy from an earlier attempt in the same scratch volume is reused as is.
+    """
+    step: int | None = store.latest_complete()
+    if step is None:
+        return None, None
+    local = checkpoints_dir / f"checkpoint-{step}"
+    if not (local / "trainer_state.json").is_file():
+        local = Path(store.restore(step, local))
+    log.info("resuming from checkpoint %d", step)
+    return step, local
+
+
+@dataclass
+class TrainResult:
+    """What training leaves behind for evaluation, plotting and metrics.json."""
+
+    global_step: int
+    log_history: list[dict[str, Any]]
+    train_runtime_seconds: float
+    resumed_from_step: int | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def build_trainer(
+    model: Any,
+    tokenizer: Any,
+    data: Any,
+    collator: Any,
+    config: Any,
+    callbacks: list[TrainerCallback],
+) -> Any:
+    """An ``SFTTrainer`` over the prepared splits with our collator and callbacks."""
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data.train,
+        eval_dataset=data.validation if config.eval_strategy != "no" else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    # The ProgressReporter already logs one line per loggingSteps; the raw dict is noise.
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def run_training(trainer: Any, resume_from: Path | None, resumed_step: int | None) -> TrainResult:
+    """Train (continuing from ``resume_from`` when given) and collect the history."""
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    state = trainer.state
+    return TrainResult(
+        global_step=state.global_step,
+        log_history=list(state.log_history),
+        train_runtime_seconds=float(output.metrics.get("train_runtime", 0.0)),
+        resumed_from_step=resumed_step,
+        metrics={k: float(v) for k, v in output.metrics.items() if isinstance(v, (int, float))},
+    )
+
+
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def local_checkpoint_steps(checkpoints_dir: Path) -> list[int]:
+    """Steps of the checkpoint folders in ``checkpoints_dir``, oldest first."""
+    if not checkpoints_dir.is_dir():
+        return []
+    steps = [int(m.group(1)) for p in checkpoints_dir.iterdir() if (m := _CHECKPOINT_RE.match(p.name))]
+    return sorted(steps)
