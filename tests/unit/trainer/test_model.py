@@ -1,0 +1,78 @@
+"""Machine-dependent decisions of the model setup, tested without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+from finetune_api.spec import LoraSettings, Method, Training
+from finetune_trainer.errors import EXIT_INVALID_INPUT, UnsupportedHardware
+from finetune_trainer.model import (
+    Hardware,
+    check_quantization,
+    lora_config,
+    resolve_precision,
+    wants_gradient_checkpointing,
+)
+
+pytestmark = pytest.mark.unit
+
+CPU = Hardware(cuda=False, bf16=False, bitsandbytes=False)
+OLD_GPU = Hardware(cuda=True, bf16=False, bitsandbytes=True, device_memory_bytes=16 * 2**30)
+H200 = Hardware(cuda=True, bf16=True, bitsandbytes=True, device_memory_bytes=141 * 2**30)
+
+
+@pytest.mark.parametrize(
+    ("requested", "hw", "expected"),
+    [("auto", CPU, "fp32"), ("auto", OLD_GPU, "fp16"), ("auto", H200, "bf16"),
+     ("fp32", H200, "fp32"), ("bf16", CPU, "bf16")],
+)  # fmt: skip
+def test_precision_auto_picks_what_the_device_does_well(
+    requested: str, hw: Hardware, expected: str
+) -> None:
+    assert resolve_precision(requested, hw) == expected
+
+
+def test_fp16_on_cpu_is_refused_naming_the_field() -> None:
+    with pytest.raises(UnsupportedHardware, match=r"spec\.training\.precision: fp16 needs a GPU"):
+        resolve_precision("fp16", CPU)
+
+
+def test_bf16_on_a_gpu_without_it_is_refused() -> None:
+    with pytest.raises(UnsupportedHardware, match="bf16 is not supported by this GPU"):
+        resolve_precision("bf16", OLD_GPU)
+
+
+def test_qlora_on_cpu_is_refused_with_exit_42() -> None:
+    with pytest.raises(UnsupportedHardware) as info:
+        check_quantization(Method(type="qlora"), CPU)
+    assert info.value.exit_code == EXIT_INVALID_INPUT
+    assert info.value.reason == "UnsupportedHardware"
+    assert "spec.method.type: qlora needs a CUDA GPU" in info.value.message
+    assert "type: lora" in info.value.message
+
+
+def test_qlora_without_bitsandbytes_says_what_to_install() -> None:
+    gpu = Hardware(cuda=True, bf16=True, bitsandbytes=False)
+    with pytest.raises(UnsupportedHardware, match="bitsandbytes package"):
+        check_quantization(Method(type="qlora"), gpu)
+    check_quantization(Method(type="lora"), CPU)  # plain LoRA needs nothing
+
+
+def test_gradient_checkpointing_auto_turns_on_only_when_memory_needs_it() -> None:
+    small = dict(num_parameters=500_000_000, bytes_per_parameter=2.0, hidden_size=1024,
+                 num_layers=24, training=Training(max_steps=1, batch_size=4, cutoff_length=2048))  # fmt: skip
+    big = dict(small, num_parameters=8_000_000_000, hidden_size=4096, num_layers=32,
+               training=Training(max_steps=1, batch_size=16, cutoff_length=8192))  # fmt: skip
+    assert not wants_gradient_checkpointing("auto", H200, **small)  # type: ignore[arg-type]
+    assert wants_gradient_checkpointing("auto", H200, **big)  # type: ignore[arg-type]
+    assert not wants_gradient_checkpointing("auto", CPU, **big)  # type: ignore[arg-type]
+    assert wants_gradient_checkpointing("always", CPU, **small)  # type: ignore[arg-type]
+    assert not wants_gradient_checkpointing("never", H200, **big)  # type: ignore[arg-type]
+
+
+def test_lora_config_follows_the_spec() -> None:
+    config = lora_config(LoraSettings(r=8, alpha=16, dropout=0.1, use_rslora=True))
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (8, 16, 0.1)
+    assert config.target_modules == "all-linear"
+    assert config.use_rslora and not config.use_dora
+    named = lora_config(LoraSettings(target_modules=["q_proj", "v_proj"], use_dora=True))
+    assert set(named.target_modules) == {"q_proj", "v_proj"} and named.use_dora
