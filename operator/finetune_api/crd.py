@@ -110,9 +110,6 @@ class _Converter:
                 continue  # unknown fields are pruned/refused by the structural schema itself
             else:
                 out[key] = value
-        if out.get("x-kubernetes-preserve-unknown-fields"):
-            out["type"] = "object"
-            out.pop("additionalProperties", None)
         if title and self.cel.get(title) and out.get("type") == "object":
             out["x-kubernetes-validations"] = self.cel[title]
         return self._finish(out, description, default)
@@ -120,6 +117,10 @@ class _Converter:
     @staticmethod
     def _finish(node: dict[str, Any], description: str | None, default: Any) -> dict[str, Any]:
         result: dict[str, Any] = {}
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            # free-form objects (e.g. affinity): no additionalProperties, or the server prunes
+            node = {k: v for k, v in node.items() if k != "additionalProperties"}
+            node["type"] = "object"
         if description:
             result["description"] = description
         result.update(node)
@@ -140,7 +141,9 @@ def _object_defaults(model: type[ApiModel]) -> dict[str, Any]:
         value = field.default_factory()  # type: ignore[call-arg]
         alias = field.alias or name
         if isinstance(value, ApiModel):
-            defaults[alias] = value.model_dump(by_alias=True, exclude_defaults=True, mode="json")
+            # Complete objects, not just the non-default fields: the API server checks a
+            # default against the schema and its CEL rules *before* nested defaults apply.
+            defaults[alias] = value.model_dump(by_alias=True, exclude_none=True, mode="json")
         else:
             defaults[alias] = value
     return defaults
@@ -150,7 +153,7 @@ def _add_object_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None
     props = schema.get("properties", {})
     if issubclass(model, ApiModel):
         for alias, value in _object_defaults(model).items():
-            if alias in props and value not in ([], {}) or (alias in props and value == {}):
+            if alias in props and value != []:
                 props[alias]["default"] = value
     for name, field in model.model_fields.items():
         alias = field.alias or name
