@@ -1,0 +1,56 @@
+"""Shared pytest setup: tier markers and the session-wide real API server.
+
+Tier-specific fixtures live in conftest files of the tier folders; this file only holds what
+every tier may need.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from tests.harness.apiserver import BinariesMissingError, KubeApiServer, tools_bin_dir
+
+MARKERS = {
+    "unit": "pure, fast tests: no processes, no network",
+    "apiserver": "needs the real apiextensions-apiserver + etcd (.ci/install-apiserver.sh)",
+    "e2e": "operator end to end: kopf, trainer process, S3 server, kubectl/helm",
+    "gpu": "needs a CUDA GPU (the lent device machine)",
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def _missing(message: str) -> NoReturn:
+    """Missing tools fail in CI (a silent skip would hide a whole tier) and skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver() -> Iterator[KubeApiServer]:
+    """A started apiextensions-apiserver + etcd, shared by the whole session."""
+    try:
+        server = KubeApiServer()
+    except BinariesMissingError as exc:
+        _missing(str(exc))
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kube_tools_bin() -> Path:
+    """Directory holding the ``kubectl`` and ``helm`` binaries."""
+    bin_dir = tools_bin_dir()
+    missing = [t for t in ("kubectl", "helm") if not os.access(bin_dir / t, os.X_OK)]
+    if missing:
+        _missing(f"missing {', '.join(missing)} in {bin_dir}: run .ci/install-kube-tools.sh")
+    return bin_dir

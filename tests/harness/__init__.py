@@ -1,0 +1,1 @@
+"""Test harness: real Kubernetes components (apiextensions-apiserver + etcd) for the test tiers."""
