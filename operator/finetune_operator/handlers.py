@@ -1,0 +1,349 @@
+"""The kopf edges: react to FineTuneJobs, their Jobs and pods; everything else is pure code.
+
+* create/resume of a FineTuneJob → :func:`render_objects` + :func:`ensure_objects` (idempotent),
+  then the first status write (``jobName``, phase Pending);
+* update of ``spec.suspend`` → patch the Job's ``spec.suspend``;
+* any event of a labelled Job or pod → recompute the status with :func:`observe_status`;
+* a timer per unfinished FineTuneJob (``FTJ_PROGRESS_POLL_SECONDS``) → poll ``/progress`` of the
+  rank-0 pod, recompute the status (also a periodic resync in case an event was missed).
+
+Status is always written through the ``/status`` subresource
+(https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#status-subresource),
+only when it changed, and progress-only changes at most once per
+``FTJ_STATUS_MIN_INTERVAL_SECONDS`` per job (:mod:`finetune_operator.status_writes`).
+
+Jobs and pods are kept in kopf in-memory indices fed by the watch streams
+(https://kopf.readthedocs.io/en/stable/indexing/), so recomputing a status costs no API read.
+
+Deletion: nothing to do. The ConfigMap, Service and Job carry a controller owner reference and
+the garbage collector removes them (and the Job its pods); artifacts in object storage are
+never touched. The only finalizer is the one kopf adds while the progress timer runs
+(``finetune.dev/finalizer``): kopf needs it to stop the timer before the object is gone. The
+timer's ``when`` filter excludes finished jobs, so kopf removes the finalizer when a job ends.
+A FineTuneJob deleted while it runs and no operator is up waits for the operator to come back
+(or for the finalizer to be removed by hand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any, cast
+
+import kopf
+from finetune_api import FineTuneJob, ManifestError, parse_manifest
+from finetune_api.status import TERMINAL_PHASES, FineTuneJobStatus
+from pydantic import ValidationError
+
+from finetune_operator import metrics, naming
+from finetune_operator.apply import ensure_objects, suspend_patch
+from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
+from finetune_operator.inventory import Key, job_pods, object_key, owned_job
+from finetune_operator.observe import observe_status
+from finetune_operator.progress import fetch_progress, progress_target
+from finetune_operator.render import render_objects
+from finetune_operator.runtime import ProgressReading, Runtime, WrittenStatus
+from finetune_operator.settings import OperatorSettings
+from finetune_operator.status_writes import status_patch
+
+FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
+JOBS = ("batch", "v1", "jobs")
+PODS = ("v1", "pods")
+LABELLED = {naming.JOB_LABEL: kopf.PRESENT}
+
+# Read once at import: kopf needs the timer interval when the decorators run.
+SETTINGS = OperatorSettings.from_env()
+
+Manifest = dict[str, Any]
+
+
+def runtime(memo: Any) -> Runtime:
+    """The process state put into kopf's memo by the startup handler."""
+    found = getattr(memo, "runtime", None)
+    if not isinstance(found, Runtime):
+        raise kopf.TemporaryError("operator runtime not initialized yet", delay=5)
+    return found
+
+
+def _plain(body: Mapping[str, Any]) -> Manifest:
+    """A detached copy of a kopf body (kopf reuses and mutates its views)."""
+    return copy.deepcopy(dict(body))
+
+
+def _parse(body: Mapping[str, Any], status: Mapping[str, Any] | None) -> FineTuneJob:
+    """The FineTuneJob model of a watched object, with ``status`` as the baseline status."""
+    data = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        job = parse_manifest(data, f"FineTuneJob {body['metadata'].get('name')}")
+    except ManifestError as err:
+        # Admission validated it; this only happens with an operator older than the CRD.
+        raise kopf.PermanentError(str(err)) from None
+    try:
+        parsed = FineTuneJobStatus.model_validate(dict(status or {}))
+    except ValidationError:
+        parsed = FineTuneJobStatus()
+    return job.model_copy(update={"status": parsed})
+
+
+def _key_of(namespace: str | None, name: str) -> Key:
+    return object_key(namespace, naming.label_value(name))
+
+
+def _index(kwargs: Mapping[str, Any], name: str) -> kopf.Index[Key, Manifest]:
+    """One of the indices below, as kopf passes it to every handler (keyword = function name)."""
+    found = kwargs.get(name)
+    if found is None:
+        raise kopf.TemporaryError(f"index {name} not available yet", delay=5)
+    return cast("kopf.Index[Key, Manifest]", found)
+
+
+def _first(store: Iterable[Manifest] | None) -> Manifest | None:
+    for item in store or ():
+        return item
+    return None
+
+
+# --- indices: what the watch streams have seen, by (namespace, finetune.dev/job) --------------
+
+
+@kopf.index(*FTJ)
+def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Manifest]:
+    """FineTuneJobs by key."""
+    return {_key_of(namespace, name): _plain(body)}
+
+
+@kopf.index(*JOBS, labels=LABELLED)
+def job_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Manifest]:
+    """Jobs created for FineTuneJobs, by key."""
+    return {object_key(namespace, labels[naming.JOB_LABEL]): _plain(body)}
+
+
+@kopf.index(*PODS, labels=LABELLED)
+def pod_index(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Manifest]:
+    """Trainer pods, by key."""
+    return {object_key(namespace, labels[naming.JOB_LABEL]): _plain(body)}
+
+
+# --- the status write --------------------------------------------------------------------------
+
+
+async def refresh_status(
+    rt: Runtime,
+    key: Key,
+    ftj: Manifest,
+    k8s_job: Manifest | None,
+    pods: list[Manifest],
+    logger: kopf.Logger,
+) -> None:
+    """Recompute the status of one FineTuneJob and write it if it changed (rate-limited)."""
+    async with rt.lock(key):
+        previous = rt.written.get(key)
+        baseline = previous.status if previous else ftj.get("status") or {}
+        job = _parse(ftj, baseline)
+        reading = rt.progress.get(key)
+        target = progress_target(pods)
+        live = reading.data if reading and target and reading.pod_uid == target.pod_uid else None
+        now = datetime.now(timezone.utc)
+        update = observe_status(job, k8s_job, pods, live, now)
+        current = (job.status or FineTuneJobStatus()).to_wire()
+        wanted = update.status.to_wire()
+        patch = status_patch(
+            current,
+            wanted,
+            previous.at if previous else None,
+            time.monotonic(),
+            rt.settings.status_min_interval_seconds,
+        )
+        rt.phases[key] = update.phase
+        metrics.set_phase_counts(rt.phases.values())
+        if patch is None:
+            return
+        meta = ftj["metadata"]
+        await asyncio.to_thread(
+            rt.api.patch,
+            ftj["apiVersion"],
+            ftj["kind"],
+            meta["namespace"],
+            meta["name"],
+            patch,
+            subresource="status",
+        )
+        rt.written[key] = WrittenStatus(wanted, time.monotonic())
+        new_progress = wanted.get("progress") or {}
+        if new_progress.get("updatedAt") != (current.get("progress") or {}).get("updatedAt"):
+            metrics.record_progress_lag(new_progress.get("updatedAt"), now)
+        if current.get("phase") != update.phase:
+            logger.info(
+                f"phase {current.get('phase') or '-'} -> {update.phase}",
+                extra={"phase": update.phase, "previousPhase": current.get("phase")},
+            )
+        for event in update.events:
+            kopf.event(
+                kopf.Body(cast(kopf.RawBody, ftj)),
+                type=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
+
+
+async def refresh_from_indices(
+    rt: Runtime,
+    key: Key,
+    indices: Mapping[str, Any],
+    logger: kopf.Logger,
+) -> None:
+    """:func:`refresh_status` with the FineTuneJob, Job and pods as the watches last saw them."""
+    ftj = _first(_index(indices, "ftj_index").get(key))
+    if ftj is None:
+        return  # deleted, or not seen yet: its own events will come
+    k8s_job = owned_job(_index(indices, "job_index").get(key) or (), ftj["metadata"].get("uid"))
+    pods = job_pods(_index(indices, "pod_index").get(key) or (), k8s_job)
+    await refresh_status(rt, key, ftj, k8s_job, pods, logger)
+
+
+# --- FineTuneJob lifecycle ---------------------------------------------------------------------
+
+
+@kopf.on.resume(*FTJ)
+@kopf.on.create(*FTJ)
+async def ensure_training(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Create the ConfigMap, Service and Job of a FineTuneJob unless they exist."""
+    rt = runtime(memo)
+    started = time.monotonic()
+    try:
+        ftj = _plain(body)
+        job = _parse(ftj, ftj.get("status"))
+        if job.status is not None and job.status.phase in TERMINAL_PHASES:
+            return  # finished: never start training again (e.g. its Job was deleted by hand)
+        objects = render_objects(job, rt.settings)
+        try:
+            applied = await asyncio.to_thread(ensure_objects, rt.api, objects.in_creation_order())
+        except OwnershipConflict as err:
+            metrics.record_error(err)
+            raise kopf.TemporaryError(str(err), delay=30) from err
+        for item in applied:
+            if item.outcome == "created":
+                logger.info(
+                    f"created {item.kind} {item.name}",
+                    extra={"object": {"kind": item.kind, "name": item.name}},
+                )
+        k8s_job = applied[-1].obj
+        drift = suspend_patch(job.spec.suspend, job.spec.queue_name, k8s_job)
+        if drift is not None:
+            k8s_job = await asyncio.to_thread(
+                rt.api.patch,
+                "batch/v1",
+                "Job",
+                k8s_job["metadata"]["namespace"],
+                k8s_job["metadata"]["name"],
+                drift,
+            )
+        key = _key_of(body.metadata.namespace, body.metadata.name)
+        pods = job_pods(_index(kwargs, "pod_index").get(key) or (), k8s_job)
+        await refresh_status(rt, key, ftj, k8s_job, pods, logger)
+    except (ApiError, kopf.PermanentError) as err:
+        metrics.record_error(err)
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.labels(handler="ensure").observe(time.monotonic() - started)
+
+
+@kopf.on.update(*FTJ, field="spec.suspend")
+async def suspend_changed(
+    body: kopf.Body, new: Any, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Suspend or resume the Job when ``spec.suspend`` changes."""
+    rt = runtime(memo)
+    job = _parse(body, body.get("status"))
+    if job.status is not None and job.status.phase in TERMINAL_PHASES:
+        return
+    namespace = body.metadata.namespace or "default"
+    name = naming.resource_name(body.metadata.name)
+    try:
+        k8s_job = await asyncio.to_thread(rt.api.get, "batch/v1", "Job", namespace, name)
+    except NotFound:
+        return  # the create/resume handler will create it with the right suspend value
+    drift = suspend_patch(bool(new), job.spec.queue_name, k8s_job)
+    if drift is not None:
+        await asyncio.to_thread(rt.api.patch, "batch/v1", "Job", namespace, name, drift)
+        logger.info(f"Job {name} suspend={bool(new)}", extra={"suspend": bool(new)})
+
+
+@kopf.on.event(*FTJ)
+async def ftj_event(
+    type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
+) -> None:
+    """Forget a deleted FineTuneJob's in-memory state (async: runs on the loop, no thread races)."""
+    if type == "DELETED":
+        rt = runtime(memo)
+        rt.forget(_key_of(namespace, name))
+        metrics.set_phase_counts(rt.phases.values())
+
+
+# --- Jobs, pods and progress → status ----------------------------------------------------------
+
+
+@kopf.on.event(*JOBS, labels=LABELLED)
+@kopf.on.event(*PODS, labels=LABELLED)
+async def dependent_changed(
+    namespace: str | None,
+    labels: kopf.Labels,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """A Job or pod of a FineTuneJob changed: recompute that FineTuneJob's status."""
+    started = time.monotonic()
+    try:
+        key = object_key(namespace, labels[naming.JOB_LABEL])
+        await refresh_from_indices(runtime(memo), key, kwargs, logger)
+    except ApiError as err:
+        metrics.record_error(err)
+        logger.warning(f"status update failed: {err}")
+    finally:
+        metrics.RECONCILE_SECONDS.labels(handler="observe").observe(time.monotonic() - started)
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in TERMINAL_PHASES
+
+
+@kopf.timer(*FTJ, interval=SETTINGS.progress_poll_seconds, when=_unfinished)
+async def poll_progress(
+    namespace: str | None,
+    name: str,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Read the rank-0 trainer's /progress and refresh the status (also a periodic resync)."""
+    rt = runtime(memo)
+    started = time.monotonic()
+    key = _key_of(namespace, name)
+    try:
+        ftj = _first(_index(kwargs, "ftj_index").get(key))
+        uid = (ftj or {}).get("metadata", {}).get("uid")
+        k8s_job = owned_job(_index(kwargs, "job_index").get(key) or (), uid)
+        target = progress_target(job_pods(_index(kwargs, "pod_index").get(key) or (), k8s_job))
+        if target is not None:
+            data = await fetch_progress(rt.session, target, rt.settings.progress_timeout_seconds)
+            if data is not None:
+                rt.progress[key] = ProgressReading(target.pod_uid, data)
+        await refresh_from_indices(rt, key, kwargs, logger)
+    except ApiError as err:
+        metrics.record_error(err)
+        logger.warning(f"status update failed: {err}")
+    finally:
+        metrics.RECONCILE_SECONDS.labels(handler="progress").observe(time.monotonic() - started)

@@ -1,0 +1,104 @@
+"""The operator process: kopf handlers plus startup configuration. ``kopf run -m`` loads this.
+
+Two ways to start it, same behaviour (everything comes from ``FTJ_*`` environment variables,
+see :mod:`finetune_operator.settings`):
+
+* ``python -m finetune_operator`` — the container's entry point: JSON logs, liveness endpoint,
+  namespaces and peering applied from the environment;
+* ``kopf run -m finetune_operator.main --all-namespaces --log-format=json
+  --liveness=http://0.0.0.0:8081/healthz`` — the same handlers under kopf's CLI; the startup
+  handler still applies peering, storage and watch settings from the environment.
+
+**Two replicas never both act.** With ``FTJ_PEERING`` set, kopf peering is mandatory: every
+replica announces itself in a ``KopfPeering`` (namespaced) or ``ClusterKopfPeering``
+(cluster-wide) object and pauses all handling while a live peer with a higher priority exists
+(https://kopf.readthedocs.io/en/stable/peering/). Each replica's priority is derived from its
+pod name (``POD_NAME``/``HOSTNAME`` hash, overridable with ``FTJ_PEERING_PRIORITY``) so that
+priorities differ; on a tie kopf pauses *both* (it never lets both run). Peering is not a strict
+lease: for a few seconds after a replica starts, before it has seen its peers, two replicas can
+overlap. That window is harmless by construction: objects are created by deterministic name
+(a second create gets 409 AlreadyExists, so there is never a second Job) and the status is a
+pure function of the observed objects, so two writers write the same status.
+Without ``FTJ_PEERING`` the operator runs standalone and the chart must run one replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+
+from finetune_operator import handlers, metrics, naming
+from finetune_operator.handlers import JOBS, PODS, SETTINGS
+from finetune_operator.kube import KubeClient
+from finetune_operator.runtime import Runtime
+
+ANNOTATION_PREFIX = "finetune.dev"
+FINALIZER = "finetune.dev/finalizer"
+# Server-side watch timeout: the API server ends each watch after this long and kopf re-opens
+# it, so a watch silently stuck behind a broken load balancer can't outlive it.
+WATCH_SERVER_TIMEOUT = 300
+WATCH_CLIENT_TIMEOUT = 330
+
+__all__ = ["handlers", "configure", "close"]
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Apply the FTJ_* settings to kopf and build the clients every handler shares."""
+    ours = SETTINGS
+    # kopf's own bookkeeping goes into annotations with our prefix: the CRD's structural schema
+    # would prune unknown status fields such as status.kopf.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=ANNOTATION_PREFIX
+    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.getLevelName(ours.event_level)
+    settings.posting.reporting_component = "finetune-operator"
+    settings.watching.server_timeout = WATCH_SERVER_TIMEOUT
+    settings.watching.client_timeout = WATCH_CLIENT_TIMEOUT
+    # Watch only our Jobs and pods, filtered by the API server, not all of the cluster's.
+    settings.watching.label_selectors[JOBS] = naming.JOB_LABEL
+    settings.watching.label_selectors[PODS] = naming.JOB_LABEL
+    if ours.peering:
+        settings.peering.name = ours.peering
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+        settings.peering.priority = ours.peering_priority
+    else:
+        settings.peering.standalone = True
+    metrics.serve(ours.metrics_port)
+    memo.runtime = Runtime(settings=ours, api=KubeClient(), session=aiohttp.ClientSession())
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Close the HTTP clients."""
+    rt = getattr(memo, "runtime", None)
+    if isinstance(rt, Runtime):
+        await rt.session.close()
+        rt.api.close()
+
+
+def main() -> None:
+    """``python -m finetune_operator``: run kopf with everything taken from the environment."""
+    ours = SETTINGS
+    kopf.configure(
+        verbose=ours.log_level == "DEBUG",
+        quiet=ours.log_level in ("WARNING", "ERROR"),
+        log_format=kopf.LogFormat.JSON,
+        log_refkey="object",
+    )
+    kopf.run(
+        clusterwide=not ours.watch_namespaces,
+        namespaces=list(ours.watch_namespaces),
+        liveness_endpoint=ours.liveness_endpoint,
+        standalone=not ours.peering,
+        peering_name=ours.peering,
+        priority=ours.peering_priority if ours.peering else None,
+    )

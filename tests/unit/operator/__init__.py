@@ -1,0 +1,1 @@
+"""Unit tests of the operator package (pure core and edges with fakes)."""

@@ -1,0 +1,482 @@
+"""Status mapping: a table of Job/pod/progress states → phase, reasons, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from finetune_operator.observe import observe_status, progress_from
+
+from .fixtures import (
+    disruption,
+    ftj,
+    job_condition,
+    k8s_job,
+    pod,
+    terminated,
+    unschedulable,
+)
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+STAMP = "2025-06-01T12:00:00Z"
+PROGRESS = {
+    "phase": "Training",
+    "step": 120,
+    "totalSteps": 500,
+    "epoch": 0.72,
+    "percent": 24.0,
+    "summary": "120/500 (24%)",
+    "loss": 1.234,
+    "learningRate": 0.0002,
+    "tokensPerSecond": 5120.5,
+    "etaSeconds": 3900,
+    "eta": "1h05m",
+    "updatedAt": "2025-06-01T11:59:55Z",
+}
+POLICY_MESSAGE = (
+    "Container trainer for pod ml/ftj-demo-abcde failed with exit code 42 matching FailJob "
+    "rule at index 0"
+)
+SCHEDULER_MESSAGE = (
+    "0/4 nodes are available: 4 Insufficient nvidia.com/gpu. preemption: 0/4 nodes are "
+    "available: 4 No preemption victims found for incoming pod."
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    job: dict[str, Any] | None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    phase: str = "Pending"
+    reason: str = ""  # reason of the condition that explains the phase
+    condition: str = "Running"  # which condition carries `reason`
+    message_has: tuple[str, ...] = ()
+    event: tuple[str, str] | None = None  # (type, reason) of an event that must be emitted
+
+
+CASES = [
+    Case("no-job-yet", None, reason="Creating", event=("Normal", "Creating")),
+    Case("job-created-no-pods", k8s_job(), reason="JobCreated"),
+    Case(
+        "unschedulable",
+        k8s_job(),
+        [
+            pod(
+                phase="Pending",
+                state={"waiting": {"reason": "ContainerCreating"}},
+                conditions=unschedulable(SCHEDULER_MESSAGE),
+                ip="",
+            )
+        ],
+        reason="Unschedulable",
+        message_has=("Insufficient nvidia.com/gpu",),
+        event=("Warning", "Unschedulable"),
+    ),
+    Case(
+        "image-pull-backoff",
+        k8s_job(),
+        [
+            pod(
+                phase="Pending",
+                state={
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": 'Back-off pulling image "ghcr.io/finetune-dev/trainer:0.1.0"',
+                    }
+                },
+            )
+        ],
+        reason="ImagePullBackOff",
+        message_has=("ghcr.io/finetune-dev/trainer:0.1.0",),
+        event=("Warning", "ImagePullBackOff"),
+    ),
+    Case(
+        "err-image-pull",
+        k8s_job(),
+        [
+            pod(
+                phase="Pending",
+                state={
+                    "waiting": {
+                        "reason": "ErrImagePull",
+                        "message": "rpc error: code = NotFound desc = failed to pull and unpack",
+                    }
+                },
+            )
+        ],
+        reason="ErrImagePull",
+        message_has=("image ghcr.io/finetune-dev/trainer:0.1.0", "NotFound"),
+    ),
+    Case(
+        "missing-secret",
+        k8s_job(),
+        [
+            pod(
+                phase="Pending",
+                state={
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": 'secret "s3-credentials" not found',
+                    }
+                },
+            )
+        ],
+        reason="CreateContainerConfigError",
+        message_has=('secret "s3-credentials" not found',),
+    ),
+    Case(
+        "running-no-progress-yet",
+        k8s_job(active=1),
+        [pod()],
+        phase="Initializing",
+        reason="Initializing",
+        event=("Normal", "Initializing"),
+    ),
+    Case(
+        "training",
+        k8s_job(active=1),
+        [pod()],
+        PROGRESS,
+        phase="Training",
+        reason="Training",
+        message_has=("120/500",),
+        event=("Normal", "Training"),
+    ),
+    Case(
+        "merging",
+        k8s_job(active=1),
+        [pod()],
+        {**PROGRESS, "phase": "Merging"},
+        phase="Merging",
+        reason="Merging",
+    ),
+    Case(
+        "uploading",
+        k8s_job(active=1),
+        [pod()],
+        {**PROGRESS, "phase": "Uploading"},
+        phase="Uploading",
+        reason="Uploading",
+    ),
+    Case(
+        "succeeded",
+        k8s_job(
+            job_condition("SuccessCriteriaMet", "CompletionsReached"),
+            job_condition("Complete", "CompletionsReached"),
+            completionTime="2025-06-01T11:58:00Z",
+            succeeded=1,
+        ),
+        [
+            pod(
+                phase="Succeeded",
+                state=terminated(
+                    0,
+                    "Completed",
+                    {
+                        "phase": "Succeeded",
+                        "progress": {**PROGRESS, "step": 500, "percent": 100.0},
+                        "artifacts": {
+                            "adapter": "s3://finetunes/demo/adapter",
+                            "merged": "s3://finetunes/demo/merged",
+                            "manifest": "s3://finetunes/demo/MANIFEST.json",
+                        },
+                    },
+                ),
+            )
+        ],
+        phase="Succeeded",
+        reason="Succeeded",
+        condition="Succeeded",
+        event=("Normal", "Succeeded"),
+    ),
+    Case(
+        "invalid-input",
+        k8s_job(
+            job_condition(
+                "FailureTarget",
+                "PodFailurePolicy",
+                POLICY_MESSAGE,
+            ),
+            job_condition(
+                "Failed",
+                "PodFailurePolicy",
+                POLICY_MESSAGE,
+            ),
+            failed=1,
+        ),
+        [
+            pod(
+                phase="Failed",
+                state=terminated(
+                    42,
+                    "Error",
+                    {
+                        "phase": "Failed",
+                        "reason": "InvalidInput",
+                        "message": "datasets[0] identity.jsonl line 17: missing column 'output'",
+                    },
+                ),
+            )
+        ],
+        phase="Failed",
+        reason="InvalidInput",
+        condition="Failed",
+        message_has=("line 17: missing column 'output'",),
+        event=("Warning", "InvalidInput"),
+    ),
+    Case(
+        "invalid-input-subreason",
+        k8s_job(job_condition("Failed", "PodFailurePolicy"), failed=1),
+        [
+            pod(
+                phase="Failed",
+                state=terminated(
+                    42,
+                    "Error",
+                    {
+                        "phase": "Failed",
+                        "reason": "OutputConflict",
+                        "message": "s3://finetunes/demo holds the output of job ml/other/1234",
+                    },
+                ),
+            )
+        ],
+        phase="Failed",
+        reason="OutputConflict",
+        condition="Failed",
+        message_has=("ml/other",),
+    ),
+    Case(
+        "deadline-exceeded",
+        k8s_job(
+            job_condition(
+                "Failed", "DeadlineExceeded", "Job was active longer than specified deadline"
+            )
+        ),
+        [pod(phase="Failed", state=terminated(143, "Error", "Terminated"))],
+        phase="Failed",
+        reason="DeadlineExceeded",
+        condition="Failed",
+        message_has=("longer than specified deadline",),
+    ),
+    Case(
+        "backoff-limit-after-oom",
+        k8s_job(
+            job_condition(
+                "Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+            ),
+            failed=4,
+        ),
+        [
+            pod(
+                f"ftj-demo-{i}",
+                "Failed",
+                created=f"2025-06-01T10:0{i}:00Z",
+                state=terminated(137, "OOMKilled", finished=f"2025-06-01T10:0{i}:30Z"),
+            )
+            for i in range(4)
+        ],
+        phase="Failed",
+        reason="BackoffLimitExceeded",
+        condition="Failed",
+        message_has=("backoff limit", "OOMKilled", "batchSize", "gradientCheckpointing: always"),
+    ),
+    Case(
+        "oom-then-retrying",
+        k8s_job(failed=1),
+        [
+            pod("ftj-demo-old", "Failed", state=terminated(137, "OOMKilled")),
+            pod(
+                "ftj-demo-new",
+                "Pending",
+                created="2025-06-01T10:31:00Z",
+                state={"waiting": {"reason": "ContainerCreating"}},
+            ),
+        ],
+        reason="OOMKilled",
+        condition="Interrupted",
+        message_has=(
+            "ran out of memory (memory limit 64Gi)",
+            "cutoffLength",
+            "gradientCheckpointing: always",
+        ),
+    ),
+    Case(
+        "oom-in-last-state-after-container-restart",
+        k8s_job(active=1),
+        [pod(restarts=1, last_state=terminated(137, "OOMKilled"))],
+        phase="Initializing",
+        reason="OOMKilled",
+        condition="Interrupted",
+    ),
+    Case(
+        "preempted",
+        k8s_job(active=1),
+        [
+            pod(
+                "ftj-demo-old",
+                "Running",
+                conditions=[
+                    disruption(
+                        "PreemptionByScheduler",
+                        "ml/ftj-other: preempting to accommodate a higher priority pod",
+                    )
+                ],
+            ),
+            pod(
+                "ftj-demo-new",
+                "Pending",
+                created="2025-06-01T10:31:00Z",
+                state={"waiting": {"reason": "ContainerCreating"}},
+            ),
+        ],
+        reason="Preempted",
+        condition="Interrupted",
+        message_has=("PreemptionByScheduler",),
+        event=("Warning", "Preempted"),
+    ),
+    Case(
+        "evicted",
+        k8s_job(),
+        [
+            pod(
+                "ftj-demo-old",
+                "Failed",
+                reason="Evicted",
+                message="The node was low on resource: memory.",
+                state=terminated(137, "Error"),
+            )
+        ],
+        reason="Preempted",
+        condition="Interrupted",
+        message_has=("low on resource",),
+    ),
+    Case(
+        "resumed-after-preemption",
+        k8s_job(active=1),
+        [
+            pod(
+                "ftj-demo-old",
+                "Failed",
+                conditions=[disruption("EvictionByEvictionAPI", "Eviction API: evicting")],
+                state=terminated(143, "Error"),
+            ),
+            pod("ftj-demo-new", created="2025-06-01T10:31:00Z"),
+        ],
+        {**PROGRESS, "resumedFromStep": 100},
+        phase="Training",
+        reason="ResumedFromCheckpoint",
+        condition="Resumed",
+        message_has=("step 100",),
+    ),
+    Case(
+        "suspended",
+        k8s_job(suspend=True),
+        [],
+        spec={"suspend": True},
+        phase="Suspended",
+        reason="Suspended",
+        condition="Suspended",
+        event=("Normal", "Suspended"),
+    ),
+    Case(
+        "queued-by-kueue",
+        k8s_job(suspend=True),
+        [],
+        spec={"queueName": "gpu-queue"},
+        reason="Queued",
+        condition="Suspended",
+        message_has=("gpu-queue",),
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_observe_table(case: Case) -> None:
+    job = ftj(**case.spec)
+    update = observe_status(job, case.job, case.pods, case.progress, NOW)
+    status = update.status
+    assert status.phase == case.phase
+    assert status.observed_generation == 1
+    conditions = {c.type: c for c in status.conditions}
+    cond = conditions[case.condition]
+    assert cond.reason == case.reason, cond
+    assert cond.observed_generation == 1
+    assert cond.last_transition_time == STAMP
+    for fragment in case.message_has:
+        assert fragment in cond.message, (fragment, cond.message)
+    if case.event is not None:
+        assert case.event in [(e.type, e.reason) for e in update.events], update.events
+    assert status.to_wire()  # serializable, valid against the status model
+
+
+def test_succeeded_copies_artifacts_progress_and_completion_time() -> None:
+    case = next(c for c in CASES if c.id == "succeeded")
+    status = observe_status(ftj(), case.job, case.pods, None, NOW).status
+    assert status.artifacts is not None
+    assert status.artifacts.manifest == "s3://finetunes/demo/MANIFEST.json"
+    assert status.progress is not None and status.progress.step == 500
+    assert status.completion_time == "2025-06-01T11:58:00Z"
+    assert status.start_time == "2025-06-01T10:00:00Z"
+
+
+def test_progress_is_copied_while_training() -> None:
+    status = observe_status(ftj(), k8s_job(active=1), [pod()], PROGRESS, NOW).status
+    assert status.progress is not None
+    assert status.progress.to_wire() == {k: v for k, v in PROGRESS.items() if k != "phase"}
+    assert status.job_name == "ftj-demo"
+
+
+def test_bad_progress_values_are_dropped_not_fatal() -> None:
+    progress = progress_from({"step": -3, "loss": float("nan"), "totalSteps": 10, "unknown": 1})
+    assert progress is not None and progress.to_wire() == {"totalSteps": 10}
+
+
+def test_restarts_count_failed_pods_and_container_restarts() -> None:
+    pods = [
+        pod("a", "Failed", state=terminated(1)),
+        pod("b", restarts=2, created="2025-06-01T10:40:00Z"),
+    ]
+    status = observe_status(ftj(), k8s_job(failed=1, active=1), pods, None, NOW).status
+    assert status.restarts == 3
+
+
+def test_last_transition_time_kept_while_status_unchanged() -> None:
+    first = observe_status(ftj(), k8s_job(active=1), [pod()], PROGRESS, NOW).status
+    later = datetime(2025, 6, 1, 12, 5, tzinfo=timezone.utc)
+    job = ftj(status=first.to_wire())
+    second = observe_status(job, k8s_job(active=1), [pod()], {**PROGRESS, "step": 200}, later)
+    running = {c.type: c for c in second.status.conditions}["Running"]
+    assert running.last_transition_time == STAMP
+    assert second.events == ()  # same phase: no event
+    done = k8s_job(job_condition("Complete", "CompletionsReached"))
+    third = observe_status(ftj(status=second.status.to_wire()), done, [], None, later)
+    running = {c.type: c for c in third.status.conditions}["Running"]
+    assert running.status == "False" and running.last_transition_time == "2025-06-01T12:05:00Z"
+
+
+def test_previous_progress_and_artifacts_survive_when_pods_are_gone() -> None:
+    first = observe_status(ftj(), k8s_job(active=1), [pod()], PROGRESS, NOW).status
+    second = observe_status(ftj(status=first.to_wire()), k8s_job(), [], None, NOW).status
+    assert second.progress == first.progress
+
+
+def test_stale_progress_of_a_previous_pod_is_not_used_while_pending() -> None:
+    pending = pod(phase="Pending", state={"waiting": {"reason": "ContainerCreating"}})
+    status = observe_status(ftj(), k8s_job(), [pending], PROGRESS, NOW).status
+    assert status.phase == "Pending"
+
+
+def test_messages_never_carry_secret_looking_values() -> None:
+    leaked = terminated(1, "Error", "boto failed: aws_secret_access_key=AKIAxxxxSECRET123 denied")
+    status = observe_status(ftj(), k8s_job(), [pod(phase="Failed", state=leaked)], None, NOW).status
+    text = " ".join(c.message for c in status.conditions) + (status.message or "")
+    assert "AKIAxxxxSECRET123" not in text
+    assert "aws_secret_access_key=***" in text
