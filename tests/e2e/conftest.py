@@ -149,6 +149,9 @@ def kube_env(kube_apiserver: KubeApiServer, kube_tools_bin: Path) -> Iterator[Ku
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
         "AWS_ENDPOINT_URL": s3.endpoint_url,
+        # Fallback credentials (moto accepts any); a pod's secretKeyRef env wins.
+        "AWS_ACCESS_KEY_ID": "FTJTESTACCESSKEY0000", "AWS_SECRET_ACCESS_KEY": "ftj-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image"),
                                        os.environ.get("PYTHONPATH", "")]),
     }).start()
