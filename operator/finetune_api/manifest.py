@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import ErrorDetails
 
 from finetune_api._base import API_VERSION, KIND
 from finetune_api.spec import FineTuneJobSpec
@@ -77,7 +78,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(object)"
 
 
-def _friendly(error: dict[str, Any]) -> str:
+def _friendly(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; `ftj explain` lists the fields)"
