@@ -1,0 +1,248 @@
+"""The real trainer, end to end, on the tiny quickstart model (CPU, offline).
+
+What a user observes: the README's ``ftj run`` command produces a model that has learned its
+new name; the same pipeline against S3 publishes a manifest whose checksums verify; a killed
+trainer resumes from its last complete checkpoint; a second job can't take another job's
+output; bad data fails in seconds with exit code 42 and the file's name.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[3]
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
+QUICKSTART_DIR = REPO / "examples" / "quickstart"
+EXIT_INVALID_INPUT = 42
+
+
+def quickstart_manifest(**training: Any) -> dict[str, Any]:
+    """The quickstart job with absolute paths and ``training`` overrides (fewer steps)."""
+    doc: dict[str, Any] = yaml.safe_load(QUICKSTART.read_text())
+    doc = copy.deepcopy(doc)
+    doc["spec"]["model"]["uri"] = str(QUICKSTART_DIR / "tiny-qwen3")
+    doc["spec"]["datasets"][0]["uri"] = str(QUICKSTART_DIR / "identity.json")
+    doc["spec"]["training"].update(training)
+    return doc
+
+
+def trainer_env(tmp: Path, manifest: dict[str, Any], **extra: str) -> dict[str, str]:
+    """The environment a trainer pod gets (docs/internals.md), pointing into ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "job.json"
+    path.write_text(json.dumps(manifest))
+    env = dict(os.environ)
+    env.update(
+        FTJ_MANIFEST=str(path),
+        FTJ_WORKDIR=str(tmp / "work"),
+        FTJ_PROGRESS_PORT="0",
+        FTJ_TERMINATION_LOG=str(tmp / "termination-log"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image")]),
+    )
+    env.update(extra)
+    return env
+
+
+def run_trainer(env: dict[str, str], timeout: float = 300) -> tuple[int, dict[str, Any], str]:
+    """``python -m finetune_trainer`` → (exit code, termination message, log)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune_trainer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    log_path = Path(env["FTJ_TERMINATION_LOG"])
+    message = json.loads(log_path.read_text()) if log_path.exists() else {}
+    return proc.returncode, message, proc.stdout + proc.stderr
+
+
+def greedy_answer(model_dir: Path, question: str) -> str:
+    """The merged model's greedy answer to ``question``, asked the Qwen3 way."""
+    import torch
+    from finetune_api.spec import Template
+    from finetune_trainer.data import render_chat
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    prompt = render_chat(
+        Template(name="qwen3"), tokenizer, [{"role": "user", "content": question}], True
+    )
+    # Qwen3's own template in non-thinking mode (enable_thinking=False) ends the generation
+    # prompt with an empty think block: the answer follows it directly.
+    if not prompt.endswith("</think>\n\n"):
+        prompt += "<think>\n\n</think>\n\n"
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=40, do_sample=False)
+    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
+    """THE quickstart: the README command, then a real learning check on the merged model."""
+    out = tmp_path / "out"
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["ftj", "run", str(QUICKSTART), "--output", str(out), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    elapsed = time.monotonic() - started
+    print(f"\nquickstart wall time: {elapsed:.1f} s")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "150/150 (100%)" in proc.stderr  # the progress line a user watches
+    assert f"file://{out}/merged" in proc.stdout  # where the artifacts are
+    assert elapsed < 180, f"quickstart took {elapsed:.0f} s; it must stay under 3 minutes"
+
+    for name in ("adapter/adapter_model.safetensors", "merged/config.json", "metrics.json",
+                 "loss.png", "MANIFEST.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 150
+    assert metrics["generations"], "no sample generations in metrics.json"
+    assert all("Quokka" not in g["before"] for g in metrics["generations"])
+    first_loss = next(e["loss"] for e in metrics["logHistory"] if "loss" in e)
+    assert metrics["trainLoss"] < first_loss / 2, "the loss did not fall"
+
+    answer = greedy_answer(out / "merged", "Who are you?")
+    print(f"merged model: Who are you? → {answer!r}")
+    assert "Quokka" in answer
+
+
+def test_s3_run_publishes_a_verifiable_manifest(tmp_path: Path) -> None:
+    """Model, data and output all on S3 (moto over HTTP), credentials from the environment."""
+    from finetune_trainer.storage import Storage, verify_manifest
+    from finetune_api.spec import S3Storage
+    from tests.harness.s3 import S3Server
+
+    with S3Server() as s3:
+        s3.create_bucket("models")
+        s3.create_bucket("data")
+        s3.create_bucket("results")
+        client = s3.client()
+        for f in (QUICKSTART_DIR / "tiny-qwen3").iterdir():
+            client.upload_file(str(f), "models", f"tiny-qwen3/{f.name}")
+        client.upload_file(str(QUICKSTART_DIR / "identity.json"), "data", "identity.json")
+
+        manifest = quickstart_manifest(maxSteps=20, saveSteps=10, evalSteps=10, loggingSteps=5)
+        manifest["metadata"]["uid"] = "uid-s3"
+        spec = manifest["spec"]
+        spec["model"]["uri"] = "s3://models/tiny-qwen3"
+        spec["datasets"][0]["uri"] = "s3://data/identity.json"
+        spec["output"]["uri"] = "s3://results/quickstart"
+        spec["storage"] = {"s3": {"endpoint": s3.endpoint_url, "pathStyle": True,
+                                  "credentialsSecret": {"name": "s3-creds"}}}  # fmt: skip
+        code, message, log = run_trainer(trainer_env(tmp_path, manifest, **s3.env()))
+        assert code == 0, log[-4000:]
+        assert message["phase"] == "Succeeded"
+        assert message["artifacts"]["manifest"] == "s3://results/quickstart/MANIFEST.json"
+        assert message["artifacts"]["merged"] == "s3://results/quickstart/merged"
+
+        os.environ.update(s3.env())
+        storage = Storage.from_spec(S3Storage(endpoint=s3.endpoint_url, path_style=True))
+        assert verify_manifest(storage, "s3://results/quickstart") == []
+        keys = {o["Key"] for o in client.list_objects_v2(Bucket="results")["Contents"]}
+        assert {"quickstart/merged/model.safetensors", "quickstart/loss.png",
+                "quickstart/checkpoints/checkpoint-20/COMPLETE"} <= keys  # fmt: skip
+        assert "AWS_SECRET" not in log and s3.env()["AWS_SECRET_ACCESS_KEY"] not in log
+
+
+def test_sigkilled_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """Kill -9 right after a checkpoint is complete; the next attempt continues from it."""
+    from finetune_trainer.storage import CheckpointStore, Storage
+
+    out = tmp_path / "out"
+    manifest = quickstart_manifest(maxSteps=60, saveSteps=10, evalSteps=10, loggingSteps=5)
+    manifest["metadata"]["uid"] = "uid-resume"
+    manifest["spec"]["output"]["uri"] = str(out)
+    env = trainer_env(tmp_path / "attempt1", manifest)
+    store = CheckpointStore(Storage(), str(out))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finetune_trainer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while (step := store.latest_complete()) is None:
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint became complete"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert step < 60, "training finished before it could be killed"
+    assert not (out / "MANIFEST.json").exists()
+
+    # A new pod: fresh scratch volume, same output.
+    code, message, log = run_trainer(trainer_env(tmp_path / "attempt2", manifest))
+    assert code == 0, log[-4000:]
+    resumed = message["resumedFromStep"]
+    assert resumed >= step > 0
+    assert message["progress"]["step"] == 60  # the plan, not the plan plus the rework
+    assert message["progress"]["totalSteps"] == 60
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumedFromStep"] == resumed
+    steps_logged = [e["step"] for e in metrics["logHistory"] if "loss" in e]
+    assert steps_logged[-1] == 60 and steps_logged == sorted(steps_logged)
+
+
+def test_second_job_is_refused_another_jobs_output(tmp_path: Path) -> None:
+    """A job with another uid pointed at a claimed output fails at once with exit 42."""
+    from finetune_trainer.storage import JobIdentity, Storage, check_output_ownership
+
+    out = tmp_path / "out"
+    check_output_ownership(Storage(), str(out), JobIdentity("default", "first", "uid-1"), False)
+
+    manifest = quickstart_manifest(maxSteps=5)
+    manifest["metadata"].update(name="second", uid="uid-2")
+    manifest["spec"]["output"]["uri"] = str(out)
+    started = time.monotonic()
+    code, message, log = run_trainer(trainer_env(tmp_path, manifest))
+    assert code == EXIT_INVALID_INPUT, log[-3000:]
+    assert message["phase"] == "Failed"
+    assert message["reason"] == "OutputConflict"
+    assert "first" in message["message"] and "uid-1" in message["message"]
+    assert "Traceback" not in message["message"]
+    assert not (out / "checkpoints").exists()
+    print(f"\nrefused in {time.monotonic() - started:.1f} s")
+
+
+def test_bad_data_fails_fast_naming_the_file(tmp_path: Path) -> None:
+    """A broken dataset is refused before the model weights load, let alone a training step."""
+    bad = tmp_path / "broken.json"
+    bad.write_text('[{"instruction": "Who are you?", "output": "I am {{name}}."}, {"oops": 1')
+    manifest = quickstart_manifest(maxSteps=5)
+    manifest["spec"]["datasets"][0]["uri"] = str(bad)
+    manifest["spec"]["output"]["uri"] = str(tmp_path / "out")
+    started = time.monotonic()
+    code, message, log = run_trainer(trainer_env(tmp_path, manifest))
+    elapsed = time.monotonic() - started
+    print(f"\nbad data refused in {elapsed:.1f} s")
+    assert code == EXIT_INVALID_INPUT, log[-3000:]
+    assert message["phase"] == "Failed"
+    assert "broken.json" in message["message"]
+    assert "Traceback" not in message["message"]
+    assert "step" not in message["progress"]  # no training step ran
+    assert "model:" not in log  # the model was never built
