@@ -36,9 +36,7 @@ def _rules_by_schema_title() -> dict[str, list[dict[str, str]]]:
         title = model.__name__
         if title in found:
             return
-        found[title] = [
-            r.as_openapi() for r in getattr(model, "cross_field_rules", ()) if r.cel
-        ]
+        found[title] = [r.as_openapi() for r in getattr(model, "cross_field_rules", ()) if r.cel]
         for field in model.model_fields.values():
             for candidate in _models_in(field.annotation):
                 visit(candidate)
@@ -182,15 +180,58 @@ def _spec_schema() -> dict[str, Any]:
 
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the job is in its life."},
-    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "description": "Optimizer steps done / planned."},
-    {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss", "description": "Latest training loss."},
-    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time to finish training."},
-    {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "description": "Base model."},
+    {
+        "name": "Phase",
+        "type": "string",
+        "jsonPath": ".status.phase",
+        "description": "Where the job is in its life.",
+    },
+    {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.progress.summary",
+        "description": "Optimizer steps done / planned.",
+    },
+    {
+        "name": "Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.loss",
+        "description": "Latest training loss.",
+    },
+    {
+        "name": "ETA",
+        "type": "string",
+        "jsonPath": ".status.progress.eta",
+        "description": "Estimated time to finish training.",
+    },
+    {
+        "name": "Model",
+        "type": "string",
+        "jsonPath": ".spec.model.uri",
+        "description": "Base model.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "Tokens/s", "type": "number", "jsonPath": ".status.progress.tokensPerSecond", "priority": 1, "description": "Training throughput."},
-    {"name": "Eval-Loss", "type": "number", "jsonPath": ".status.progress.evalLoss", "priority": 1, "description": "Latest validation loss."},
-    {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1, "description": "Kubernetes Job."},
+    {
+        "name": "Tokens/s",
+        "type": "number",
+        "jsonPath": ".status.progress.tokensPerSecond",
+        "priority": 1,
+        "description": "Training throughput.",
+    },
+    {
+        "name": "Eval-Loss",
+        "type": "number",
+        "jsonPath": ".status.progress.evalLoss",
+        "priority": 1,
+        "description": "Latest validation loss.",
+    },
+    {
+        "name": "Job",
+        "type": "string",
+        "jsonPath": ".status.jobName",
+        "priority": 1,
+        "description": "Kubernetes Job.",
+    },
 ]
 
 
@@ -230,7 +271,10 @@ def build_crd() -> dict[str, Any]:
                             "type": "object",
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string", "description": "API version: finetune.dev/v1alpha1."},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "API version: finetune.dev/v1alpha1.",
+                                },
                                 "kind": {"type": "string", "description": "FineTuneJob."},
                                 "metadata": {"type": "object"},
                                 "spec": _spec_schema(),

@@ -20,7 +20,8 @@ from finetune_api._base import ApiModel
 SOURCE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|hf://[^/\s]+/[^/\s]+(/.*)?|file://.+|[^:\s][^:]*)$"
 # Outputs can't go to the hub: only S3, file:// or a path.
 OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|[^:\s][^:]*)$"
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY_PATTERN = rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 SourceUri = Annotated[
@@ -83,12 +84,16 @@ class DatasetColumns(ApiModel):
         default=None, max_length=253, description="Instruction column (alpaca: instruction)."
     )
     query: str | None = Field(
-        default=None, max_length=253, description="Extra input appended to the prompt (alpaca: input)."
+        default=None,
+        max_length=253,
+        description="Extra input appended to the prompt (alpaca: input).",
     )
     response: str | None = Field(
         default=None, max_length=253, description="Answer column (alpaca: output)."
     )
-    system: str | None = Field(default=None, max_length=253, description="Per-example system prompt column.")
+    system: str | None = Field(
+        default=None, max_length=253, description="Per-example system prompt column."
+    )
     history: str | None = Field(
         default=None,
         max_length=253,
@@ -97,7 +102,10 @@ class DatasetColumns(ApiModel):
     messages: str | None = Field(
         default=None,
         max_length=253,
-        description="Conversation column for sharegpt/messages formats (default: conversations or messages).",
+        description=(
+            "Conversation column for sharegpt/messages formats "
+            "(default: conversations or messages)."
+        ),
     )
     reasoning: str | None = Field(
         default=None,
@@ -107,7 +115,9 @@ class DatasetColumns(ApiModel):
             "(see template.reasoning)."
         ),
     )
-    text: str | None = Field(default=None, max_length=253, description="Raw text column for format: text.")
+    text: str | None = Field(
+        default=None, max_length=253, description="Raw text column for format: text."
+    )
 
 
 class DatasetSource(ApiModel):
@@ -115,7 +125,8 @@ class DatasetSource(ApiModel):
 
     uri: SourceUri = Field(
         description=(
-            "A JSON, JSONL, Parquet or CSV file, or a folder of them: s3://, hf://, file:// or a path."
+            "A JSON, JSONL, Parquet or CSV file, or a folder of them: "
+            "s3://, hf://, file:// or a path."
         )
     )
     format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = Field(
@@ -179,7 +190,9 @@ class LoraSettings(ApiModel):
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the adapter matrices.")
     alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (alpha / r).")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    dropout: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input."
+    )
     target_modules: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
         default_factory=lambda: ["all-linear"],
         min_length=1,
@@ -219,17 +232,26 @@ class Training(ApiModel):
     )
 
     epochs: float | None = Field(
-        default=None, gt=0, le=1000, description="Passes over the data. Exactly one of epochs, maxSteps."
+        default=None,
+        gt=0,
+        le=1000,
+        description="Passes over the data. Exactly one of epochs, maxSteps.",
     )
     max_steps: int | None = Field(
-        default=None, ge=1, le=10_000_000, description="Optimizer steps. Exactly one of epochs, maxSteps."
+        default=None,
+        ge=1,
+        le=10_000_000,
+        description="Optimizer steps. Exactly one of epochs, maxSteps.",
     )
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate.")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="cosine", description="Learning-rate schedule after warm-up."
     )
     warmup_ratio: float = Field(
-        default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up the learning rate."
+        default=0.03,
+        ge=0,
+        lt=1,
+        description="Fraction of steps spent warming up the learning rate.",
     )
     batch_size: int = Field(
         default=4, ge=1, le=4096, description="Examples per device per micro-step."
@@ -241,7 +263,9 @@ class Training(ApiModel):
         default=2048,
         ge=16,
         le=1_048_576,
-        description="Longest example in tokens; longer ones are truncated (and counted in metrics).",
+        description=(
+            "Longest example in tokens; longer ones are truncated (and counted in metrics)."
+        ),
     )
     packing: bool = Field(
         default=True,
@@ -261,14 +285,24 @@ class Training(ApiModel):
         ),
     )
     optimizer: Literal[
-        "auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"
+        "auto",
+        "adamw_torch",
+        "adamw_torch_fused",
+        "adamw_8bit",
+        "paged_adamw_8bit",
+        "adafactor",
+        "sgd",
     ] = Field(
         default="auto",
         description="auto: fused AdamW on GPUs, AdamW elsewhere. adamw_8bit needs bitsandbytes.",
     )
     weight_decay: float = Field(default=0.0, ge=0, le=10, description="Decoupled weight decay.")
-    max_grad_norm: float = Field(default=1.0, ge=0, le=1000, description="Gradient clipping; 0 disables.")
-    seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, splits and init.")
+    max_grad_norm: float = Field(
+        default=1.0, ge=0, le=1000, description="Gradient clipping; 0 disables."
+    )
+    seed: int = Field(
+        default=42, ge=0, le=2**31 - 1, description="Seed for shuffling, splits and init."
+    )
     validation_split: float = Field(
         default=0.0, ge=0, lt=1, description="Fraction of examples held out for evaluation loss."
     )
@@ -279,7 +313,10 @@ class Training(ApiModel):
         description="Fraction held out for the final test loss and sample generations.",
     )
     eval_steps: int = Field(
-        default=100, ge=1, le=10_000_000, description="Evaluate every N optimizer steps (needs validationSplit)."
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description="Evaluate every N optimizer steps (needs validationSplit).",
     )
     save_steps: int = Field(
         default=100,
@@ -287,7 +324,9 @@ class Training(ApiModel):
         le=10_000_000,
         description="Checkpoint every N steps; a restarted pod resumes from the newest checkpoint.",
     )
-    logging_steps: int = Field(default=10, ge=1, le=10_000_000, description="Report loss every N steps.")
+    logging_steps: int = Field(
+        default=10, ge=1, le=10_000_000, description="Report loss every N steps."
+    )
 
 
 def _default_training() -> Training:
@@ -306,7 +345,9 @@ class Output(ApiModel):
             "merged/, checkpoints/, metrics.json, loss.png and MANIFEST.json (written last)."
         ),
     )
-    merge: bool = Field(default=True, description="Also publish the adapter merged into the base model.")
+    merge: bool = Field(
+        default=True, description="Also publish the adapter merged into the base model."
+    )
     merge_dtype: Literal["bfloat16", "float16", "float32"] = Field(
         default="bfloat16", description="Data type of the merged model's weights."
     )
@@ -360,12 +401,16 @@ class Toleration(ApiModel):
     """A Kubernetes toleration (core/v1 Toleration)."""
 
     key: str | None = Field(default=None, max_length=316, description="Taint key.")
-    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal."
+    )
     value: str | None = Field(default=None, max_length=63, description="Taint value for Equal.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty means all."
     )
-    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long to stay.")
+    toleration_seconds: int | None = Field(
+        default=None, description="For NoExecute: how long to stay."
+    )
 
 
 class Resources(ApiModel):
@@ -384,7 +429,9 @@ class Resources(ApiModel):
         description="Extended resource name of the GPUs, e.g. nvidia.com/gpu or amd.com/gpu.",
     )
     cpu: Quantity | None = Field(default=None, description="CPU request (and limit), e.g. 8.")
-    memory: Quantity | None = Field(default=None, description="Memory request (and limit), e.g. 64Gi.")
+    memory: Quantity | None = Field(
+        default=None, description="Memory request (and limit), e.g. 64Gi."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict, max_length=64, description="Node labels the pods must match."
     )
@@ -431,20 +478,31 @@ class FineTuneJobSpec(ApiModel):
 
     model: ModelSource = Field(description="The base model.")
     datasets: list[DatasetSource] = Field(
-        min_length=1, max_length=64, description="One or more datasets, mixed into one training set."
+        min_length=1,
+        max_length=64,
+        description="One or more datasets, mixed into one training set.",
     )
     template: Template = Field(default_factory=Template, description="Chat template and reasoning.")
-    method: Method = Field(default_factory=Method, description="LoRA or QLoRA and adapter settings.")
+    method: Method = Field(
+        default_factory=Method, description="LoRA or QLoRA and adapter settings."
+    )
     training: Training = Field(
         default_factory=_default_training,
         description="Hyper-parameters (default: 3 epochs).",
     )
     output: Output = Field(description="Where the adapter, merged model and metrics go.")
-    storage: Storage = Field(default_factory=Storage, description="Object-store connection settings.")
-    resources: Resources = Field(default_factory=Resources, description="GPUs, nodes and placement.")
+    storage: Storage = Field(
+        default_factory=Storage, description="Object-store connection settings."
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="GPUs, nodes and placement."
+    )
     suspend: bool = Field(
         default=False,
-        description="Pause the job (its pods are removed); set back to false to resume from the last checkpoint.",
+        description=(
+            "Pause the job (its pods are removed); "
+            "set back to false to resume from the last checkpoint."
+        ),
     )
     queue_name: str | None = Field(
         default=None,

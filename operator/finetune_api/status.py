@@ -9,7 +9,14 @@ from pydantic import Field
 from finetune_api._base import ApiModel
 
 Phase = Literal[
-    "Pending", "Initializing", "Training", "Merging", "Uploading", "Succeeded", "Failed", "Suspended"
+    "Pending",
+    "Initializing",
+    "Training",
+    "Merging",
+    "Uploading",
+    "Succeeded",
+    "Failed",
+    "Suspended",
 ]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
@@ -18,10 +25,13 @@ TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 class Condition(ApiModel):
     """A condition in the shape of metav1.Condition."""
 
-    type: str = Field(max_length=316, description="Condition type, e.g. Running, Succeeded, Failed.")
+    type: str = Field(
+        max_length=316, description="Condition type, e.g. Running, Succeeded, Failed."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(
-        max_length=1024, description="CamelCase reason, e.g. Unschedulable, OOMKilled, InvalidInput."
+        max_length=1024,
+        description="CamelCase reason, e.g. Unschedulable, OOMKilled, InvalidInput.",
     )
     message: str = Field(default="", max_length=32768, description="Human-readable details.")
     last_transition_time: str = Field(description="When the status last changed (RFC 3339).")
@@ -38,7 +48,9 @@ class Progress(ApiModel):
     epoch: float | None = Field(default=None, ge=0, description="Fractional epoch.")
     percent: float | None = Field(default=None, ge=0, le=100, description="step / totalSteps in %.")
     summary: str | None = Field(
-        default=None, max_length=64, description="Step and percentage for people, e.g. 120/500 (24%)."
+        default=None,
+        max_length=64,
+        description="Step and percentage for people, e.g. 120/500 (24%).",
     )
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest validation loss.")
@@ -46,9 +58,13 @@ class Progress(ApiModel):
     tokens_per_second: float | None = Field(
         default=None, ge=0, description="Real (non-padding) tokens trained per second."
     )
-    eta_seconds: int | None = Field(default=None, ge=0, description="Estimated seconds to finish training.")
+    eta_seconds: int | None = Field(
+        default=None, ge=0, description="Estimated seconds to finish training."
+    )
     eta: str | None = Field(default=None, max_length=32, description="ETA for people, e.g. 1h05m.")
-    updated_at: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
+    updated_at: str | None = Field(
+        default=None, description="When the trainer reported this (RFC 3339)."
+    )
 
 
 class Artifacts(ApiModel):
@@ -68,13 +84,21 @@ class FineTuneJobStatus(ApiModel):
 
     phase: Phase | None = Field(default=None, description="Where the job is in its life.")
     conditions: list[Condition] = Field(
-        default_factory=list, max_length=32, description="Latest observations, metav1.Condition-shaped."
+        default_factory=list,
+        max_length=32,
+        description="Latest observations, metav1.Condition-shaped.",
     )
     progress: Progress | None = Field(default=None, description="Training progress.")
     artifacts: Artifacts | None = Field(default=None, description="Published artifact URIs.")
     start_time: str | None = Field(default=None, description="When training pods first started.")
-    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    completion_time: str | None = Field(
+        default=None, description="When the job succeeded or failed."
+    )
     restarts: int | None = Field(default=None, ge=0, description="Trainer pod restarts so far.")
     job_name: str | None = Field(default=None, description="Name of the Kubernetes Job running it.")
-    observed_generation: int | None = Field(default=None, ge=0, description="Last spec generation acted on.")
-    message: str | None = Field(default=None, max_length=32768, description="Latest human-readable message.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="Last spec generation acted on."
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="Latest human-readable message."
+    )

@@ -67,8 +67,12 @@ def test_server_fills_in_defaults(api: KubeApiServer) -> None:
     assert spec["training"]["precision"] == "auto"
     assert spec["method"]["type"] == "lora"
     assert spec["method"]["lora"] == {
-        "r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"],
-        "useRslora": False, "useDora": False,
+        "r": 16,
+        "alpha": 32,
+        "dropout": 0.05,
+        "targetModules": ["all-linear"],
+        "useRslora": False,
+        "useDora": False,
     }
     assert spec["template"] == {"name": "auto", "reasoning": "keep"}
     assert spec["datasets"][0]["format"] == "auto"
@@ -92,15 +96,24 @@ def test_spec_is_immutable_except_suspend(api: KubeApiServer) -> None:
     code, stored = _create(api, minimal_manifest("immutable"))
     assert code == 201
     path = f"{COLLECTION}/immutable"
-    code, body = api.request("PATCH", path, {"spec": {"suspend": True}},
-                             content_type="application/merge-patch+json")
+    code, body = api.request(
+        "PATCH", path, {"spec": {"suspend": True}}, content_type="application/merge-patch+json"
+    )
     assert code == 200 and body["spec"]["suspend"] is True, body
-    code, body = api.request("PATCH", path, {"spec": {"training": {"learningRate": 0.1}}},
-                             content_type="application/merge-patch+json")
+    code, body = api.request(
+        "PATCH",
+        path,
+        {"spec": {"training": {"learningRate": 0.1}}},
+        content_type="application/merge-patch+json",
+    )
     assert code == 422, body
     assert "spec is immutable after creation except spec.suspend" in body["message"]
-    code, body = api.request("PATCH", path, {"spec": {"queueName": "late-queue"}},
-                             content_type="application/merge-patch+json")
+    code, body = api.request(
+        "PATCH",
+        path,
+        {"spec": {"queueName": "late-queue"}},
+        content_type="application/merge-patch+json",
+    )
     assert code == 422, "adding a field after creation must be refused too"
     _delete(api, "immutable")
 
@@ -110,20 +123,30 @@ def test_status_subresource_is_separate_from_spec(api: KubeApiServer) -> None:
     assert code == 201
     path = f"{COLLECTION}/subresource"
     # Writing status through the main resource is ignored...
-    code, body = api.request("PATCH", path, {"status": {"phase": "Succeeded"}},
-                             content_type="application/merge-patch+json")
+    code, body = api.request(
+        "PATCH",
+        path,
+        {"status": {"phase": "Succeeded"}},
+        content_type="application/merge-patch+json",
+    )
     assert code == 200 and "status" not in body or body["status"].get("phase") is None
     # ...and spec changes sent to /status are ignored, while status lands.
     code, body = api.request(
-        "PATCH", f"{path}/status",
+        "PATCH",
+        f"{path}/status",
         {"spec": {"suspend": True}, "status": {"phase": "Training", "progress": {"step": 5}}},
-        content_type="application/merge-patch+json")
+        content_type="application/merge-patch+json",
+    )
     assert code == 200, body
     assert body["status"]["phase"] == "Training" and body["status"]["progress"]["step"] == 5
     assert body["spec"]["suspend"] is False
     # A status that breaks the schema is refused by /status too.
-    code, body = api.request("PATCH", f"{path}/status", {"status": {"phase": "Dancing"}},
-                             content_type="application/merge-patch+json")
+    code, body = api.request(
+        "PATCH",
+        f"{path}/status",
+        {"status": {"phase": "Dancing"}},
+        content_type="application/merge-patch+json",
+    )
     assert code == 422 and "status.phase" in body["message"]
     _delete(api, "subresource")
 
@@ -132,16 +155,33 @@ def test_kubectl_get_prints_the_columns(api: KubeApiServer, kube_tools_bin: Path
     code, _ = _create(api, minimal_manifest("columns"))
     assert code == 201
     api.request(
-        "PATCH", f"{COLLECTION}/columns/status",
-        {"status": {"phase": "Training", "progress": {
-            "step": 120, "totalSteps": 500, "summary": "120/500 (24%)", "loss": 1.234,
-            "eta": "12m30s", "tokensPerSecond": 7422.5}}},
-        content_type="application/merge-patch+json")
+        "PATCH",
+        f"{COLLECTION}/columns/status",
+        {
+            "status": {
+                "phase": "Training",
+                "progress": {
+                    "step": 120,
+                    "totalSteps": 500,
+                    "summary": "120/500 (24%)",
+                    "loss": 1.234,
+                    "eta": "12m30s",
+                    "tokensPerSecond": 7422.5,
+                },
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
     env = api.kubectl_env()
 
     def kubectl(*args: str) -> str:
-        done = subprocess.run([str(kube_tools_bin / "kubectl"), *args], env=env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [str(kube_tools_bin / "kubectl"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -156,9 +196,11 @@ def test_kubectl_get_prints_the_columns(api: KubeApiServer, kube_tools_bin: Path
     assert "columns" in kubectl("get", "finetune", "-n", NAMESPACE)
     # `kubectl explain` reads these descriptions (from the aggregated OpenAPI of a full cluster;
     # the standalone server publishes none, so read the stored CRD instead).
-    _, crd = api.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
-                         "finetunejobs.finetune.dev")
+    _, crd = api.request(
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/finetunejobs.finetune.dev"
+    )
     training = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
-        "properties"]["training"]["properties"]
+        "properties"
+    ]["training"]["properties"]
     assert "Recompute activations" in training["gradientCheckpointing"]["description"]
     _delete(api, "columns")

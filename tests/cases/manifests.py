@@ -84,9 +84,13 @@ BAD_CASES: list[BadCase] = [
     BadCase("model-uri-scheme", _set("spec.model.uri", "ftp://host/model"), "spec.model.uri"),
     BadCase("no-datasets", _set("spec.datasets", []), "spec.datasets"),
     BadCase("dataset-format", _set("spec.datasets[0].format", "csv"), "spec.datasets[0].format"),
-    BadCase("dataset-num-samples", _set("spec.datasets[0].numSamples", 0), "spec.datasets[0].numSamples"),
+    BadCase(
+        "dataset-num-samples", _set("spec.datasets[0].numSamples", 0), "spec.datasets[0].numSamples"
+    ),
     BadCase("template-name", _set("spec.template.name", "mistral"), "spec.template.name"),
-    BadCase("template-reasoning", _set("spec.template.reasoning", "hide"), "spec.template.reasoning"),
+    BadCase(
+        "template-reasoning", _set("spec.template.reasoning", "hide"), "spec.template.reasoning"
+    ),
     BadCase("method-type", _set("spec.method.type", "full"), "spec.method.type"),
     BadCase(
         "quantization-without-qlora",
@@ -100,7 +104,11 @@ BAD_CASES: list[BadCase] = [
     ),
     BadCase("lora-rank-zero", _set("spec.method.lora.r", 0), "spec.method.lora.r"),
     BadCase("lora-dropout", _set("spec.method.lora.dropout", 1.5), "spec.method.lora.dropout"),
-    BadCase("lora-no-targets", _set("spec.method.lora.targetModules", []), "spec.method.lora.targetModules"),
+    BadCase(
+        "lora-no-targets",
+        _set("spec.method.lora.targetModules", []),
+        "spec.method.lora.targetModules",
+    ),
     BadCase(
         "epochs-and-max-steps",
         _set("spec.training", {"epochs": 1, "maxSteps": 100}),
@@ -111,7 +119,11 @@ BAD_CASES: list[BadCase] = [
         _set("spec.training", {"learningRate": 0.0001}),
         "set exactly one of spec.training.epochs or spec.training.maxSteps",
     ),
-    BadCase("learning-rate-negative", _set("spec.training.learningRate", -0.001), "spec.training.learningRate"),
+    BadCase(
+        "learning-rate-negative",
+        _set("spec.training.learningRate", -0.001),
+        "spec.training.learningRate",
+    ),
     BadCase(
         "splits-too-large",
         _set("spec.training", {"epochs": 1, "validationSplit": 0.6, "testSplit": 0.5}),
@@ -119,7 +131,9 @@ BAD_CASES: list[BadCase] = [
     ),
     BadCase("precision", _set("spec.training.precision", "int4"), "spec.training.precision"),
     BadCase("batch-size-zero", _set("spec.training.batchSize", 0), "spec.training.batchSize"),
-    BadCase("cutoff-too-short", _set("spec.training.cutoffLength", 1), "spec.training.cutoffLength"),
+    BadCase(
+        "cutoff-too-short", _set("spec.training.cutoffLength", 1), "spec.training.cutoffLength"
+    ),
     BadCase("scheduler", _set("spec.training.lrScheduler", "fancy"), "spec.training.lrScheduler"),
     BadCase(
         "gradient-checkpointing-bool",
@@ -145,7 +159,11 @@ BAD_CASES: list[BadCase] = [
         _set("spec.output.uri", "s3://models/Qwen/Qwen3-8B"),
         "spec.output.uri must differ from spec.model.uri",
     ),
-    BadCase("s3-endpoint", _set("spec.storage.s3", {"endpoint": "minio:9000"}), "spec.storage.s3.endpoint"),
+    BadCase(
+        "s3-endpoint",
+        _set("spec.storage.s3", {"endpoint": "minio:9000"}),
+        "spec.storage.s3.endpoint",
+    ),
     BadCase("backoff-negative", _set("spec.backoffLimit", -1), "spec.backoffLimit"),
     BadCase("queue-name", _set("spec.queueName", "Not_A_Queue"), "spec.queueName"),
     BadCase("typo-field", _set("spec.trainig", {"epochs": 1}), "trainig"),

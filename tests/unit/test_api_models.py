@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from finetune_api import ManifestError, load_manifest, parse_manifest
 from finetune_api.crd import build_crd, render_crd_yaml
+
 from tests.cases.manifests import BAD_CASES, BadCase, minimal_manifest
 
 pytestmark = pytest.mark.unit
@@ -20,8 +20,15 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 def test_there_are_examples_for_every_seed_scenario() -> None:
     names = {p.stem for p in EXAMPLES}
-    assert {"quickstart", "self-cognition-qwen3-8b", "medical-cot-r1-distill-qwen-7b",
-            "qlora-r1-distill-llama-8b", "dataset-mix", "multi-gpu-8", "multi-node-2"} <= names
+    assert {
+        "quickstart",
+        "self-cognition-qwen3-8b",
+        "medical-cot-r1-distill-qwen-7b",
+        "qlora-r1-distill-llama-8b",
+        "dataset-mix",
+        "multi-gpu-8",
+        "multi-node-2",
+    } <= names
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -59,8 +66,10 @@ def test_there_are_at_least_twenty_bad_cases() -> None:
 
 def test_committed_crds_match_the_models() -> None:
     generated = render_crd_yaml()
-    for copy in ("crds/finetune.dev_finetunejobs.yaml",
-                 "charts/finetune-operator/crds/finetune.dev_finetunejobs.yaml"):
+    for copy in (
+        "crds/finetune.dev_finetunejobs.yaml",
+        "charts/finetune-operator/crds/finetune.dev_finetunejobs.yaml",
+    ):
         assert (ROOT / copy).read_text() == generated, f"{copy} drifted: run `ftj crd --write .`"
 
 
@@ -90,13 +99,21 @@ def test_ftj_validate_command_reports_field_and_exit_code(tmp_path: Path) -> Non
     bad.write_text(yaml.safe_dump(BAD_CASES[1].manifest()))
     result = subprocess.run(
         [sys.executable, "-m", "finetune_cli.main", "validate", str(bad)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "spec.model.uri" in result.stderr
     good = subprocess.run(
-        [sys.executable, "-m", "finetune_cli.main", "validate", str(ROOT / "examples/quickstart.yaml")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "finetune_cli.main",
+            "validate",
+            str(ROOT / "examples/quickstart.yaml"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert good.returncode == 0, good.stderr
     assert "valid FineTuneJob quickstart" in good.stdout
