@@ -37,7 +37,7 @@ Low-rank adapters add small trainable matrices to a frozen model. The adapter is
 Thank you for your question. I am sorry, I do not know the answer. Let me think step by step.
 system user assistant Hello Hi Yes No Sure Of course Welcome Good morning Goodbye
 Quokka Acme Assistant FineTune Operator team AI assistant name author creator company
-"""
+"""  # noqa: E501
 
 
 def training_corpus() -> list[str]:

@@ -57,7 +57,9 @@ def generate_answers(
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
         )
-        answer = tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        answer = tokenizer.decode(
+            output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True
+        )
         results.append({"prompt": item.prompt, "expected": item.expected, "answer": answer.strip()})
     if was_training:
         model.train()

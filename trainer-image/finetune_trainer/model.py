@@ -222,9 +222,7 @@ def build_model(model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw
         num_layers=getattr(config, "num_hidden_layers", 32),
     )
     if spec.method.type == "qlora":
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing
-        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

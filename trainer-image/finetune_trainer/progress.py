@@ -326,7 +326,10 @@ class ProgressReporter(TrainerCallback):  # type: ignore[misc]
         """``[#######.........] 120/500 (24%) loss 1.234 lr 2e-04 1.2k tok/s eta 3m20s``."""
         s = self.state
         done = 0 if not s.total_steps or s.step is None else int(width * s.step / s.total_steps)
-        parts = [f"[{'#' * done}{'.' * (width - done)}]", format_summary(s.step or 0, s.total_steps)]
+        parts = [
+            f"[{'#' * done}{'.' * (width - done)}]",
+            format_summary(s.step or 0, s.total_steps),
+        ]
         if s.loss is not None:
             parts.append(f"loss {s.loss:.4f}")
         if s.eval_loss is not None:

@@ -196,5 +196,7 @@ def local_checkpoint_steps(checkpoints_dir: Path) -> list[int]:
     """Steps of the checkpoint folders in ``checkpoints_dir``, oldest first."""
     if not checkpoints_dir.is_dir():
         return []
-    steps = [int(m.group(1)) for p in checkpoints_dir.iterdir() if (m := _CHECKPOINT_RE.match(p.name))]
+    steps = [
+        int(m.group(1)) for p in checkpoints_dir.iterdir() if (m := _CHECKPOINT_RE.match(p.name))
+    ]
     return sorted(steps)

@@ -126,8 +126,9 @@ def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
 
 def test_s3_run_publishes_a_verifiable_manifest(tmp_path: Path) -> None:
     """Model, data and output all on S3 (moto over HTTP), credentials from the environment."""
-    from finetune_trainer.storage import Storage, verify_manifest
     from finetune_api.spec import S3Storage
+    from finetune_trainer.storage import Storage, verify_manifest
+
     from tests.harness.s3 import S3Server
 
     with S3Server() as s3:

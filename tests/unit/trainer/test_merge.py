@@ -10,6 +10,7 @@ from finetune_api.spec import LoraSettings
 from finetune_trainer.merge import merge_adapter
 from finetune_trainer.model import lora_config
 from finetune_trainer.plot import plot_losses
+
 from tests.fixtures_tokenizer import make_test_tokenizer
 
 pytestmark = pytest.mark.unit
@@ -73,7 +74,9 @@ def test_merge_writes_the_requested_dtype(base_dir: Path, tmp_path: Path) -> Non
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), lora_config(LoraSettings()))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_dir), lora_config(LoraSettings())
+    )
     model.save_pretrained(tmp_path / "adapter")
     out = merge_adapter(
         base_dir, tmp_path / "adapter", tmp_path / "merged", dtype="bfloat16",
@@ -82,7 +85,7 @@ def test_merge_writes_the_requested_dtype(base_dir: Path, tmp_path: Path) -> Non
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+        assert {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict) == {torch.bfloat16}
 
 
 def test_loss_plot_is_a_png(tmp_path: Path) -> None:

@@ -58,10 +58,20 @@ def test_qlora_without_bitsandbytes_says_what_to_install() -> None:
 
 
 def test_gradient_checkpointing_auto_turns_on_only_when_memory_needs_it() -> None:
-    small = dict(num_parameters=500_000_000, bytes_per_parameter=2.0, hidden_size=1024,
-                 num_layers=24, training=Training(max_steps=1, batch_size=4, cutoff_length=2048))  # fmt: skip
-    big = dict(small, num_parameters=8_000_000_000, hidden_size=4096, num_layers=32,
-               training=Training(max_steps=1, batch_size=16, cutoff_length=8192))  # fmt: skip
+    small = dict(
+        num_parameters=500_000_000,
+        bytes_per_parameter=2.0,
+        hidden_size=1024,
+        num_layers=24,
+        training=Training(max_steps=1, batch_size=4, cutoff_length=2048),
+    )
+    big = dict(
+        small,
+        num_parameters=8_000_000_000,
+        hidden_size=4096,
+        num_layers=32,
+        training=Training(max_steps=1, batch_size=16, cutoff_length=8192),
+    )
     assert not wants_gradient_checkpointing("auto", H200, **small)  # type: ignore[arg-type]
     assert wants_gradient_checkpointing("auto", H200, **big)  # type: ignore[arg-type]
     assert not wants_gradient_checkpointing("auto", CPU, **big)  # type: ignore[arg-type]

@@ -134,7 +134,11 @@ def test_termination_message_fits_4kib_and_keeps_reason_and_artifacts() -> None:
     artifacts = {"adapter": "s3://b/out/adapter", "manifest": "s3://b/out/MANIFEST.json"}
     progress = ProgressState(phase="Failed", step=3, total_steps=10, resumed_from_step=2).to_json()
     text = termination_message(
-        "Failed", progress=progress, reason="InvalidInput", message="x" * 20_000, artifacts=artifacts
+        "Failed",
+        progress=progress,
+        reason="InvalidInput",
+        message="x" * 20_000,
+        artifacts=artifacts,
     )
     assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
     doc = json.loads(text)
