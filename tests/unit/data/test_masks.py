@@ -61,7 +61,12 @@ def test_every_assistant_turn_and_only_it_is_trained(tmp_path: Path, name: str) 
     prepared = prepare_data(make_spec(template={"name": name}), [data], tokenizer)
     row = prepared.train[0]
     runs = [tokenizer.decode(r) for r in _labelled_runs(row["input_ids"], row["labels"])]
-    assert runs == [answer + END[name] for answer in ANSWERS]
+
+    # qwen3 with reasoning: keep trains the (empty) think block too: the model opens it itself
+    def opening(answer: str) -> str:
+        return "<think>\n\n</think>\n\n" if name == "qwen3" and "<think>" not in answer else ""
+
+    assert runs == [opening(answer) + answer + END[name] for answer in ANSWERS]
     assert prepared.stats.assistant_tokens == sum(1 for x in row["labels"] if x != -100)
 
 
@@ -90,3 +95,25 @@ def test_text_format_trains_every_token_and_ends_with_eos(tmp_path: Path) -> Non
     row = prepare_data(make_spec(), [data], tokenizer).train[0]
     assert row["labels"] == row["input_ids"]
     assert tokenizer.decode(row["input_ids"]) == "The doctor suggests rest.<|endoftext|>"
+
+
+@pytest.mark.parametrize("reasoning", ["keep", "strip"])
+@pytest.mark.parametrize("name", sorted(END))
+def test_what_follows_the_generation_prompt_is_what_was_trained(name: str, reasoning: str) -> None:
+    """At inference the model continues the generation prompt: training must have taught it
+    exactly that continuation, or greedy answers ramble although the loss went down."""
+    from finetune_api.spec import Template
+
+    from finetune_trainer.data import render_chat
+
+    tokenizer = make_test_tokenizer()
+    template = Template(name=name, reasoning=reasoning)
+    messages = [{"role": "user", "content": "Who are you?"}]
+    answer = "I am Quokka."
+    prompt = render_chat(template, tokenizer, messages, add_generation_prompt=True)
+    full = render_chat(
+        template, tokenizer, [*messages, {"role": "assistant", "content": answer}], False
+    )
+    assert full.startswith(prompt), (prompt, full)
+    continuation = full[len(prompt) :]
+    assert answer in continuation and continuation.index(answer) <= len("<think>\n\n</think>\n\n")

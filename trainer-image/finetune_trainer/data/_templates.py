@@ -10,8 +10,10 @@ Formats (what the model families' own tokenizers produce):
 
 * ``chatml``: ``<|im_start|>{role}\\n{content}<|im_end|>\\n``.
 * ``qwen3``: ChatML; tool results as a user turn wrapped in ``<tool_response>``; every
-  assistant turn carries a ``<think>`` block, an empty one when the answer has no reasoning
-  (so ``reasoning: strip`` trains and prompts the non-thinking mode).
+  assistant turn carries a ``<think>`` block, an empty one when the answer has no reasoning.
+  With ``reasoning: keep`` the block is trained (the model opens it itself after the bare
+  generation prompt); with ``strip`` it is untrained scaffolding in the prompt too, as in
+  Qwen3's non-thinking mode.
 * ``deepseek-r1``: ``<｜begin▁of▁sentence｜>{system}<｜User｜>{q}<｜Assistant｜>{a}``
   ``<｜end▁of▁sentence｜>``.
 * ``llama3``: ``<|begin_of_text|>``, then per turn
@@ -56,10 +58,19 @@ def _qwen3(messages: Sequence[Message], generate: bool, reasoning: str, tok: Any
     for m in messages:
         role, content = m["role"], m["content"]
         if role == "assistant":
-            header = "<|im_start|>assistant\n" + ("" if has_reasoning(content) else _EMPTY_THINK)
+            # What follows the generation prompt must be exactly what was trained. With
+            # `keep`, the prompt ends at "assistant\n", so the model learns to open (and, for
+            # answers without reasoning, close at once) its own think block. With `strip`,
+            # the prompt carries the empty block (Qwen3's non-thinking mode), untrained.
+            if has_reasoning(content) or reasoning == "keep":
+                header, body = "<|im_start|>assistant\n", content
+                if not has_reasoning(content):
+                    body = _EMPTY_THINK + content
+            else:
+                header, body = "<|im_start|>assistant\n" + _EMPTY_THINK, content
             out += [
                 Segment(header, False),
-                Segment(content + "<|im_end|>", True),
+                Segment(body + "<|im_end|>", True),
                 Segment("\n", False),
             ]
         elif role == "tool":
