@@ -65,6 +65,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Watch only our Jobs and pods, filtered by the API server, not all of the cluster's.
     settings.watching.label_selectors[JOBS] = naming.JOB_LABEL
     settings.watching.label_selectors[PODS] = naming.JOB_LABEL
+    # No runtime scanning of CRDs and namespaces: the resources we serve are known at startup
+    # (the chart installs the CRDs before the operator) and the namespaces are either all or a
+    # fixed list, so kopf needs no list/watch on customresourcedefinitions or namespaces, which
+    # the chart does not grant (a namespaced install has no cluster-scoped permission at all).
+    # https://kopf.readthedocs.io/en/stable/configuration/#resource-scanning
+    settings.scanning.disabled = True
     if ours.peering:
         settings.peering.name = ours.peering
         settings.peering.mandatory = True

@@ -102,41 +102,44 @@ Argument: a dict with "root" (the top context) and "clusterwide" (bool).
 */}}
 {{- define "finetune-operator.rules" -}}
 {{- $root := .root -}}
-# FineTuneJobs: watched by kopf; patched for kopf's finalizer and progress annotations.
+# FineTuneJobs: listed and watched by kopf; patched for kopf's finalizer and annotations.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 # Status is only written through the status subresource.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
-  verbs: ["get", "patch"]
-# The Job that runs the trainer pods (suspend/resume is a patch; deletion is left to the
-# garbage collector through ownerReferences).
+  verbs: ["patch"]
+# The Job that runs the trainer pods: watched (label-selected), created, read back when it
+# already exists (a restart), patched to suspend/resume. Deletion is left to the garbage
+# collector through ownerReferences.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch"]
-# The ConfigMap holding the job's spec as JSON, and the headless Service of multi-node jobs.
+# The ConfigMap holding the job's spec as JSON, and the headless Service of multi-node jobs:
+# created, and read back when they already exist (a restart). Never watched nor patched.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["create", "get", "list", "watch", "patch"]
-# Trainer pods: their phase, restarts, termination message and IP (progress is polled over HTTP).
+  verbs: ["create", "get"]
+# Trainer pods, watched (label-selected): their phase, restarts, termination message and IP
+# (progress is polled over HTTP).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
-# Events on FineTuneJobs (kopf posts core/v1 events).
+  verbs: ["list", "watch"]
+# Events on FineTuneJobs (kopf posts core/v1 events, never updates them).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 {{- if $root.Values.peering.enabled }}
 # kopf peering: the operator keeps itself alive in its peering object's status.
 {{- if .clusterwide }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- else }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
 {{- with $root.Values.rbac.extraRules }}
