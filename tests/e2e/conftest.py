@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
+
 from tests.harness.apiserver import KubeApiServer
 from tests.harness.job_simulator import JobSimulator
 from tests.harness.kube_gateway import KubeGateway, Upstream

@@ -27,14 +27,15 @@ pytestmark = pytest.mark.e2e
 BUCKET_CREDENTIALS = "s3-credentials"
 
 
-def ftj(name: str, kube_env: KubeEnv, *, steps: int = 20, step_seconds: float = 0.05,
+def ftj(name: str, kube_env: KubeEnv, ns: str, *, steps: int = 20, step_seconds: float = 0.05,
         exit_code: int = 0, output: str | None = None, **spec: Any) -> dict[str, Any]:
-    """A FineTuneJob for the fake trainer (annotations steer it), output in S3."""
+    """A FineTuneJob for the fake trainer, output in S3; its knobs go to the pods' env."""
+    kube_env.simulator.set_pod_env(ns, {
+        "FAKE_TRAINER_STEP_SECONDS": str(step_seconds),
+        "FAKE_TRAINER_EXIT_CODE": str(exit_code)}, job=name)
     body: dict[str, Any] = {
         "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
-        "metadata": {"name": name, "annotations": {
-            "fake-trainer.finetune.dev/step-seconds": str(step_seconds),
-            "fake-trainer.finetune.dev/exit-code": str(exit_code)}},
+        "metadata": {"name": name},
         "spec": {
             "model": {"uri": "s3://models/tiny-qwen3"},
             "datasets": [{"uri": "s3://datasets/identity.json", "format": "alpaca"}],
@@ -110,7 +111,7 @@ def verify_manifest(kube_env: KubeEnv, manifest_uri: str) -> dict[str, Any]:
 
 def test_lifecycle_pending_training_succeeded(kube_env: KubeEnv, ns: str,
                                               operator: OperatorProcess) -> None:
-    kube_env.apply(ftj("life", kube_env, steps=40, step_seconds=0.15), ns)
+    kube_env.apply(ftj("life", kube_env, ns, steps=40, step_seconds=0.15), ns)
     wait_phase(kube_env, ns, "life", {"Pending", "Initializing", "Training"}, operator)
     training = wait_phase(kube_env, ns, "life", {"Training"}, operator)
     first_step = training["progress"]["step"]
@@ -128,7 +129,7 @@ def test_lifecycle_pending_training_succeeded(kube_env: KubeEnv, ns: str,
 
 def test_bad_data_fails_with_trainer_message_and_no_retry(kube_env: KubeEnv, ns: str,
                                                           operator: OperatorProcess) -> None:
-    body = ftj("baddata", kube_env)
+    body = ftj("baddata", kube_env, ns)
     body["spec"]["datasets"] = [{"uri": "s3://datasets/invalid.json", "format": "alpaca"}]
     kube_env.apply(body, ns)
     done = wait_phase(kube_env, ns, "baddata", {"Succeeded", "Failed"}, operator)
@@ -142,7 +143,7 @@ def test_bad_data_fails_with_trainer_message_and_no_retry(kube_env: KubeEnv, ns:
 
 def test_killed_trainer_pod_resumes_from_checkpoint(kube_env: KubeEnv, ns: str,
                                                     operator: OperatorProcess) -> None:
-    kube_env.apply(ftj("resume", kube_env, steps=40, step_seconds=0.1), ns)
+    kube_env.apply(ftj("resume", kube_env, ns, steps=40, step_seconds=0.1), ns)
 
     def checkpointed() -> str | None:
         s = status(kube_env, ns, "resume")
@@ -155,14 +156,14 @@ def test_killed_trainer_pod_resumes_from_checkpoint(kube_env: KubeEnv, ns: str,
     kube_env.simulator.kill_pod(pod, signal.SIGKILL, ns)
     done = wait_phase(kube_env, ns, "resume", {"Succeeded", "Failed"}, operator, timeout=90)
     assert done["phase"] == "Succeeded", done
-    assert (done.get("progress") or {}).get("resumedFromStep", 0) >= 10 or \
-        "resumed" in json.dumps(done).lower(), done
+    resumed = [c for c in done.get("conditions", []) if c.get("reason") == "ResumedFromCheckpoint"]
+    assert resumed and "step 10" in resumed[0].get("message", ""), done["conditions"]
     assert len(kube_env.gateway.objects("pods", ns)) == 2
 
 
 def test_operator_killed_mid_reconcile_creates_exactly_one_job(
         kube_env: KubeEnv, ns: str, operator: OperatorProcess) -> None:
-    kube_env.apply(ftj("once", kube_env, steps=30, step_seconds=0.1), ns)
+    kube_env.apply(ftj("once", kube_env, ns, steps=30, step_seconds=0.1), ns)
     # Kill as soon as the operator has started acting on the object (the Job may or may not
     # exist yet), then restart: the new process must adopt, not duplicate.
     wait_for(lambda: any(r.namespace == ns and r.verb in ("create", "patch")
@@ -180,7 +181,7 @@ def test_operator_killed_mid_reconcile_creates_exactly_one_job(
 
 def test_suspend_then_resume_continues_from_checkpoint(kube_env: KubeEnv, ns: str,
                                                        operator: OperatorProcess) -> None:
-    kube_env.apply(ftj("pause", kube_env, steps=40, step_seconds=0.1), ns)
+    kube_env.apply(ftj("pause", kube_env, ns, steps=40, step_seconds=0.1), ns)
     wait_for(lambda: (status(kube_env, ns, "pause").get("progress") or {}).get("step", 0) > 12,
              timeout=60, what="past the first checkpoint", details=operator.logs)
     kube_env.kubectl("patch", "ftj", "pause", "-n", ns, "--type=merge",
@@ -198,7 +199,7 @@ def test_suspend_then_resume_continues_from_checkpoint(kube_env: KubeEnv, ns: st
 
 def test_delete_removes_job_and_keeps_artifacts(kube_env: KubeEnv, ns: str,
                                                 operator: OperatorProcess) -> None:
-    kube_env.apply(ftj("gone", kube_env, steps=10), ns)
+    kube_env.apply(ftj("gone", kube_env, ns, steps=10), ns)
     done = wait_phase(kube_env, ns, "gone", {"Succeeded", "Failed"}, operator)
     assert done["phase"] == "Succeeded", done
     assert trainer_jobs(kube_env, ns)
@@ -211,7 +212,7 @@ def test_delete_removes_job_and_keeps_artifacts(kube_env: KubeEnv, ns: str,
 def test_twenty_jobs_at_once_all_succeed(kube_env: KubeEnv, ns: str,
                                          operator: OperatorProcess) -> None:
     names = [f"many-{i:02d}" for i in range(20)]
-    docs = [ftj(n, kube_env, steps=10, step_seconds=0.1) for n in names]
+    docs = [ftj(n, kube_env, ns, steps=10, step_seconds=0.1) for n in names]
     kube_env.kubectl("apply", "-n", ns, "-f", "-",
                      input="\n---\n".join(json.dumps(d) for d in docs))
 
@@ -248,7 +249,7 @@ def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorP
     if os.environ.get("FTJ_E2E_SKIP_REAL_TRAINER"):
         pytest.skip("FTJ_E2E_SKIP_REAL_TRAINER is set")
     pytest.importorskip("torch")
-    body = ftj("quickstart", kube_env)
+    body = ftj("quickstart", kube_env, ns)
     body["spec"].update({
         "datasets": [{"uri": "s3://datasets/identity.json", "format": "alpaca",
                       "variables": {"name": "Quokka", "author": "the FineTune Operator team"}}],

@@ -9,7 +9,9 @@ Behaviour, from the manifest (``FTJ_MANIFEST``, the FineTuneJob as JSON) and the
 
 * steps: ``spec.training.maxSteps`` (default 20), or ``FAKE_TRAINER_STEPS``;
 * one step every ``FAKE_TRAINER_STEP_SECONDS`` (default 0.05); the annotation
-  ``fake-trainer.finetune.dev/step-seconds`` on the FineTuneJob overrides it per job;
+  ``fake-trainer.finetune.dev/step-seconds`` in the manifest overrides it (only Jobs written
+  by tests carry annotations: the operator's job.json drops them, so operator tests use
+  :meth:`JobSimulator.set_pod_env` to set the ``FAKE_TRAINER_*`` variables per job);
 * a checkpoint every ``spec.training.saveSteps`` under ``<output>/checkpoints/checkpoint-N``
   (``COMPLETE`` marker last); a restarted pod resumes from the newest complete one and reports
   ``resumedFromStep``;
@@ -25,6 +27,7 @@ Run: ``python tests/harness/fake_trainer.py`` with the pod's environment.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -115,10 +118,8 @@ def _now() -> str:
 
 def _finish(code: int, summary: dict[str, Any]) -> None:
     path = os.environ.get("FTJ_TERMINATION_LOG", "/dev/termination-log")
-    try:
+    with contextlib.suppress(OSError):
         Path(path).write_text(json.dumps(summary)[:4096])
-    except OSError:
-        pass
     STATE["phase"] = summary["phase"]
     print(json.dumps({"event": "finished", **summary}), flush=True)
     sys.exit(code)
@@ -136,10 +137,10 @@ def main() -> None:
     total = int(os.environ.get("FAKE_TRAINER_STEPS") or notes.get(ANNOTATION + "steps")
                 or training.get("maxSteps") or 20)
     save_every = int(training.get("saveSteps") or max(total // 4, 1))
-    step_seconds = float(notes.get(ANNOTATION + "step-seconds")
-                         or os.environ.get("FAKE_TRAINER_STEP_SECONDS") or 0.05)
-    exit_code = int(notes.get(ANNOTATION + "exit-code")
-                    or os.environ.get("FAKE_TRAINER_EXIT_CODE") or 0)
+    step_seconds = float(os.environ.get("FAKE_TRAINER_STEP_SECONDS")
+                         or notes.get(ANNOTATION + "step-seconds") or 0.05)
+    exit_code = int(os.environ.get("FAKE_TRAINER_EXIT_CODE")
+                    or notes.get(ANNOTATION + "exit-code") or 0)
     output_uri = os.environ.get("FTJ_OUTPUT_URI") or (spec.get("output") or {}).get(
         "uri") or os.path.join(os.environ.get("FTJ_WORKDIR", "."), "output")
 

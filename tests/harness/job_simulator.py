@@ -124,6 +124,7 @@ class JobSimulator:
         self.grace_seconds = grace_seconds
         self.pods: dict[tuple[str, str], SimulatedPod] = {}
         self.faults: dict[tuple[str, str], Fault] = {}  # (namespace, job name) -> fault
+        self.env_overrides: list[tuple[str, str | None, dict[str, str]]] = []
         self._ips = (f"127.0.{i // 250 + 1}.{i % 250 + 2}" for i in itertools.count())
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
@@ -205,6 +206,16 @@ class JobSimulator:
             for pod in self.pods.values():
                 pod.release.set()
         self.gateway.call(clear)
+
+    def set_pod_env(self, namespace: str, env: Mapping[str, str],
+                    job: str | None = None) -> None:
+        """Add ``env`` to future pods in ``namespace``; with ``job``, only to pods whose Job
+        name starts with it or that carry it as a label value (e.g. the FineTuneJob's name).
+
+        The per-job channel for fake-trainer knobs when an operator renders the pod: the
+        operator's job.json carries no annotations, so tests steer the trainer through here.
+        """
+        self.gateway.call(self.env_overrides.append, (namespace, job, dict(env)))
 
     def pod_log(self, name: str, namespace: str = "default") -> str:
         """Everything the pod's process wrote so far."""
@@ -377,9 +388,7 @@ class JobSimulator:
         if not failures or not times:
             return True
         delay = self.backoff_seconds * min(2 ** (failures - 1), 8)
-        if asyncio.get_running_loop().time() >= times[-1] + delay:
-            return True
-        return False
+        return asyncio.get_running_loop().time() >= times[-1] + delay
 
     def _write_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         current = self.store.find(JOBS, namespace, name)
@@ -596,6 +605,11 @@ class JobSimulator:
         env: dict[str, str] = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         env["HOME"] = str(tmp)
         env.update(self.extra_env)
+        labels = obj["metadata"].get("labels") or {}
+        for namespace, job, extra in self.env_overrides:
+            if namespace == ns and (job is None or labels.get("job-name", "").startswith(job)
+                                    or job in labels.values()):
+                env.update(extra)
         env["HOSTNAME"] = pod.name
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")

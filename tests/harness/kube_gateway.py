@@ -443,7 +443,8 @@ class ObjectStore:
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
-        meta["generation"] = 1
+        if "spec" in obj:
+            meta["generation"] = 1
         for key in ("resourceVersion", "deletionTimestamp", "selfLink"):
             meta.pop(key, None)
         self._default(res, obj)
@@ -1214,7 +1215,7 @@ class KubeGateway:
     def _table(res: ResourceType, items: list[dict[str, Any]], rv: str) -> dict[str, Any]:
         columns = [("Name", "string", "name")]
         extra: dict[str, list[tuple[str, str, Callable[[dict[str, Any]], Any]]]] = {
-            "Pod": [("Ready", "string", lambda o: "%d/%d" % (
+            "Pod": [("Ready", "string", lambda o: "{}/{}".format(
                         sum(1 for c in o.get("status", {}).get("containerStatuses", [])
                             if c.get("ready")),
                         len(o.get("spec", {}).get("containers", [])))),
@@ -1222,7 +1223,7 @@ class KubeGateway:
                     ("Restarts", "integer", lambda o: 0),
                     ("IP", "string", lambda o: o.get("status", {}).get("podIP", "<none>"))],
             "Job": [("Status", "string", _job_status),
-                    ("Completions", "string", lambda o: "%d/%d" % (
+                    ("Completions", "string", lambda o: "{}/{}".format(
                         o.get("status", {}).get("succeeded", 0),
                         o.get("spec", {}).get("completions", 1)))],
             "Event": [("Type", "string", lambda o: o.get("type", "")),

@@ -16,6 +16,7 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -89,10 +90,8 @@ class OperatorProcess:
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill the operator abruptly (default SIGKILL: no cleanup, as an OOM kill)."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=30)
 
     def stop(self, grace: float = 10.0) -> None:
