@@ -347,4 +347,12 @@ def _is_object_not_found(err: Any) -> bool:
 
 def _short(err: BaseException) -> str:
     text = str(getattr(err, "reason", None) or err).strip().splitlines()
-    return text[0][:200] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    # urllib3 prefixes the cause with its connection object's repr ("HTTPConnection(host=...,
+    # port=...): Failed to establish a new connection: [Errno 111] Connection refused"); the
+    # server URL is already in the message, so keep what went wrong.
+    line = text[0]
+    if "): " in line and line.startswith(("HTTPConnection(", "HTTPSConnection(")):
+        line = line.split("): ", 1)[1]
+    return line[:200]

@@ -114,6 +114,16 @@ def run(args: argparse.Namespace) -> int:
     artifacts: dict[str, str] = {k: v for k, v in (status.get("artifacts") or {}).items() if v}
     if not artifacts:
         phase = status.get("phase") or "Pending"
+        if phase == "Failed":
+            raise CliError(
+                f"FineTuneJob {args.name} failed before publishing artifacts; "
+                f"`ftj describe {args.name}` shows why"
+            )
+        if phase == "Succeeded":
+            raise CliError(
+                f"FineTuneJob {args.name} succeeded but its status lists no artifacts; "
+                f"look under its spec.output.uri (`ftj describe {args.name}`)"
+            )
         raise CliError(
             f"FineTuneJob {args.name} has published no artifacts yet (phase {phase}); "
             f"`ftj watch {args.name}` waits for it"

@@ -102,7 +102,9 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[
         lines.append("  <none>")
     lines.append("Artifacts:")
     artifacts = status.get("artifacts") or {}
-    lines.extend(_pairs(list(artifacts.items()), "  ") or ["  <none published yet>"])
+    order = ("adapter", "merged", "metrics", "lossPlot", "manifest")  # as `ftj artifacts`
+    keys = [k for k in order if k in artifacts] + sorted(set(artifacts) - set(order))
+    lines.extend(_pairs([(k, artifacts[k]) for k in keys], "  ") or ["  <none published yet>"])
     lines.append("Pods:")
     if pods:
         rows = [["NAME", "PHASE", "RESTARTS", "NODE", "AGE"]]
