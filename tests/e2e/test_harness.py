@@ -114,7 +114,7 @@ def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) 
 
 def test_fake_trainer_job_completes_with_progress_and_message(kube_env: KubeEnv,
                                                               ns: str) -> None:
-    apply_all(kube_env, ns, fake_trainer_job("ok", steps=30, step_seconds=0.1))
+    apply_all(kube_env, ns, fake_trainer_job("ok", steps=100, step_seconds=0.1))
     pod = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "ok")
                                  if p["status"].get("phase") == "Running"), None),
                    what="a running pod")
