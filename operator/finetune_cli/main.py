@@ -11,8 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from finetune_cli import cmd_crd, cmd_run, cmd_validate
-from finetune_cli import cmd_artifacts, cmd_describe, cmd_docs, cmd_get, cmd_logs, cmd_watch
+from finetune_cli import (
+    cmd_artifacts,
+    cmd_crd,
+    cmd_describe,
+    cmd_docs,
+    cmd_get,
+    cmd_logs,
+    cmd_run,
+    cmd_validate,
+    cmd_watch,
+)
 
 COMMAND_MODULES = [cmd_crd, cmd_validate, cmd_run]
 COMMAND_MODULES += [cmd_get, cmd_describe, cmd_logs, cmd_watch, cmd_artifacts, cmd_docs]
