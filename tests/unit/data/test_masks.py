@@ -103,7 +103,6 @@ def test_what_follows_the_generation_prompt_is_what_was_trained(name: str, reaso
     """At inference the model continues the generation prompt: training must have taught it
     exactly that continuation, or greedy answers ramble although the loss went down."""
     from finetune_api.spec import Template
-
     from finetune_trainer.data import render_chat
 
     tokenizer = make_test_tokenizer()
