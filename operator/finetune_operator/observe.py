@@ -363,6 +363,16 @@ def _verdict(
             return _Verdict("Failed", reason, message, False)
         job_reason = str(failed.get("reason") or "Failed")
         message = str(failed.get("message") or job_reason)
+        if (
+            job_reason == "PodFailurePolicy"
+            and f"exit code {contract.EXIT_INVALID_INPUT}" in message
+        ):
+            # The Job's verdict can be seen before the pod's termination state (two watch
+            # streams): the exit code alone already says the input was refused. The trainer's
+            # own message replaces this one as soon as the pod update arrives.
+            return _Verdict(
+                "Failed", "InvalidInput", f"the trainer refused its input: {message}", False
+            )
         failures = [t for t in terms if t.exit_code != 0]
         if failures:
             last_reason, last_message = _failure_of(failures[-1])

@@ -136,7 +136,15 @@ def test_bad_data_fails_with_trainer_message_and_no_retry(kube_env: KubeEnv, ns:
     assert done["phase"] == "Failed"
     reasons = {c.get("reason") for c in done.get("conditions", [])}
     assert "InvalidInput" in reasons, done
-    assert "missing field 'output'" in json.dumps(done)
+    # The pod's termination message may arrive a moment after the Job's verdict.
+    done = wait_for(
+        lambda: (lambda s: s if "missing field 'output'" in json.dumps(s) else None)(
+            status(kube_env, ns, "baddata")
+        ),
+        timeout=20,
+        what="the trainer's message in the status",
+        details=lambda: f"status: {status(kube_env, ns, 'baddata')}",
+    )
     pods = kube_env.gateway.objects("pods", ns)
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
 

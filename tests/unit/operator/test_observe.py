@@ -232,6 +232,16 @@ CASES = [
         event=("Warning", "InvalidInput"),
     ),
     Case(
+        # The Job's verdict seen before the pod's termination state reached the operator.
+        "invalid-input-before-pod-update",
+        k8s_job(job_condition("Failed", "PodFailurePolicy", POLICY_MESSAGE), failed=1),
+        [pod(phase="Running", state={"running": {"startedAt": "2025-06-01T10:00:00Z"}})],
+        phase="Failed",
+        reason="InvalidInput",
+        condition="Failed",
+        message_has=("exit code 42",),
+    ),
+    Case(
         "invalid-input-subreason",
         k8s_job(job_condition("Failed", "PodFailurePolicy"), failed=1),
         [
