@@ -270,12 +270,20 @@ def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorP
     kube_env.apply(body, ns)
     seen: set[str] = set()
     losses: list[float] = []
+    # FTJ_E2E_TRANSCRIPT=FILE records what `kubectl get ftj` printed along the way (the
+    # README's sample output comes from this).
+    transcript_path = os.environ.get("FTJ_E2E_TRANSCRIPT")
+    tables: list[str] = []
 
     def finished() -> dict[str, Any] | None:
         s = status(kube_env, ns, "quickstart")
         seen.add(s.get("phase") or "")
         if (s.get("progress") or {}).get("loss") is not None:
             losses.append(s["progress"]["loss"])
+        if transcript_path:
+            table = kube_env.kubectl("get", "ftj", "-n", ns).stdout
+            if not tables or table.splitlines()[1:] != tables[-1].splitlines()[1:]:
+                tables.append(table)
         return s if s.get("phase") in ("Succeeded", "Failed") else None
     done = wait_for(finished, timeout=400, interval=1, what="quickstart finished",
                     details=lambda: operator.logs()[-3000:] + "\n".join(
@@ -285,5 +293,9 @@ def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorP
     assert "Training" in seen, seen
     assert losses, "no loss was ever shown"
     verify_manifest(kube_env, done["artifacts"]["manifest"])
+    if transcript_path:
+        wide = kube_env.kubectl("get", "ftj", "-n", ns, "-o", "wide").stdout
+        with open(transcript_path, "w") as out:
+            out.write("\n".join(tables) + "\n$ kubectl get ftj -o wide\n" + wide)
     for key in ("adapter", "merged", "metrics"):
         assert done["artifacts"][key].startswith("s3://artifacts/quickstart"), done["artifacts"]
