@@ -1,0 +1,1 @@
+"""Reproducible throughput benchmarks of the trainer against baselines (run on a GPU)."""

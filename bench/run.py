@@ -1,0 +1,215 @@
+"""Throughput benchmark: the trainer's default against the tutorial baseline and the best peer.
+
+    python -m bench.run                       # all models, all configurations (one GPU call)
+    python -m bench.run --models qwen2.5-7b --configs baseline,default
+
+For each model shape a random-initialised checkpoint is written once (safetensors), then every
+configuration trains on the same synthetic CoT-like data in a fresh process (``bench/worker.py``)
+for ``--steps`` optimizer steps, of which the first ``--warmup`` are not timed. Prints a table
+and writes ``bench/results/<date>-<device>.json`` (and a copy under ``$OUT`` when set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "trainer-image"), str(REPO / "operator")]
+
+from bench.shapes import SHAPES, make_config  # noqa: E402
+
+PEERS = ("trl-packing-liger", "trl-packing-liger-flex", "trl-packing")
+DEFAULT_CONFIGS = ("baseline", "trl-packing-liger", "trl-packing-liger-flex", "default")
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def prepare_checkpoint(name: str, root: Path) -> Path:
+    """A random-init checkpoint of the named shape (+ tokenizer), written once per machine."""
+    path = root / name
+    if (path / "config.json").exists():
+        return path
+    code = (
+        "import torch, sys\n"
+        "from pathlib import Path\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "from bench.shapes import make_config\n"
+        "from bench import synthetic\n"
+        f"cfg = make_config({name!r})\n"
+        "torch.manual_seed(0)\n"
+        "with torch.device('cuda'):\n"
+        "    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
+        f"model.save_pretrained({str(path)!r})\n"
+        f"synthetic.save_tokenizer(Path({str(path)!r}))\n"
+    )
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    print(f"[bench] wrote {name} in {time.perf_counter() - t:.0f}s", flush=True)
+    return path
+
+
+def measure_matmul_tflops() -> float:
+    """The card's bf16 matrix rate on random data (8192^3, median of 20 after warm-up)."""
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    times = []
+    for _ in range(20):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        a @ b
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    times.sort()
+    return 2 * 8192**3 / times[len(times) // 2] / 1e12
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def run_row(
+    model: str, config: str, ckpt: Path, out: Path, steps: int, timeout: int
+) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if config.startswith(("default", "qlora")):
+        # The trainer's entry point sets this too: packed rows vary in length every step.
+        env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
+    if config.endswith("-24g"):
+        # A 24 GB card has ~22.3 GiB less the CUDA context: plan for 21, cap allocations at 21.8.
+        env["FTJ_MEMORY_BUDGET_GIB"] = "21"
+        env["FTJ_BENCH_CAP_GIB"] = "21.8"
+    cmd = [
+        sys.executable, "-m", "bench.worker", "--model", model, "--config", config,
+        "--ckpt", str(ckpt), "--out", str(out), "--steps", str(steps),
+    ]  # fmt: skip
+    before = out.read_text().count("\n") if out.exists() else 0
+    t = time.perf_counter()
+    try:
+        subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"model": model, "config": config, "error": f"timed out after {timeout}s"}
+    lines = out.read_text().splitlines() if out.exists() else []
+    if len(lines) <= before:
+        return {"model": model, "config": config, "error": "worker died without a result"}
+    row = json.loads(lines[-1])
+    row["wall_s"] = round(time.perf_counter() - t, 1)
+    return row
+
+
+def enrich(rows: list[dict[str, Any]], peak_tflops: float) -> None:
+    from finetune_trainer.acceleration import ModelShape
+
+    for row in rows:
+        shape = ModelShape.from_config(make_config(row["model"]))
+        row["params_4n"] = shape.matmul_params
+        if "tokens_per_s" in row:
+            row["mfu_4n"] = round(
+                row["tokens_per_s"] * 4 * shape.matmul_params / (peak_tflops * 1e12), 3
+            )
+    by_model: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], {})[row["config"]] = row
+    for configs in by_model.values():
+        base = configs.get("baseline", {}).get("tokens_per_s")
+        base_mem = configs.get("baseline", {}).get("peak_gib")
+        peers = [
+            (c, r["tokens_per_s"]) for c, r in configs.items() if c in PEERS and "tokens_per_s" in r
+        ]
+        best = max(peers, key=lambda p: p[1]) if peers else None
+        for row in configs.values():
+            if "tokens_per_s" not in row:
+                continue
+            if base:
+                row["vs_baseline"] = round(row["tokens_per_s"] / base, 2)
+            if base_mem:
+                row["peak_vs_baseline"] = round(row["peak_gib"] / base_mem, 2)
+            if best:
+                row["best_peer"] = best[0]
+                row["vs_best_peer"] = round(row["tokens_per_s"] / best[1], 2)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'model':<14} {'config':<24} {'tok/s':>8} {'MFU4N':>6} {'peakGiB':>8} {'resGiB':>7} "
+        f"{'1st step s':>10} {'merge s':>7} {'xbase':>6} {'xpeer':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['model']:<14} {r['config']:<24} ERROR {r['error'][:90]}")
+            continue
+        lines.append(
+            f"{r['model']:<14} {r['config']:<24} {r['tokens_per_s']:>8.0f} "
+            f"{r.get('mfu_4n', 0):>6.3f} {r['peak_gib']:>8.1f} {r['peak_reserved_gib']:>7.1f} "
+            f"{r['time_to_first_step_s']:>10.1f} "
+            f"{r.get('merge_s', float('nan')):>7.2f} {r.get('vs_baseline', float('nan')):>6.2f} "
+            f"{r.get('vs_best_peer', float('nan')):>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", default=",".join(SHAPES))
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
+    p.add_argument("--steps", type=int, default=11, help="optimizer steps per row (3 warm-up)")
+    p.add_argument("--ckpt-root", type=Path, default=Path("/tmp/ftj-bench-models"))
+    p.add_argument("--row-timeout", type=int, default=300)
+    p.add_argument("--tag", default="")
+    a = p.parse_args()
+
+    device = device_name()
+    peak = measure_matmul_tflops()
+    print(f"[bench] device {device}: measured bf16 matmul {peak:.0f} TFLOP/s", flush=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    results_dir = REPO / "bench" / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    jsonl = Path(os.environ.get("OUT", "/tmp")) / "rows.jsonl"
+    rows: list[dict[str, Any]] = []
+    for model in a.models.split(","):
+        ckpt = prepare_checkpoint(model, a.ckpt_root)
+        for config in a.configs.split(","):
+            configs = config
+            if model != "llama-3.1-8b" and config.startswith("qlora"):
+                continue  # the QLoRA rows answer "does 8B fit a 24 GB card"
+            row = run_row(model, configs, ckpt, jsonl, a.steps, a.row_timeout)
+            rows.append(row)
+            print(f"[bench] {json.dumps(row)}", flush=True)
+    enrich(rows, peak)
+    result = {
+        "device": device,
+        "date": stamp,
+        "matmul_bf16_tflops_measured": round(peak, 1),
+        "mfu_denominator": "measured bf16 matmul rate (8192^3 random data)",
+        "tokens_per_step_target": "20 examples (~15.6k real tokens)",
+        "rows": rows,
+    }
+    slug = device.replace("NVIDIA ", "").replace(" ", "-").lower()
+    name = f"{stamp}-{slug}{('-' + a.tag) if a.tag else ''}.json"
+    text = json.dumps(result, indent=1)
+    (results_dir / name).write_text(text)
+    if os.environ.get("OUT"):
+        (Path(os.environ["OUT"]) / name).write_text(text)
+    print(table(rows))
+    print(f"[bench] results: bench/results/{name}")
+
+
+if __name__ == "__main__":
+    main()

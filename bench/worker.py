@@ -1,0 +1,403 @@
+"""One benchmark row in its own process: load, train a few steps, time, merge, report JSON.
+
+Run by ``bench/run.py`` (a fresh process per row keeps peak-memory figures clean and lets one
+crashing configuration leave the others standing).
+"""
+
+from __future__ import annotations
+
+import time
+
+T_PROCESS_START = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+for sub in ("", "trainer-image", "operator"):
+    path = str(REPO / sub) if sub else str(REPO)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench import synthetic  # noqa: E402
+
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
+EXAMPLES_PER_STEP = 20  # ~15.6k real tokens per optimizer step at the spread's mean (~780)
+
+
+class Meter:
+    """Counts real (non-pad) tokens at the input embedding and times optimizer steps."""
+
+    def __init__(self, warmup: int) -> None:
+        import torch
+
+        self.warmup = warmup
+        self.tokens = torch.zeros((), dtype=torch.int64, device="cuda")
+        self.marks: list[tuple[float, int]] = []
+        self.first_step_end: float | None = None
+        self.losses: list[float] = []
+
+    def hook(self, module: Any, args: Any, kwargs: Any) -> None:
+        ids = args[0] if args else kwargs.get("input")
+        if ids is not None and ids.dtype in (__import__("torch").int64, __import__("torch").int32):
+            self.tokens += (ids != synthetic.PAD_ID).sum()
+
+    def callback(self) -> Any:
+        import torch
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class StepTimer(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                torch.cuda.synchronize()
+                now = time.perf_counter()
+                if meter.first_step_end is None:
+                    meter.first_step_end = now
+                meter.marks.append((now, int(meter.tokens.item())))
+
+            def on_log(
+                self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any
+            ) -> None:
+                if logs and "loss" in logs:
+                    meter.losses.append(float(logs["loss"]))
+
+        return StepTimer()
+
+    def attach(self, model: Any) -> None:
+        embed = model.get_input_embeddings()
+        embed.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def result(self) -> dict[str, Any]:
+        start = self.marks[self.warmup - 1]
+        end = self.marks[-1]
+        seconds = end[0] - start[0]
+        tokens = end[1] - start[1]
+        return {
+            "timed_steps": len(self.marks) - self.warmup,
+            "timed_seconds": round(seconds, 3),
+            "timed_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1),
+            "tokens_per_step": round(tokens / (len(self.marks) - self.warmup)),
+        }
+
+
+def lora_config(**overrides: Any) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", **{**LORA, **overrides})
+
+
+def dataset(rows: list[dict[str, Any]], labels: bool = False) -> Any:
+    from datasets import Dataset
+
+    if labels:
+        rows = [
+            {**r, "attention_mask": [1] * len(r["input_ids"]), "labels": r["input_ids"]}
+            for r in rows
+        ]
+    return Dataset.from_list(rows)
+
+
+# ------------------------------------------------------------------------------------------
+# Configurations
+# ------------------------------------------------------------------------------------------
+
+
+def build_baseline(ckpt: Path, tok: Any, rows: list[dict[str, Any]], a: argparse.Namespace) -> Any:
+    """Tutorial style: HF Trainer, padded batches of 4, gradient checkpointing, no fused kernels."""
+    import torch
+    from peft import get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
+
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.bfloat16)
+    model = get_peft_model(model, lora_config())
+    args = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=EXAMPLES_PER_STEP // 4,
+        gradient_checkpointing=True,
+        bf16=True,
+        learning_rate=2e-4,
+        max_steps=a.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+    )
+    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    return Trainer(
+        model=model, args=args, train_dataset=dataset(rows, labels=True), data_collator=collator
+    )
+
+
+def build_trl_peer(
+    ckpt: Path, tok: Any, rows: list[dict[str, Any]], a: argparse.Namespace, attn: str, liger: bool
+) -> Any:
+    """TRL SFTTrainer with its own best-fit packing (padding-free) and Liger kernels."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(
+        str(ckpt), dtype=torch.bfloat16, attn_implementation=attn
+    )
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        packing=True,
+        max_length=2048,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        use_liger_kernel=liger,
+        bf16=True,
+        learning_rate=2e-4,
+        max_steps=a.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+    )
+    return SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        peft_config=lora_config(),
+    )
+
+
+def build_default_prototype(
+    ckpt: Path, tok: Any, rows: list[dict[str, Any]], a: argparse.Namespace, **plan_overrides: Any
+) -> Any:
+    """The acceleration component driving TRL's SFTTrainer, as the trainer is to use it."""
+    import dataclasses
+
+    import torch
+    from finetune_api.spec import Method, Quantization, Training
+    from finetune_trainer import acceleration as acc
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    qlora_bits = plan_overrides.pop("qlora_bits", None)
+    training = Training(
+        max_steps=a.steps,
+        batch_size=4,
+        gradient_accumulation_steps=EXAMPLES_PER_STEP // 4,
+        gradient_checkpointing=plan_overrides.pop("gradient_checkpointing", "auto"),
+    )
+    method = (
+        Method(type="qlora", quantization=Quantization(bits=qlora_bits)) if qlora_bits else Method()
+    )
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16, "device_map": "cuda"}
+    if qlora_bits == 4:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    elif qlora_bits == 8:
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+    t = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), **kwargs)
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - t
+    mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    plan = acc.plan_acceleration(
+        training,
+        method,
+        acc.ModelShape.from_config(model.config),
+        acc.DeviceInfo.detect(),
+        mean_example_tokens=mean,
+        liger_available=acc.liger_available() and plan_overrides.pop("liger", True),
+        memory_budget_bytes=plan_overrides.pop("memory_budget_bytes", None),
+    )
+    if plan_overrides:
+        plan = dataclasses.replace(plan, **plan_overrides)
+    print("plan:", plan.describe(), file=sys.stderr)
+    applied = acc.apply_acceleration(model, plan)
+    print("applied:", applied, file=sys.stderr)
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        packing=False,
+        padding_free=False,
+        max_length=2048,
+        per_device_train_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        gradient_checkpointing=False,
+        optim=plan.optimizer,
+        bf16=True,
+        learning_rate=2e-4,
+        max_steps=a.steps,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=42,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset(rows),
+        processing_class=tok,
+        peft_config=lora_config(),
+        data_collator=DataCollatorForLanguageModeling(
+            pad_token_id=synthetic.PAD_ID, padding_free=True
+        ),
+    )
+    acc.apply_gradient_checkpointing(trainer.model, plan)
+    trainer._ftj_plan = plan  # type: ignore[attr-defined]
+    trainer._ftj_load_s = load_s  # type: ignore[attr-defined]
+    return trainer
+
+
+def build_trainer_path(
+    ckpt: Path,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    a: argparse.Namespace,
+    gradient_checkpointing: str = "auto",
+    qlora_bits: int | None = None,
+) -> Any:
+    """The trainer's own code path (``finetune_trainer.run`` minus fetch/publish): spec →
+    ``build_model`` (loading + acceleration plan) → ``make_collator`` → ``sft_config`` →
+    ``build_trainer``, on the synthetic data in the shape ``prepare_data`` leaves it."""
+    from types import SimpleNamespace
+
+    from finetune_api.spec import FineTuneJobSpec
+    from finetune_trainer.data import make_collator
+    from finetune_trainer.model import Hardware, build_model, resolve_precision
+    from finetune_trainer.train import build_trainer, sft_config
+
+    method: dict[str, Any] = {"type": "lora"}
+    if qlora_bits:
+        method = {"type": "qlora", "quantization": {"bits": qlora_bits}}
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"uri": str(ckpt)},
+            "datasets": [{"uri": "synthetic.jsonl"}],
+            "method": method,
+            "training": {
+                "maxSteps": a.steps,
+                "batchSize": 4,
+                "gradientAccumulationSteps": EXAMPLES_PER_STEP // 4,
+                "gradientCheckpointing": gradient_checkpointing,
+                "loggingSteps": 1,
+                "packing": True,
+            },
+            "output": {"uri": tempfile.mkdtemp()},
+            "resources": {"gpus": 1},
+        }
+    )
+    hw = Hardware.detect()
+    precision = resolve_precision(spec.training.precision, hw)
+    mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
+    model = build_model(ckpt, spec, precision, hw, mean_example_tokens=mean)
+    data = SimpleNamespace(
+        train=dataset([{**r, "labels": r["input_ids"]} for r in rows]), validation=None
+    )
+    config = sft_config(
+        spec.training,
+        output_dir=Path(tempfile.mkdtemp()),
+        precision=precision,
+        hw=hw,
+        has_validation=False,
+        gradient_checkpointing=bool(getattr(model, "finetune_gradient_checkpointing", False)),
+    )
+    trainer = build_trainer(model, tok, data, make_collator(tok, packing=True), config, [])
+    trainer._ftj_plan = model.finetune_acceleration  # type: ignore[attr-defined]
+    trainer._ftj_load_s = float("nan")  # type: ignore[attr-defined]
+    return trainer
+
+
+CONFIGS = {
+    "baseline": lambda c, t, r, a: build_baseline(c, t, r, a),
+    "trl-packing-liger": lambda c, t, r, a: build_trl_peer(c, t, r, a, "sdpa", True),
+    "trl-packing-liger-flex": lambda c, t, r, a: build_trl_peer(c, t, r, a, "flex_attention", True),
+    "trl-packing": lambda c, t, r, a: build_trl_peer(c, t, r, a, "sdpa", False),
+    # The trainer's own code path, as a FineTuneJob with default training settings runs it.
+    "default": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    "default-ckpt-all": lambda c, t, r, a: build_trainer_path(
+        c, t, r, a, gradient_checkpointing="always"
+    ),
+    "qlora-4bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
+    "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
+    "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
+    # Ablations of the acceleration component outside the trainer (bench/NOTES.md).
+    "proto-noliger": lambda c, t, r, a: build_default_prototype(c, t, r, a, liger=False),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--ckpt", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--steps", type=int, default=11)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--examples", type=int, default=0)
+    a = p.parse_args()
+
+    import torch
+
+    row: dict[str, Any] = {"model": a.model, "config": a.config}
+    try:
+        tok = synthetic.load_tokenizer(a.ckpt)
+        vocab = json.loads((a.ckpt / "config.json").read_text())["vocab_size"]
+        rows = synthetic.examples(
+            a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2, vocab, seed=1
+        )
+        trainer = CONFIGS[a.config](a.ckpt, tok, rows, a)
+        meter = Meter(a.warmup)
+        meter.attach(trainer.model)
+        trainer.add_callback(meter.callback())
+        cap = os.environ.get("FTJ_BENCH_CAP_GIB")
+        if cap:  # emulate a smaller card: allocations past the cap fail as OOM
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(float(cap) * 2**30 / total)
+            row["memory_cap_gib"] = float(cap)
+        torch.cuda.reset_peak_memory_stats()
+        trainer.train()
+        row.update(meter.result())
+        row["time_to_first_step_s"] = round(meter.first_step_end - T_PROCESS_START, 1)  # type: ignore[operator]
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        row["losses"] = [round(x, 4) for x in meter.losses]
+        plan = getattr(trainer, "_ftj_plan", None)
+        if plan is not None:
+            row["plan"] = plan.describe()
+            row["load_s"] = round(trainer._ftj_load_s, 2)
+        t = time.perf_counter()
+        model = trainer.model
+        if (
+            hasattr(model, "merge_and_unload")
+            and not getattr(model, "is_loaded_in_4bit", False)
+            and "qlora" not in a.config
+        ):
+            model.merge_and_unload()
+            torch.cuda.synchronize()
+            row["merge_s"] = round(time.perf_counter() - t, 2)
+    except Exception as exc:  # a failing row is reported, not fatal to the bench
+        traceback.print_exc()
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+    with a.out.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,109 @@
+"""The acceleration plan: pure decisions from spec, model shape and device (no GPU needed)."""
+
+from __future__ import annotations
+
+import pytest
+from finetune_api.spec import Method, Quantization, Training
+from finetune_trainer.acceleration import (
+    DeviceInfo,
+    GiB,
+    ModelShape,
+    estimate_memory_bytes,
+    plan_acceleration,
+)
+
+pytestmark = pytest.mark.unit
+
+QWEN_7B = ModelShape(3584, 18944, 28, 28, 4, 152064, False, "qwen2")
+LLAMA_8B = ModelShape(4096, 14336, 32, 32, 8, 128256, False, "llama")
+H200 = DeviceInfo("cuda", "NVIDIA H200", 143771 * 2**20, True, (9, 0))
+RTX_24G = DeviceInfo("cuda", "24 GB card", 24 * 10**9, True, (8, 9))
+V100 = DeviceInfo("cuda", "V100", 32 * GiB, False, (7, 0))
+CPU = DeviceInfo()
+
+
+def training(**kw: object) -> Training:
+    return Training(max_steps=10, gradient_accumulation_steps=5, **kw)  # type: ignore[arg-type]
+
+
+def test_shape_counts_match_published_sizes() -> None:
+    assert QWEN_7B.total_params == pytest.approx(7.615e9, rel=0.01)
+    assert LLAMA_8B.total_params == pytest.approx(8.03e9, rel=0.01)
+    assert QWEN_7B.lora_params(16) == pytest.approx(40.4e6, rel=0.01)
+
+
+def test_large_gpu_packs_everything_into_one_micro_step_with_varlen_attention() -> None:
+    plan = plan_acceleration(training(), Method(), QWEN_7B, H200, mean_example_tokens=780)
+    assert plan.attn_implementation == "ftj_varlen"
+    assert plan.per_device_batch_size * plan.gradient_accumulation_steps == 20
+    assert plan.gradient_accumulation_steps == 1
+    assert plan.optimizer == "adamw_torch_fused"
+    assert plan.dtype == "bfloat16"
+    # Only the layers memory needs are recomputed: a few, not all 28.
+    assert 0 < plan.checkpointed_layers < 14
+    assert plan.estimated_peak_bytes <= plan.memory_budget_bytes
+
+
+def test_small_card_checkpoints_and_keeps_examples_per_step() -> None:
+    plan = plan_acceleration(training(), Method(), QWEN_7B, RTX_24G, mean_example_tokens=780)
+    assert plan.per_device_batch_size * plan.gradient_accumulation_steps == 20
+    assert plan.gradient_checkpointing
+
+
+def test_qlora_8b_is_planned_to_fit_a_24gb_card() -> None:
+    method = Method(type="qlora", quantization=Quantization(bits=4))
+    plan = plan_acceleration(training(), method, LLAMA_8B, RTX_24G, mean_example_tokens=780)
+    assert plan.estimated_peak_bytes <= 0.85 * RTX_24G.total_memory_bytes
+    assert plan.gradient_checkpointing
+
+
+def test_checkpointing_modes_are_obeyed() -> None:
+    always = plan_acceleration(
+        training(gradient_checkpointing="always"), Method(), QWEN_7B, H200, mean_example_tokens=780
+    )
+    never = plan_acceleration(
+        training(gradient_checkpointing="never"),
+        Method(),
+        QWEN_7B,
+        RTX_24G,
+        mean_example_tokens=780,
+    )
+    assert always.checkpointed_layers == QWEN_7B.num_layers
+    assert never.checkpointed_layers == 0
+
+
+def test_memory_estimate_grows_with_tokens_and_shrinks_with_checkpointing() -> None:
+    small = estimate_memory_bytes(QWEN_7B, micro_batch_tokens=2048, checkpointed_layers=0)
+    large = estimate_memory_bytes(QWEN_7B, micro_batch_tokens=16384, checkpointed_layers=0)
+    ckpt = estimate_memory_bytes(QWEN_7B, micro_batch_tokens=16384, checkpointed_layers=28)
+    assert small < large
+    assert ckpt < large / 2
+    # Calibration point (bench/NOTES.md): 7B, ~15.8k tokens, 6 layers recomputed ≈ 112 GiB.
+    measured = estimate_memory_bytes(QWEN_7B, micro_batch_tokens=15845, checkpointed_layers=6)
+    assert 105 * GiB < measured < 125 * GiB
+
+
+def test_cpu_plan_is_plain_and_keeps_the_spec() -> None:
+    plan = plan_acceleration(training(), Method(), QWEN_7B, CPU)
+    assert plan.attn_implementation == "sdpa"
+    assert not plan.liger
+    assert plan.optimizer == "adamw_torch"
+    assert plan.dtype == "float32"
+    assert (plan.per_device_batch_size, plan.gradient_accumulation_steps) == (4, 5)
+
+
+def test_unpacked_or_old_gpus_use_sdpa_and_explicit_optimizer_is_kept() -> None:
+    unpacked = plan_acceleration(training(packing=False), Method(), QWEN_7B, H200)
+    old = plan_acceleration(training(optimizer="adafactor"), Method(), QWEN_7B, V100)
+    assert unpacked.attn_implementation == "sdpa"
+    assert old.attn_implementation == "sdpa"
+    assert old.dtype == "float16"
+    assert old.optimizer == "adafactor"
+
+
+def test_describe_names_the_decisions() -> None:
+    text = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780
+    ).describe()
+    for word in ("attention=ftj_varlen", "checkpointing=", "optimizer=adamw_torch_fused"):
+        assert word in text

@@ -1,0 +1,669 @@
+"""How a training run is made fast: the acceleration plan and its application to a model.
+
+The plan is a pure function of the spec's ``training``/``method`` sections, the model's shape and
+the device (``plan_acceleration``): which attention kernel, whether fused kernels (Liger) are on,
+whether and how many decoder layers recompute their activations (gradient checkpointing), how
+many tokens go into one micro-step, which optimizer. It imports nothing heavy, so it is planned
+and unit-tested on CPUs. ``apply_acceleration`` then changes a loaded model accordingly; it
+imports torch and, if present, liger-kernel, lazily.
+
+Why these choices (measurements in ``bench/NOTES.md``):
+
+* Padding-free packing + document-masked attention. Packed rows carry ``position_ids`` that
+  restart at every example. The ``ftj_varlen`` attention turns those into cumulative sequence
+  lengths and calls PyTorch's own FlashAttention-2 varlen kernels (``aten._flash_attention_*``),
+  so attention costs what each example costs alone and never crosses example borders, with no
+  dense (T x T) mask and no extra package.
+* Fused kernels: Liger's RMSNorm, SwiGLU and RoPE (fewer saved activations, fewer launches)
+  where liger-kernel is installed; the LM head + cross-entropy is already chunked by TRL's fused
+  LM head, so the (tokens x vocab) logits never exist.
+* Gradient checkpointing ``auto``: from a memory estimate, recompute only as many decoder layers
+  as needed to fit the micro-step in the memory budget (none on a large card): recomputation
+  costs a third more matrix work per checkpointed layer.
+* Larger micro-batches: gradient accumulation is folded into the micro-step when memory allows;
+  the tokens per optimizer step (and so the maths) stay the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GiB = 1024**3
+
+AttentionKind = Literal["ftj_varlen", "sdpa", "eager"]
+
+# A decoder layer's saved activations per token, in units of the model's dtype size, measured as
+# "hidden"-sized and "intermediate"-sized tensors (see bench/NOTES.md for the accounting):
+# without checkpointing a LoRA layer keeps its norm inputs, q/k/v/o, the attention output and
+# log-sum-exp, the MLP's gate/up/act outputs and each LoRA dropout's output and mask.
+_SAVED_HIDDEN_PER_TOKEN = 18.0  # calibrated on H200, bench/NOTES.md
+_SAVED_INTER_PER_TOKEN = 5.0
+# With Liger's SwiGLU the activation is recomputed in the backward pass: one intermediate less.
+_LIGER_INTER_SAVING = 1.0
+# Workspace the allocator needs beyond the live tensors (fragmentation, cuBLAS/NCCL buffers).
+_WORKSPACE_BYTES = 2 * GiB
+# Fraction of device memory the plan may use; the rest is headroom for fragmentation spikes.
+_DEFAULT_MEMORY_FRACTION = 0.85
+# Largest micro-step in tokens: past this, throughput no longer rises (matrices are large
+# enough at a few thousand rows) while peak memory does.
+_MAX_MICRO_TOKENS = 32_768
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a decoder-only transformer that memory and FLOPs depend on."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    model_type: str = "llama"
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        """Read the shape from a transformers config (or any object with its attribute names)."""
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        heads = int(text.num_attention_heads)
+        return cls(
+            hidden_size=int(text.hidden_size),
+            intermediate_size=int(text.intermediate_size),
+            num_layers=int(text.num_hidden_layers),
+            num_heads=heads,
+            num_kv_heads=int(getattr(text, "num_key_value_heads", None) or heads),
+            vocab_size=int(text.vocab_size),
+            tie_word_embeddings=bool(getattr(text, "tie_word_embeddings", False)),
+            model_type=str(getattr(text, "model_type", "llama")),
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer (attention + gated MLP, norms ignored)."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
+        return h * h * 2 + h * kv * 2 + 3 * h * i
+
+    @property
+    def total_params(self) -> int:
+        """All parameters (embeddings counted once when tied)."""
+        embed = self.vocab_size * self.hidden_size
+        return self.num_layers * self.layer_params + embed * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def matmul_params(self) -> int:
+        """N in "4N FLOPs per token": every parameter that takes part in a matrix product
+        (the decoder layers and the LM head; the input embedding is a lookup)."""
+        return self.num_layers * self.layer_params + self.vocab_size * self.hidden_size
+
+    def lora_params(self, r: int, targets: tuple[str, ...] = ("all-linear",)) -> int:
+        """Trainable LoRA parameters for rank ``r`` on the layers' linear modules."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.num_kv_heads * self.head_dim
+        shapes = {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+        names = set(shapes) if "all-linear" in targets else set(targets) & set(shapes)
+        per_layer = sum(r * (a + b) for n, (a, b) in shapes.items() if n in names)
+        return self.num_layers * per_layer
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The accelerator one rank trains on."""
+
+    type: Literal["cuda", "cpu", "mps", "xpu"] = "cpu"
+    name: str = "cpu"
+    total_memory_bytes: int = 0
+    bf16: bool = False
+    compute_capability: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def detect(cls) -> DeviceInfo:
+        """The current CUDA device, or the CPU when there is none (torch imported lazily)."""
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - the trainer always has torch
+            return cls()
+        if torch.cuda.is_available():
+            index = torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(index)
+            return cls(
+                type="cuda",
+                name=str(props.name),
+                total_memory_bytes=int(props.total_memory),
+                bf16=bool(torch.cuda.is_bf16_supported()),
+                compute_capability=(int(props.major), int(props.minor)),
+            )
+        return cls()
+
+
+@dataclass(frozen=True)
+class AccelerationPlan:
+    """What ``apply_acceleration`` and the trainer's arguments will do, and why."""
+
+    attn_implementation: AttentionKind
+    liger: bool
+    gradient_checkpointing: bool
+    checkpointed_layers: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    micro_batch_tokens: int
+    optimizer: str
+    dtype: Literal["bfloat16", "float16", "float32"]
+    torch_compile: bool
+    estimated_peak_bytes: int
+    memory_budget_bytes: int
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def estimated_peak_gib(self) -> float:
+        return self.estimated_peak_bytes / GiB
+
+    def describe(self) -> str:
+        """One log line for the run's start."""
+        return (
+            f"attention={self.attn_implementation} liger={self.liger} "
+            f"checkpointing={self.checkpointed_layers if self.gradient_checkpointing else 0}"
+            " layers "
+            f"micro_batch={self.per_device_batch_size}x~{self.micro_batch_tokens} tokens "
+            f"accumulation={self.gradient_accumulation_steps} optimizer={self.optimizer} "
+            f"dtype={self.dtype} compile={self.torch_compile} "
+            f"estimated_peak={self.estimated_peak_gib:.1f}GiB "
+            f"of {self.memory_budget_bytes / GiB:.1f}GiB"
+        )
+
+
+def estimate_memory_bytes(
+    shape: ModelShape,
+    *,
+    micro_batch_tokens: int,
+    checkpointed_layers: int,
+    weight_bits: int = 16,
+    lora_r: int = 16,
+    lora_targets: tuple[str, ...] = ("all-linear",),
+    liger: bool = True,
+    dtype_bytes: int = 2,
+) -> int:
+    """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
+
+    LoRA state: fp32 parameter, gradient and two Adam moments (16 bytes per trainable
+    parameter). Activations: a checkpointed layer keeps only its input (one hidden vector per
+    token) plus, during its backward, one layer's full activations; a plain layer keeps all
+    of them. The LM head is chunked (TRL's fused head), so logits cost a few hundred MiB.
+    """
+    weights = shape.total_params * weight_bits // 8
+    if weight_bits < 16:
+        # Quantized bases keep embeddings and the LM head unquantized, and peft's
+        # prepare_model_for_kbit_training casts them to fp32.
+        embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
+        weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * 4
+        weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
+    lora = shape.lora_params(lora_r, lora_targets) * 16
+    inter_units = _SAVED_INTER_PER_TOKEN - (_LIGER_INTER_SAVING if liger else 0.0)
+    per_layer_token = (
+        _SAVED_HIDDEN_PER_TOKEN * shape.hidden_size + inter_units * shape.intermediate_size
+    ) * dtype_bytes
+    plain_layers = shape.num_layers - checkpointed_layers
+    activations = micro_batch_tokens * (
+        plain_layers * per_layer_token
+        + checkpointed_layers * shape.hidden_size * dtype_bytes
+        + (per_layer_token if checkpointed_layers else 0)
+    )
+    # Fused LM head: a tile of (4096 tokens x vocab) fp32 logits and its gradient.
+    head = min(micro_batch_tokens, 4096) * shape.vocab_size * 4 * 2
+    # Embedding output, final norm, hidden-state gradients flowing back (a few hidden vectors).
+    misc = micro_batch_tokens * shape.hidden_size * dtype_bytes * 6
+    return int(weights + lora + activations + head + misc + _WORKSPACE_BYTES)
+
+
+def plan_acceleration(
+    training: Any,
+    method: Any,
+    shape: ModelShape,
+    device: DeviceInfo,
+    *,
+    mean_example_tokens: float | None = None,
+    liger_available: bool = True,
+    memory_fraction: float = _DEFAULT_MEMORY_FRACTION,
+    memory_budget_bytes: int | None = None,
+) -> AccelerationPlan:
+    """Decide how to run: a pure function of the spec, the model's shape and the device.
+
+    ``training`` and ``method`` are the spec's ``Training`` and ``Method`` models (any object with
+    their attribute names works). ``mean_example_tokens`` is the mean tokenized example length
+    (after truncation); it turns "examples per micro-step" into tokens. Without it the plan
+    assumes half of ``cutoff_length``.
+    """
+    reasons: list[str] = []
+    on_gpu = device.type == "cuda"
+    packing = bool(getattr(training, "packing", True))
+    cutoff = int(getattr(training, "cutoff_length", 2048))
+    batch_size = int(getattr(training, "batch_size", 4))
+    accumulation = int(getattr(training, "gradient_accumulation_steps", 1))
+    mean_tokens = float(mean_example_tokens or cutoff / 2)
+    mean_tokens = max(1.0, min(mean_tokens, float(cutoff)))
+
+    precision = str(getattr(training, "precision", "auto"))
+    dtype: Literal["bfloat16", "float16", "float32"]
+    if precision == "auto":
+        dtype = "bfloat16" if (on_gpu and device.bf16) else ("float16" if on_gpu else "float32")
+    else:
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]  # type: ignore[assignment]
+    dtype_bytes = 4 if dtype == "float32" else 2
+
+    # Attention: varlen FlashAttention needs a CUDA GPU (sm80+) and half precision.
+    if packing and on_gpu and device.compute_capability >= (8, 0) and dtype != "float32":
+        attn: AttentionKind = "ftj_varlen"
+        reasons.append("packed rows: FlashAttention varlen with per-example borders")
+    else:
+        attn = "sdpa"
+        if packing:
+            reasons.append(
+                "packed rows: SDPA with a dense per-example mask (no varlen kernel here)"
+            )
+
+    liger = bool(on_gpu and liger_available and shape.model_type in _LIGER_MODEL_TYPES)
+    if on_gpu and not liger:
+        reasons.append("liger-kernel unavailable for this model/device: plain kernels")
+
+    quant = (
+        getattr(method, "quantization", None)
+        if getattr(method, "type", "lora") == "qlora"
+        else None
+    )
+    weight_bits = (
+        int(getattr(quant, "bits", 4)) if getattr(method, "type", "lora") == "qlora" else 16
+    )
+    if weight_bits == 16 and dtype == "float32":
+        weight_bits = 32
+    lora = getattr(method, "lora", None)
+    lora_r = int(getattr(lora, "r", 16))
+    targets = tuple(getattr(lora, "target_modules", ("all-linear",)))
+
+    # Tokens per optimizer step are fixed by the spec (batch x accumulation examples); the plan
+    # only chooses how many micro-steps carry them.
+    examples_per_step = batch_size * accumulation
+    if memory_budget_bytes is None:
+        memory_budget_bytes = int(device.total_memory_bytes * memory_fraction) if on_gpu else 0
+
+    def cost(micro_examples: int, ckpt_layers: int) -> int:
+        tokens = (
+            int(math.ceil(micro_examples * mean_tokens)) if packing else micro_examples * cutoff
+        )
+        return estimate_memory_bytes(
+            shape,
+            micro_batch_tokens=tokens,
+            checkpointed_layers=ckpt_layers,
+            weight_bits=weight_bits,
+            lora_r=lora_r,
+            lora_targets=targets,
+            liger=liger,
+            dtype_bytes=dtype_bytes,
+        )
+
+    mode = str(getattr(training, "gradient_checkpointing", "auto"))
+    # Candidate micro-batch sizes: divisors of the examples per optimizer step, largest first.
+    candidates = [d for d in range(examples_per_step, 0, -1) if examples_per_step % d == 0]
+    if not on_gpu:
+        candidates = [batch_size]
+    max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
+
+    chosen: tuple[int, int] | None = None
+    layers = shape.num_layers
+    if not on_gpu:
+        ckpt = {"always": layers, "never": 0}.get(mode, 0)
+        chosen = (batch_size, ckpt)
+    else:
+        for micro in candidates:
+            if micro > max_micro_examples and micro != candidates[-1]:
+                continue
+            if mode == "always":
+                options = [layers]
+            elif mode == "never":
+                options = [0]
+            else:
+                # Fewest recomputed layers that fit: each costs a third more matrix work.
+                options = list(range(0, layers + 1))
+            fitting = [c for c in options if cost(micro, c) <= memory_budget_bytes]
+            if fitting:
+                chosen = (micro, fitting[0])
+                # Prefer a smaller micro-step over recomputing many layers: when the largest
+                # micro-step needs most layers checkpointed, see whether half of it needs none.
+                if fitting[0] > 0 and mode == "auto":
+                    continue_search = fitting[0] > layers // 2
+                    if continue_search:
+                        smaller = [m for m in candidates if m < micro and m * 2 >= micro]
+                        for m in smaller:
+                            fit_small = [c for c in options if cost(m, c) <= memory_budget_bytes]
+                            if fit_small and fit_small[0] < fitting[0] // 2:
+                                chosen = (m, fit_small[0])
+                                break
+                break
+        if chosen is None:
+            chosen = (candidates[-1], layers if mode != "never" else 0)
+            reasons.append("even one example per micro-step exceeds the memory estimate")
+
+    micro, ckpt_layers = chosen
+    grad_ckpt = ckpt_layers > 0
+    accumulation_out = examples_per_step // micro
+    micro_tokens = int(micro * mean_tokens) if packing else micro * cutoff
+    if on_gpu:
+        if micro != batch_size:
+            reasons.append(
+                f"micro-step of {micro} examples x {accumulation_out} accumulation "
+                f"(spec: {batch_size} x {accumulation}; same examples per optimizer step)"
+            )
+        reasons.append(
+            "gradient checkpointing: "
+            + (f"{ckpt_layers} of {layers} layers" if grad_ckpt else "off (memory allows)")
+            + f" [{mode}]"
+        )
+
+    optimizer = str(getattr(training, "optimizer", "auto"))
+    if optimizer == "auto":
+        optimizer = "adamw_torch_fused" if on_gpu else "adamw_torch"
+    return AccelerationPlan(
+        attn_implementation=attn,
+        liger=liger,
+        gradient_checkpointing=grad_ckpt,
+        checkpointed_layers=ckpt_layers,
+        per_device_batch_size=micro,
+        gradient_accumulation_steps=accumulation_out,
+        micro_batch_tokens=micro_tokens,
+        optimizer=optimizer,
+        dtype=dtype,
+        torch_compile=False,
+        estimated_peak_bytes=cost(micro, ckpt_layers) if on_gpu else 0,
+        memory_budget_bytes=memory_budget_bytes,
+        reasons=tuple(reasons),
+    )
+
+
+def plan_for_model(
+    model: Any, spec: Any, mean_example_tokens: float | None = None
+) -> AccelerationPlan:
+    """The plan for a loaded model and a ``FineTuneJobSpec`` on this process's device.
+
+    ``FTJ_MEMORY_BUDGET_GIB`` caps the memory the plan may use (a shared or partitioned GPU,
+    or proving that a run fits a smaller card).
+    """
+    import os
+
+    budget = os.environ.get("FTJ_MEMORY_BUDGET_GIB")
+    return plan_acceleration(
+        spec.training,
+        spec.method,
+        ModelShape.from_config(model.config),
+        DeviceInfo.detect(),
+        mean_example_tokens=mean_example_tokens,
+        liger_available=liger_available(),
+        memory_budget_bytes=int(float(budget) * GiB) if budget else None,
+    )
+
+
+_LIGER_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3"})
+
+
+def liger_available() -> bool:
+    """Whether liger-kernel can be imported (GPU images carry it; CPU installs need not)."""
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Applying the plan (imports torch lazily)
+# --------------------------------------------------------------------------------------------
+
+VARLEN_ATTENTION = "ftj_varlen"
+
+
+def register_varlen_attention() -> None:
+    """Register ``ftj_varlen`` with transformers' attention and mask interfaces (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
+
+
+def _no_mask(*args: Any, **kwargs: Any) -> None:
+    """The varlen kernel takes example borders from position ids, so no mask is built."""
+    attention_mask = kwargs.get("attention_mask")
+    if attention_mask is not None and not bool(attention_mask.all()):
+        raise ValueError(
+            "ftj_varlen attention needs padding-free packed rows (position_ids restarting per "
+            "example) and no padding mask; use sdpa for padded batches"
+        )
+    return None
+
+
+class _SeqLensCache:
+    """Cumulative sequence lengths of the current forward, computed once for all layers."""
+
+    key: Any = None
+    value: Any = None
+
+
+_seqlens_cache = _SeqLensCache()
+
+
+def _cu_seqlens(batch: int, seq: int, device: Any, kwargs: dict[str, Any]) -> tuple[Any, int]:
+    import torch
+
+    cu = kwargs.get("cu_seq_lens_q")
+    max_len = kwargs.get("max_length_q")
+    if cu is not None and max_len is not None:
+        return cu.to(device=device, dtype=torch.int32), int(max_len)
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        key = ("rows", batch, seq)
+        if _seqlens_cache.key != key:
+            cu = torch.arange(0, (batch + 1) * seq, seq, device=device, dtype=torch.int32)
+            _seqlens_cache.key, _seqlens_cache.value = key, (cu, seq)
+        return _seqlens_cache.value  # type: ignore[no-any-return]
+    # The same position_ids tensor reaches every layer (and the recomputation under
+    # checkpointing), so the device-to-host sync happens once per forward.
+    if _seqlens_cache.key is not position_ids:
+        flat = position_ids.reshape(-1)
+        if flat.numel() != batch * seq:
+            flat = position_ids.expand(batch, -1).reshape(-1)
+        starts = torch.nonzero(flat == 0).flatten()
+        if starts.numel() == 0 or int(starts[0]) != 0:
+            starts = torch.cat([starts.new_zeros(1), starts])
+        # Rows end where the next begins: each row's first position is 0 in a packed batch.
+        cu = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+        max_len = int((cu[1:] - cu[:-1]).max())
+        _seqlens_cache.key, _seqlens_cache.value = position_ids, (cu, max_len)
+    return _seqlens_cache.value  # type: ignore[no-any-return]
+
+
+def _varlen_function() -> Any:
+    import torch
+
+    class VarlenFlashAttention(torch.autograd.Function):
+        """FlashAttention-2 varlen (PyTorch's own build) with causal masking per sequence."""
+
+        @staticmethod
+        def forward(ctx: Any, q: Any, k: Any, v: Any, cu: Any, max_len: int, scale: float) -> Any:
+            out, lse, rng, unused, _ = torch.ops.aten._flash_attention_forward(
+                q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
+            )
+            ctx.save_for_backward(q, k, v, out, lse, cu, rng, unused)
+            ctx.max_len, ctx.scale = max_len, scale
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad_out: Any) -> Any:
+            q, k, v, out, lse, cu, rng, unused = ctx.saved_tensors
+            dq, dk, dv = torch.ops.aten._flash_attention_backward(
+                grad_out.contiguous(),
+                q,
+                k,
+                v,
+                out,
+                lse,
+                cu,
+                cu,
+                ctx.max_len,
+                ctx.max_len,
+                0.0,
+                True,
+                rng,
+                unused,
+                scale=ctx.scale,
+            )
+            return dq, dk, dv, None, None, None
+
+    return VarlenFlashAttention
+
+
+_VARLEN: Any = None
+
+
+def varlen_attention(q: Any, k: Any, v: Any, cu: Any, max_len: int, scale: float) -> Any:
+    """Causal attention over packed sequences: q (T, Hq, D), k/v (T, Hkv, D), cu (N+1,) int32."""
+    global _VARLEN
+    if _VARLEN is None:
+        _VARLEN = _varlen_function()
+    return _VARLEN.apply(q, k, v, cu, max_len, scale)
+
+
+def _varlen_attention_forward(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """transformers attention interface: (B, H, S, D) in, (B, S, H, D) out."""
+    import torch
+
+    batch, heads, seq, dim = query.shape
+    cu, max_len = _cu_seqlens(batch, seq, query.device, kwargs)
+    q = query.transpose(1, 2).reshape(batch * seq, heads, dim)
+    k = key.transpose(1, 2).reshape(batch * seq, key.shape[1], dim)
+    v = value.transpose(1, 2).reshape(batch * seq, value.shape[1], dim)
+    scale = float(scaling) if scaling is not None else dim**-0.5
+    dtype = q.dtype
+    if dtype not in (torch.float16, torch.bfloat16):
+        # QLoRA: peft's prepare_model_for_kbit_training leaves norms in fp32, so activations
+        # arrive in fp32; the kernel runs in bf16 and the result goes back in the caller's dtype.
+        q, k, v = q.to(torch.bfloat16), k.to(torch.bfloat16), v.to(torch.bfloat16)
+    out = varlen_attention(q, k, v, cu, max_len, scale).to(dtype)
+    return out.view(batch, seq, heads, dim), None
+
+
+def apply_acceleration(model: Any, plan: AccelerationPlan) -> list[str]:
+    """Change a loaded model (before PEFT wrapping) as the plan says; returns what was done.
+
+    Call it after loading and before ``get_peft_model``/the trainer: Liger patches the model's
+    modules in place, and the attention implementation is read at every forward.
+    """
+    done: list[str] = []
+    _expandable_segments()
+    if plan.attn_implementation == VARLEN_ATTENTION:
+        register_varlen_attention()
+        _set_attn_implementation(model, VARLEN_ATTENTION)
+        done.append("attention: ftj_varlen")
+    if plan.liger:
+        applied = _apply_liger(model)
+        done.append("liger: " + (applied or "not applied"))
+    return done
+
+
+def apply_gradient_checkpointing(model: Any, plan: AccelerationPlan) -> None:
+    """Checkpoint the first ``plan.checkpointed_layers`` decoder layers (after the model is
+    wrapped and ``gradient_checkpointing_enable`` ran, or on its own)."""
+    if not plan.gradient_checkpointing:
+        return
+    import torch.utils.checkpoint as cp
+
+    base = model
+    for _ in range(4):  # PeftModel -> LoraModel -> PreTrainedModel
+        if hasattr(base, "get_base_model"):
+            base = base.get_base_model()
+    if hasattr(base, "enable_input_require_grads"):
+        base.enable_input_require_grads()
+    layers = _decoder_layers(base)
+    import functools
+
+    func = functools.partial(cp.checkpoint, use_reentrant=False)
+    for index, layer in enumerate(layers):
+        on = index < plan.checkpointed_layers
+        layer.gradient_checkpointing = on
+        if on:
+            layer._gradient_checkpointing_func = func
+
+
+def _expandable_segments() -> None:
+    """Packed rows change length every step; expandable segments stop the caching allocator
+    from fragmenting into many odd-sized blocks (several GiB of reserved-but-unused memory)."""
+    import contextlib
+    import os
+
+    import torch
+
+    configured = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + os.environ.get(
+        "PYTORCH_ALLOC_CONF", ""
+    )
+    if torch.cuda.is_available() and "expandable_segments" not in configured:
+        # An allocator that can't switch after start keeps its setting.
+        with contextlib.suppress(Exception):
+            torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+
+
+def _decoder_layers(model: Any) -> list[Any]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def _set_attn_implementation(model: Any, name: str) -> None:
+    setter = getattr(model, "set_attn_implementation", None)
+    if setter is not None:
+        try:
+            setter(name)
+            return
+        except Exception:  # older transformers reject unknown names: set it directly
+            pass
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = name
+
+
+def _apply_liger(model: Any) -> str | None:
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except Exception:
+        return None
+    try:
+        _apply_liger_kernel_to_instance(
+            model=model,
+            rope=True,
+            rms_norm=True,
+            swiglu=True,
+            cross_entropy=False,
+            fused_linear_cross_entropy=False,
+        )
+    except Exception as exc:  # a liger release that doesn't know this transformers version
+        return f"failed ({type(exc).__name__}: {exc})"
+    return "rope, rms_norm, swiglu"
