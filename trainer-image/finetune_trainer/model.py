@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 from finetune_api.spec import FineTuneJobSpec, LoraSettings, Method, Training
 
+from finetune_trainer import acceleration
 from finetune_trainer.errors import InvalidInput, UnsupportedHardware
 
 log = logging.getLogger("finetune_trainer")
@@ -192,6 +193,7 @@ def load_base_model(
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
     if spec.method.type == "qlora":
         kwargs["quantization_config"] = quantization_config(spec.method, dtype)
+    if hw.cuda:  # safetensors straight onto this rank's GPU, no CPU copy of the weights
         kwargs["device_map"] = {"": local_rank()}
     try:
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -202,7 +204,13 @@ def load_base_model(
         ) from None
 
 
-def build_model(model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw: Hardware) -> Any:
+def build_model(
+    model_dir: Path,
+    spec: FineTuneJobSpec,
+    precision: Precision,
+    hw: Hardware,
+    mean_example_tokens: float | None = None,
+) -> Any:
     """The base model wrapped with a fresh LoRA adapter, ready for the trainer.
 
     At initialisation LoRA's B matrices are zero, so this model still answers exactly like the
@@ -211,21 +219,15 @@ def build_model(model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     model = load_base_model(model_dir, spec, precision, hw)
-    config = model.config
-    checkpointing = wants_gradient_checkpointing(
-        spec.training.gradient_checkpointing,
-        hw,
-        num_parameters=model.num_parameters(),
-        bytes_per_parameter=0.6 if spec.method.type == "qlora" else 2.0,
-        training=spec.training,
-        hidden_size=getattr(config, "hidden_size", 4096),
-        num_layers=getattr(config, "num_hidden_layers", 32),
-    )
+    # Attention kernel, fused kernels, checkpointing and micro-batch size: see acceleration.py.
+    plan = acceleration.plan_for_model(model, spec, mean_example_tokens)
+    log.info("acceleration: %s", plan.describe())
+    acceleration.apply_acceleration(model, plan)
+    checkpointing = plan.gradient_checkpointing
     if spec.method.type == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+    if checkpointing:
+        acceleration.apply_gradient_checkpointing(model, plan)  # only the layers memory needs
     model.config.use_cache = False
     try:
         model = get_peft_model(model, lora_config(spec.method.lora))
@@ -244,5 +246,7 @@ def build_model(model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw
         precision,
         ", gradient checkpointing" if checkpointing else "",
     )
-    model.finetune_gradient_checkpointing = checkpointing
+    # Checkpointing is already set per layer; the Trainer would re-enable it on every layer.
+    model.finetune_gradient_checkpointing = False
+    model.finetune_acceleration = plan
     return model

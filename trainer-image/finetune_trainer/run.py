@@ -151,7 +151,8 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
     )
 
     # 4. The model with a fresh adapter, and how it answers before any training.
-    model = build_model(model_dir, spec, precision, hw)
+    mean_tokens = data.stats.train_tokens / max(data.stats.train, 1)
+    model = build_model(model_dir, spec, precision, hw, mean_example_tokens=mean_tokens)
     before = generate_answers(model, tokenizer, data.test_prompts) if main else []
 
     # 5. Train, continuing from the newest complete checkpoint of this output.

@@ -162,6 +162,10 @@ def build_trainer(
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
+    plan = getattr(model, "finetune_acceleration", None)
+    if plan is not None:  # accumulation folded into larger micro-steps when memory allows
+        config.per_device_train_batch_size = plan.per_device_batch_size
+        config.gradient_accumulation_steps = plan.gradient_accumulation_steps
     trainer = SFTTrainer(
         model=model,
         args=config,
