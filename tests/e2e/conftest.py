@@ -38,8 +38,13 @@ FAKE_TRAINER_COMMAND = f"{sys.executable} {FAKE_TRAINER}"
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2,
-             what: str = "condition", details: Callable[[], str] | None = None) -> T:
+def wait_for(
+    check: Callable[[], T | None],
+    timeout: float = 30.0,
+    interval: float = 0.2,
+    what: str = "condition",
+    details: Callable[[], str] | None = None,
+) -> T:
     """Poll ``check`` until it returns something truthy; fail with ``details()`` if not."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -49,8 +54,9 @@ def wait_for(check: Callable[[], T | None], timeout: float = 30.0, interval: flo
             return last
         time.sleep(interval)
     extra = f"\n{details()}" if details else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
-                         f"{extra}")
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){extra}"
+    )
 
 
 @dataclass
@@ -69,14 +75,23 @@ class KubeEnv:
     def kubeconfig(self) -> Path:
         return self.gateway.kubeconfig_path
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against the gateway; raise with its stderr when ``check``."""
-        result = subprocess.run([str(self.kubectl_bin), *args], env=self.env, input=input,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            [str(self.kubectl_bin), *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stderr}{result.stdout}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stderr}{result.stdout}"
+            )
         return result
 
     def kubectl_json(self, *args: str) -> Any:
@@ -89,8 +104,10 @@ class KubeEnv:
         return self.kubectl("apply", "-n", namespace, "-f", "-", input=text).stdout
 
     def create_namespace(self, name: str) -> str:
-        self.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                   namespace="default")
+        self.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            namespace="default",
+        )
         return name
 
 
@@ -128,13 +145,19 @@ def _s3_server() -> Any:
 
             def client(self) -> Any:
                 import boto3
-                return boto3.client("s3", endpoint_url=self.endpoint_url,
-                                    region_name="us-east-1", aws_access_key_id="test",
-                                    aws_secret_access_key="test")
+
+                return boto3.client(
+                    "s3",
+                    endpoint_url=self.endpoint_url,
+                    region_name="us-east-1",
+                    aws_access_key_id="test",
+                    aws_secret_access_key="test",
+                )
 
             def create_bucket(self, name: str) -> str:
                 self.client().create_bucket(Bucket=name)
                 return name
+
     return S3Server().start()
 
 
@@ -143,23 +166,39 @@ def kube_env(kube_apiserver: KubeApiServer, kube_tools_bin: Path) -> Iterator[Ku
     """The session's fake cluster (see module docstring)."""
     _install_crd(kube_apiserver, CRD_PATH)
     workdir = Path(tempfile.mkdtemp(prefix="ftj-e2e-"))
-    gateway = KubeGateway(Upstream.from_kubeconfig(kube_apiserver.kubeconfig_path),
-                          workdir / "gateway").start()
+    gateway = KubeGateway(
+        Upstream.from_kubeconfig(kube_apiserver.kubeconfig_path), workdir / "gateway"
+    ).start()
     s3 = _s3_server()
-    simulator = JobSimulator(gateway, workdir / "pods", extra_env={
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg",
-        "AWS_ENDPOINT_URL": s3.endpoint_url,
-        # Fallback credentials (moto accepts any); a pod's secretKeyRef env wins.
-        "AWS_ACCESS_KEY_ID": "FTJTESTACCESSKEY0000", "AWS_SECRET_ACCESS_KEY": "ftj-test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "operator"), str(REPO / "trainer-image"),
-                                       os.environ.get("PYTHONPATH", "")]),
-    }).start()
-    env = {**os.environ, "KUBECONFIG": str(gateway.kubeconfig_path),
-           "KUBECACHEDIR": str(workdir / "kube-cache")}
-    kube = KubeEnv(kube_apiserver, gateway, simulator, s3, kube_tools_bin / "kubectl",
-                   workdir, env)
+    simulator = JobSimulator(
+        gateway,
+        workdir / "pods",
+        extra_env={
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "MPLBACKEND": "Agg",
+            "AWS_ENDPOINT_URL": s3.endpoint_url,
+            # Fallback credentials (moto accepts any); a pod's secretKeyRef env wins.
+            "AWS_ACCESS_KEY_ID": "FTJTESTACCESSKEY0000",
+            "AWS_SECRET_ACCESS_KEY": "ftj-test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "PYTHONPATH": os.pathsep.join(
+                [
+                    str(REPO / "operator"),
+                    str(REPO / "trainer-image"),
+                    os.environ.get("PYTHONPATH", ""),
+                ]
+            ),
+        },
+    ).start()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(gateway.kubeconfig_path),
+        "KUBECACHEDIR": str(workdir / "kube-cache"),
+    }
+    kube = KubeEnv(kube_apiserver, gateway, simulator, s3, kube_tools_bin / "kubectl", workdir, env)
     try:
         yield kube
     finally:
@@ -188,13 +227,13 @@ def operator_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def operator(kube_env: KubeEnv, operator_env: dict[str, str], ns: str,
-             tmp_path: Path) -> Iterator[OperatorProcess]:
+def operator(
+    kube_env: KubeEnv, operator_env: dict[str, str], ns: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
     """``python -m finetune_operator`` watching the test's namespace, stopped afterwards."""
     if importlib.util.find_spec("finetune_operator.__main__") is None:
         pytest.skip("the operator's entry point finetune_operator/__main__.py does not exist yet")
-    env = {"FTJ_WATCH_NAMESPACES": ns, "FTJ_S3_ENDPOINT": kube_env.s3.endpoint_url,
-           **operator_env}
+    env = {"FTJ_WATCH_NAMESPACES": ns, "FTJ_S3_ENDPOINT": kube_env.s3.endpoint_url, **operator_env}
     proc = OperatorProcess(kube_env.kubeconfig, tmp_path / "operator", env=env).start()
     try:
         proc.wait_ready()

@@ -20,42 +20,84 @@ from tests.e2e.conftest import FAKE_TRAINER, REPO, KubeEnv, wait_for
 pytestmark = pytest.mark.e2e
 
 
-def fake_trainer_job(name: str, *, steps: int = 10, step_seconds: float = 0.05,
-                     exit_code: int = 0, backoff_limit: int = 3,
-                     extra_spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def fake_trainer_job(
+    name: str,
+    *,
+    steps: int = 10,
+    step_seconds: float = 0.05,
+    exit_code: int = 0,
+    backoff_limit: int = 3,
+    extra_spec: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """A ConfigMap with a manifest + a Job running the fake trainer, shaped like ours."""
-    manifest = {"metadata": {"name": name, "annotations": {
-                    "fake-trainer.finetune.dev/step-seconds": str(step_seconds),
-                    "fake-trainer.finetune.dev/exit-code": str(exit_code)}},
-                "spec": {"training": {"maxSteps": steps, "saveSteps": max(steps // 2, 1)},
-                         "output": {"uri": "/scratch/out"}}}
-    config = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-spec"},
-              "data": {"job.json": json.dumps(manifest)}}
+    manifest = {
+        "metadata": {
+            "name": name,
+            "annotations": {
+                "fake-trainer.finetune.dev/step-seconds": str(step_seconds),
+                "fake-trainer.finetune.dev/exit-code": str(exit_code),
+            },
+        },
+        "spec": {
+            "training": {"maxSteps": steps, "saveSteps": max(steps // 2, 1)},
+            "output": {"uri": "/scratch/out"},
+        },
+    }
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-spec"},
+        "data": {"job.json": json.dumps(manifest)},
+    }
     job = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
         "spec": {
             "backoffLimit": backoff_limit,
-            "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": "trainer",
-                                                      "operator": "In", "values": [42]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            ]},
-            "template": {"metadata": {"labels": {"app": "fake-trainer"}}, "spec": {
-                "restartPolicy": "Never",
-                "containers": [{
-                    "name": "trainer", "image": "trainer:test",
-                    "command": ["python", str(FAKE_TRAINER)],
-                    "env": [{"name": "FTJ_MANIFEST", "value": "/etc/finetune/job.json"},
-                            {"name": "FTJ_WORKDIR", "value": "/scratch"},
-                            {"name": "FTJ_TERMINATION_LOG", "value": "/dev/termination-log"},
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {
-                                "fieldPath": "metadata.name"}}}],
-                    "volumeMounts": [{"name": "spec", "mountPath": "/etc/finetune"},
-                                     {"name": "scratch", "mountPath": "/scratch"}],
-                }],
-                "volumes": [{"name": "spec", "configMap": {"name": f"{name}-spec"}},
-                            {"name": "scratch", "emptyDir": {}}],
-            }},
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "trainer",
+                            "operator": "In",
+                            "values": [42],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": {"app": "fake-trainer"}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [
+                        {
+                            "name": "trainer",
+                            "image": "trainer:test",
+                            "command": ["python", str(FAKE_TRAINER)],
+                            "env": [
+                                {"name": "FTJ_MANIFEST", "value": "/etc/finetune/job.json"},
+                                {"name": "FTJ_WORKDIR", "value": "/scratch"},
+                                {"name": "FTJ_TERMINATION_LOG", "value": "/dev/termination-log"},
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                            ],
+                            "volumeMounts": [
+                                {"name": "spec", "mountPath": "/etc/finetune"},
+                                {"name": "scratch", "mountPath": "/scratch"},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "spec", "configMap": {"name": f"{name}-spec"}},
+                        {"name": "scratch", "emptyDir": {}},
+                    ],
+                },
+            },
             **(extra_spec or {}),
         },
     }
@@ -82,10 +124,14 @@ def pods_of(kube_env: KubeEnv, ns: str, job: str) -> list[dict[str, Any]]:
 
 
 def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) -> None:
-    kube_env.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data"},
-                    "data": {"a": "1"}}, ns)
-    kube_env.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data"},
-                    "data": {"a": "2"}}, ns)  # second apply: a patch of an existing object
+    kube_env.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data"}, "data": {"a": "1"}},
+        ns,
+    )
+    kube_env.apply(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "data"}, "data": {"a": "2"}},
+        ns,
+    )  # second apply: a patch of an existing object
     assert kube_env.kubectl_json("get", "cm", "data", "-n", ns)["data"] == {"a": "2"}
 
     quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
@@ -93,7 +139,8 @@ def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) 
     assert "finetunejob.finetune.dev/quickstart created" in out
     # Stored by the real server: defaults applied by its structural schema, and Table output.
     code, stored = kube_env.apiserver.request(
-        "GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/quickstart")
+        "GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/quickstart"
+    )
     assert code == 200, stored
     assert stored["spec"]["training"]["maxSteps"] == 150
     table = kube_env.kubectl("get", "ftj", "-n", ns).stdout
@@ -103,21 +150,27 @@ def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) 
     invalid = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     invalid["metadata"]["name"] = "both-epochs-and-steps"
     invalid["spec"]["training"]["epochs"] = 2
-    result = kube_env.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(invalid),
-                              check=False)
+    result = kube_env.kubectl(
+        "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(invalid), check=False
+    )
     assert result.returncode != 0
     assert "set exactly one of spec.training.epochs or spec.training.maxSteps" in result.stderr
-    assert kube_env.apiserver.request(
-        "GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/"
-               "both-epochs-and-steps")[0] == 404
+    assert (
+        kube_env.apiserver.request(
+            "GET", f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs/both-epochs-and-steps"
+        )[0]
+        == 404
+    )
 
 
-def test_fake_trainer_job_completes_with_progress_and_message(kube_env: KubeEnv,
-                                                              ns: str) -> None:
+def test_fake_trainer_job_completes_with_progress_and_message(kube_env: KubeEnv, ns: str) -> None:
     apply_all(kube_env, ns, fake_trainer_job("ok", steps=100, step_seconds=0.1))
-    pod = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "ok")
-                                 if p["status"].get("phase") == "Running"), None),
-                   what="a running pod")
+    pod = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "ok") if p["status"].get("phase") == "Running"), None
+        ),
+        what="a running pod",
+    )
     assert pod["metadata"]["name"].startswith("ok-")
     assert pod["metadata"]["labels"]["job-name"] == "ok"
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
@@ -131,6 +184,7 @@ def test_fake_trainer_job_completes_with_progress_and_message(kube_env: KubeEnv,
                 return body if body.get("step") else None
         except OSError:
             return None
+
     assert wait_for(progress, what="/progress on the pod IP")["phase"] == "Training"
 
     done = wait_for(lambda: job_condition(kube_env, ns, "ok"), what="Job finished")
@@ -141,12 +195,14 @@ def test_fake_trainer_job_completes_with_progress_and_message(kube_env: KubeEnv,
     assert terminated["exitCode"] == 0 and terminated["reason"] == "Completed"
     summary = json.loads(terminated["message"])
     assert summary["phase"] == "Succeeded" and summary["artifacts"]["manifest"].endswith(
-        "MANIFEST.json")
+        "MANIFEST.json"
+    )
     assert final["status"]["phase"] == "Succeeded"
 
 
-def test_exit_42_fails_the_job_by_pod_failure_policy_without_retry(kube_env: KubeEnv,
-                                                                   ns: str) -> None:
+def test_exit_42_fails_the_job_by_pod_failure_policy_without_retry(
+    kube_env: KubeEnv, ns: str
+) -> None:
     apply_all(kube_env, ns, fake_trainer_job("bad", exit_code=42, backoff_limit=5))
     done = wait_for(lambda: job_condition(kube_env, ns, "bad"), what="Job finished")
     assert done["type"] == "Failed" and done["reason"] == "PodFailurePolicy", done
@@ -167,14 +223,18 @@ def test_crash_retries_until_backoff_limit(kube_env: KubeEnv, ns: str) -> None:
 
 
 def test_eviction_does_not_count_against_backoff_limit(kube_env: KubeEnv, ns: str) -> None:
-    apply_all(kube_env, ns, fake_trainer_job("evicted", steps=40, step_seconds=0.1,
-                                             backoff_limit=0))
-    first = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "evicted")
-                                   if p["status"].get("phase") == "Running"), None),
-                     what="a running pod")
+    apply_all(
+        kube_env, ns, fake_trainer_job("evicted", steps=40, step_seconds=0.1, backoff_limit=0)
+    )
+    first = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "evicted") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        what="a running pod",
+    )
     kube_env.simulator.evict_pod(first["metadata"]["name"], ns)
-    done = wait_for(lambda: job_condition(kube_env, ns, "evicted"), timeout=60,
-                    what="Job finished")
+    done = wait_for(lambda: job_condition(kube_env, ns, "evicted"), timeout=60, what="Job finished")
     assert done["type"] == "Complete", done
     assert done["job"]["status"].get("failed", 0) == 0
     pods = {p["metadata"]["name"]: p for p in pods_of(kube_env, ns, "evicted")}
@@ -185,8 +245,7 @@ def test_eviction_does_not_count_against_backoff_limit(kube_env: KubeEnv, ns: st
 
 def test_kubectl_logs_and_follow(kube_env: KubeEnv, ns: str) -> None:
     apply_all(kube_env, ns, fake_trainer_job("logs", steps=20, step_seconds=0.05))
-    follow = kube_env.kubectl("logs", "-f", "job/logs", "-n", ns, timeout=60,
-                              check=False)
+    follow = kube_env.kubectl("logs", "-f", "job/logs", "-n", ns, timeout=60, check=False)
     wait_for(lambda: job_condition(kube_env, ns, "logs"), what="Job finished")
     pod = pods_of(kube_env, ns, "logs")[0]["metadata"]["name"]
     out = kube_env.kubectl("logs", pod, "-n", ns).stdout
@@ -201,27 +260,49 @@ def test_deleting_owners_garbage_collects_dependents(kube_env: KubeEnv, ns: str)
     quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     kube_env.apply(quickstart, ns)
     owner = kube_env.kubectl_json("get", "ftj", "quickstart", "-n", ns)
-    ref = {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": "quickstart",
-           "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    ref = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "name": "quickstart",
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
     docs = fake_trainer_job("owned", steps=200, step_seconds=0.1)
     for doc in docs:
         doc["metadata"]["ownerReferences"] = [ref]
-    docs.append({"apiVersion": "v1", "kind": "Service",
-                 "metadata": {"name": "owned", "ownerReferences": [ref]},
-                 "spec": {"clusterIP": "None", "selector": {"job-name": "owned"}}})
+    docs.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "owned", "ownerReferences": [ref]},
+            "spec": {"clusterIP": "None", "selector": {"job-name": "owned"}},
+        }
+    )
     apply_all(kube_env, ns, docs)
-    pod = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "owned")
-                                 if p["status"].get("phase") == "Running"), None),
-                   what="a running pod")
+    pod = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "owned") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        what="a running pod",
+    )
     kube_env.kubectl("delete", "ftj", "quickstart", "-n", ns, "--wait=false")
 
     def gone() -> bool:
         names = kube_env.kubectl("get", "jobs,cm,svc,pods", "-n", ns, "-o", "name").stdout
         return not names.strip()
-    wait_for(gone, timeout=20, what="dependents collected",
-             details=lambda: kube_env.kubectl("get", "all,cm", "-n", ns).stdout)
-    wait_for(lambda: pod["metadata"]["name"] not in kube_env.simulator.running_pods(ns),
-             what="pod process stopped")
+
+    wait_for(
+        gone,
+        timeout=20,
+        what="dependents collected",
+        details=lambda: kube_env.kubectl("get", "all,cm", "-n", ns).stdout,
+    )
+    wait_for(
+        lambda: pod["metadata"]["name"] not in kube_env.simulator.running_pods(ns),
+        what="pod process stopped",
+    )
 
     # Deleting a Job the way kubectl does (propagationPolicy=Background) removes its pods.
     apply_all(kube_env, ns, fake_trainer_job("direct", steps=200, step_seconds=0.1))
@@ -242,17 +323,24 @@ def test_watch_streams_deliver_events(kube_env: KubeEnv, ns: str) -> None:
     cm_events: list[dict[str, Any]] = []
     ftj_events: list[dict[str, Any]] = []
     threads = [
-        threading.Thread(target=watch, args=(f"/api/v1/namespaces/{ns}/configmaps", 3,
-                                             cm_events), daemon=True),
-        threading.Thread(target=watch, args=(
-            f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs", 2, ftj_events),
-            daemon=True),
+        threading.Thread(
+            target=watch, args=(f"/api/v1/namespaces/{ns}/configmaps", 3, cm_events), daemon=True
+        ),
+        threading.Thread(
+            target=watch,
+            args=(f"/apis/finetune.dev/v1alpha1/namespaces/{ns}/finetunejobs", 2, ftj_events),
+            daemon=True,
+        ),
     ]
     for thread in threads:
         thread.start()
-    wait_for(lambda: sum(1 for r in kube_env.gateway.audit
-                         if r.verb == "watch" and r.namespace == ns) >= 2
-             or None, what="watches open")
+    wait_for(
+        lambda: (
+            sum(1 for r in kube_env.gateway.audit if r.verb == "watch" and r.namespace == ns) >= 2
+            or None
+        ),
+        what="watches open",
+    )
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w"}, "data": {"a": "1"}}
     kube_env.apply(cm, ns)
     kube_env.kubectl("patch", "cm", "w", "-n", ns, "--type=merge", "-p", '{"data":{"a":"2"}}')
@@ -270,24 +358,36 @@ def test_watch_streams_deliver_events(kube_env: KubeEnv, ns: str) -> None:
 
 def test_suspend_stops_pods_and_resume_starts_new_ones(kube_env: KubeEnv, ns: str) -> None:
     apply_all(kube_env, ns, fake_trainer_job("pause", steps=300, step_seconds=0.1))
-    first = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "pause")
-                                   if p["status"].get("phase") == "Running"), None),
-                     what="a running pod")
-    kube_env.kubectl("patch", "job", "pause", "-n", ns, "--type=merge",
-                     "-p", '{"spec":{"suspend":true}}')
+    first = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "pause") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        what="a running pod",
+    )
+    kube_env.kubectl(
+        "patch", "job", "pause", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
 
     def suspended() -> bool:
         job = kube_env.kubectl_json("get", "job", "pause", "-n", ns)
         conds = {c["type"]: c for c in job["status"].get("conditions", [])}
-        return (conds.get("Suspended", {}).get("status") == "True"
-                and not pods_of(kube_env, ns, "pause"))
+        return conds.get("Suspended", {}).get("status") == "True" and not pods_of(
+            kube_env, ns, "pause"
+        )
+
     wait_for(suspended, timeout=20, what="Job suspended, pods gone")
     assert first["metadata"]["name"] not in kube_env.simulator.running_pods(ns)
-    kube_env.kubectl("patch", "job", "pause", "-n", ns, "--type=merge",
-                     "-p", '{"spec":{"suspend":false}}')
-    second = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "pause")
-                                    if p["status"].get("phase") == "Running"), None),
-                      what="a new running pod")
+    kube_env.kubectl(
+        "patch", "job", "pause", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    second = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "pause") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        what="a new running pod",
+    )
     assert second["metadata"]["name"] != first["metadata"]["name"]
     job = kube_env.kubectl_json("get", "job", "pause", "-n", ns)
     assert job["status"].get("failed", 0) == 0
@@ -304,6 +404,7 @@ def test_unschedulable_and_image_pull_faults(kube_env: KubeEnv, ns: str) -> None
                 if cond["type"] == "PodScheduled" and cond["status"] == "False":
                     return cond
         return None
+
     cond = wait_for(scheduled_false, what="PodScheduled=False")
     assert cond["reason"] == "Unschedulable" and "Insufficient nvidia.com/gpu" in cond["message"]
 
@@ -312,6 +413,7 @@ def test_unschedulable_and_image_pull_faults(kube_env: KubeEnv, ns: str) -> None
             for status in pod["status"].get("containerStatuses", []):
                 return status.get("state", {}).get("waiting", {}).get("reason")
         return None
+
     assert wait_for(pulling, what="waiting reason") == "ImagePullBackOff"
     assert "ImagePullBackOff" in kube_env.kubectl("get", "pods", "-n", ns).stdout
     kube_env.simulator.clear_faults("stuck", ns)
@@ -320,38 +422,63 @@ def test_unschedulable_and_image_pull_faults(kube_env: KubeEnv, ns: str) -> None
 
 
 def test_active_deadline_fails_the_job(kube_env: KubeEnv, ns: str) -> None:
-    apply_all(kube_env, ns, fake_trainer_job("slow", steps=1000, step_seconds=0.1,
-                                             extra_spec={"activeDeadlineSeconds": 2}))
+    apply_all(
+        kube_env,
+        ns,
+        fake_trainer_job(
+            "slow", steps=1000, step_seconds=0.1, extra_spec={"activeDeadlineSeconds": 2}
+        ),
+    )
     done = wait_for(lambda: job_condition(kube_env, ns, "slow"), what="Job finished")
     assert done["type"] == "Failed" and done["reason"] == "DeadlineExceeded", done
     wait_for(lambda: not kube_env.simulator.running_pods(ns), what="pods stopped")
 
 
-def test_kill_pod_counts_as_failure_and_secret_env_resolves(kube_env: KubeEnv,
-                                                            ns: str) -> None:
-    kube_env.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
-                    "stringData": {"AWS_ACCESS_KEY_ID": "AKIDTEST"}}, ns)
+def test_kill_pod_counts_as_failure_and_secret_env_resolves(kube_env: KubeEnv, ns: str) -> None:
+    kube_env.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "AKIDTEST"},
+        },
+        ns,
+    )
     docs = fake_trainer_job("killed", steps=60, step_seconds=0.1, backoff_limit=2)
     docs[1]["spec"]["template"]["spec"]["containers"][0]["env"].append(
-        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
-            "name": "s3", "key": "AWS_ACCESS_KEY_ID"}}})
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "s3", "key": "AWS_ACCESS_KEY_ID"}},
+        }
+    )
     apply_all(kube_env, ns, docs)
-    first = wait_for(lambda: next((p for p in pods_of(kube_env, ns, "killed")
-                                   if p["status"].get("phase") == "Running"), None),
-                     what="a running pod")
+    first = wait_for(
+        lambda: next(
+            (p for p in pods_of(kube_env, ns, "killed") if p["status"].get("phase") == "Running"),
+            None,
+        ),
+        what="a running pod",
+    )
     kube_env.simulator.kill_pod(first["metadata"]["name"], signal.SIGKILL, ns)
 
     def retried() -> bool:
         job = kube_env.kubectl_json("get", "job", "killed", "-n", ns)
         return job["status"].get("failed") == 1 and len(pods_of(kube_env, ns, "killed")) == 2
+
     wait_for(retried, what="one failure and a replacement pod")
-    dead = next(p for p in pods_of(kube_env, ns, "killed")
-                if p["metadata"]["name"] == first["metadata"]["name"])
+    dead = next(
+        p
+        for p in pods_of(kube_env, ns, "killed")
+        if p["metadata"]["name"] == first["metadata"]["name"]
+    )
     assert dead["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 137
 
 
 def test_audit_records_what_clients_did(kube_env: KubeEnv, ns: str) -> None:
     kube_env.kubectl("get", "pods,jobs,ftj", "-n", ns)
     rules = kube_env.gateway.audit_rules(user_agent_contains="kubectl")
-    assert {("", "pods", "list"), ("batch", "jobs", "list"),
-            ("finetune.dev", "finetunejobs", "list")} <= rules
+    assert {
+        ("", "pods", "list"),
+        ("batch", "jobs", "list"),
+        ("finetune.dev", "finetunejobs", "list"),
+    } <= rules

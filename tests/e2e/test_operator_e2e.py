@@ -27,22 +27,39 @@ pytestmark = pytest.mark.e2e
 BUCKET_CREDENTIALS = "s3-credentials"
 
 
-def ftj(name: str, kube_env: KubeEnv, ns: str, *, steps: int = 20, step_seconds: float = 0.05,
-        exit_code: int = 0, output: str | None = None, **spec: Any) -> dict[str, Any]:
+def ftj(
+    name: str,
+    kube_env: KubeEnv,
+    ns: str,
+    *,
+    steps: int = 20,
+    step_seconds: float = 0.05,
+    exit_code: int = 0,
+    output: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     """A FineTuneJob for the fake trainer, output in S3; its knobs go to the pods' env."""
-    kube_env.simulator.set_pod_env(ns, {
-        "FAKE_TRAINER_STEP_SECONDS": str(step_seconds),
-        "FAKE_TRAINER_EXIT_CODE": str(exit_code)}, job=name)
+    kube_env.simulator.set_pod_env(
+        ns,
+        {"FAKE_TRAINER_STEP_SECONDS": str(step_seconds), "FAKE_TRAINER_EXIT_CODE": str(exit_code)},
+        job=name,
+    )
     body: dict[str, Any] = {
-        "apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob",
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
         "metadata": {"name": name},
         "spec": {
             "model": {"uri": "s3://models/tiny-qwen3"},
             "datasets": [{"uri": "s3://datasets/identity.json", "format": "alpaca"}],
             "training": {"maxSteps": steps, "saveSteps": max(steps // 4, 1)},
             "output": {"uri": output or f"s3://artifacts/{name}"},
-            "storage": {"s3": {"endpoint": kube_env.s3.endpoint_url, "pathStyle": True,
-                               "credentialsSecret": {"name": BUCKET_CREDENTIALS}}},
+            "storage": {
+                "s3": {
+                    "endpoint": kube_env.s3.endpoint_url,
+                    "pathStyle": True,
+                    "credentialsSecret": {"name": BUCKET_CREDENTIALS},
+                }
+            },
             "resources": {"gpus": 0},
         },
     }
@@ -54,13 +71,22 @@ def status(kube_env: KubeEnv, ns: str, name: str) -> dict[str, Any]:
     return kube_env.kubectl_json("get", "ftj", name, "-n", ns).get("status") or {}
 
 
-def wait_phase(kube_env: KubeEnv, ns: str, name: str, phases: set[str], operator:
-               OperatorProcess, timeout: float = 60) -> dict[str, Any]:
-    return wait_for(lambda: (lambda s: s if s.get("phase") in phases else None)(
-                        status(kube_env, ns, name)),
-                    timeout=timeout, what=f"{name} phase in {sorted(phases)}",
-                    details=lambda: f"status: {status(kube_env, ns, name)}\n"
-                                    f"operator log:\n{operator.logs()[-4000:]}")
+def wait_phase(
+    kube_env: KubeEnv,
+    ns: str,
+    name: str,
+    phases: set[str],
+    operator: OperatorProcess,
+    timeout: float = 60,
+) -> dict[str, Any]:
+    return wait_for(
+        lambda: (lambda s: s if s.get("phase") in phases else None)(status(kube_env, ns, name)),
+        timeout=timeout,
+        what=f"{name} phase in {sorted(phases)}",
+        details=lambda: (
+            f"status: {status(kube_env, ns, name)}\noperator log:\n{operator.logs()[-4000:]}"
+        ),
+    )
 
 
 def trainer_jobs(kube_env: KubeEnv, ns: str) -> list[dict[str, Any]]:
@@ -79,16 +105,25 @@ def buckets(kube_env: KubeEnv, ns: str) -> None:
         model_dir = REPO / "examples" / "quickstart" / "tiny-qwen3"
         for path in model_dir.iterdir():
             client.upload_file(str(path), "models", f"tiny-qwen3/{path.name}")
-        client.upload_file(str(REPO / "examples" / "quickstart" / "identity.json"),
-                           "datasets", "identity.json")
-    kube_env.apply({"apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": BUCKET_CREDENTIALS},
-                    "stringData": {"AWS_ACCESS_KEY_ID": "FTJTESTACCESSKEY0000",
-                                   "AWS_SECRET_ACCESS_KEY": "ftj-test-secret"}}, ns)
+        client.upload_file(
+            str(REPO / "examples" / "quickstart" / "identity.json"), "datasets", "identity.json"
+        )
+    kube_env.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": BUCKET_CREDENTIALS},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": "FTJTESTACCESSKEY0000",
+                "AWS_SECRET_ACCESS_KEY": "ftj-test-secret",
+            },
+        },
+        ns,
+    )
 
 
 def read_s3(kube_env: KubeEnv, uri: str) -> bytes:
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     return kube_env.s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
@@ -109,15 +144,20 @@ def verify_manifest(kube_env: KubeEnv, manifest_uri: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_lifecycle_pending_training_succeeded(kube_env: KubeEnv, ns: str,
-                                              operator: OperatorProcess) -> None:
+def test_lifecycle_pending_training_succeeded(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     kube_env.apply(ftj("life", kube_env, ns, steps=40, step_seconds=0.15), ns)
     wait_phase(kube_env, ns, "life", {"Pending", "Initializing", "Training"}, operator)
     training = wait_phase(kube_env, ns, "life", {"Training"}, operator)
     first_step = training["progress"]["step"]
-    later = wait_for(lambda: (lambda s: s if (s.get("progress") or {}).get("step", 0)
-                              > first_step else None)(status(kube_env, ns, "life")),
-                     what="progress moves", details=operator.logs)
+    later = wait_for(
+        lambda: (lambda s: s if (s.get("progress") or {}).get("step", 0) > first_step else None)(
+            status(kube_env, ns, "life")
+        ),
+        what="progress moves",
+        details=operator.logs,
+    )
     assert later["progress"].get("loss") is not None
     table = kube_env.kubectl("get", "ftj", "life", "-n", ns).stdout
     assert "Training" in table or "Succeeded" in table
@@ -127,8 +167,9 @@ def test_lifecycle_pending_training_succeeded(kube_env: KubeEnv, ns: str,
     assert len(trainer_jobs(kube_env, ns)) == 1
 
 
-def test_bad_data_fails_with_trainer_message_and_no_retry(kube_env: KubeEnv, ns: str,
-                                                          operator: OperatorProcess) -> None:
+def test_bad_data_fails_with_trainer_message_and_no_retry(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     body = ftj("baddata", kube_env, ns)
     body["spec"]["datasets"] = [{"uri": "s3://datasets/invalid.json", "format": "alpaca"}]
     kube_env.apply(body, ns)
@@ -149,8 +190,9 @@ def test_bad_data_fails_with_trainer_message_and_no_retry(kube_env: KubeEnv, ns:
     assert len(pods) == 1, [p["metadata"]["name"] for p in pods]
 
 
-def test_killed_trainer_pod_resumes_from_checkpoint(kube_env: KubeEnv, ns: str,
-                                                    operator: OperatorProcess) -> None:
+def test_killed_trainer_pod_resumes_from_checkpoint(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     kube_env.apply(ftj("resume", kube_env, ns, steps=40, step_seconds=0.1), ns)
 
     def checkpointed() -> str | None:
@@ -159,8 +201,10 @@ def test_killed_trainer_pod_resumes_from_checkpoint(kube_env: KubeEnv, ns: str,
             running = kube_env.simulator.running_pods(ns)
             return running[0] if running else None
         return None
-    pod = wait_for(checkpointed, timeout=60, what="past the first checkpoint",
-                   details=operator.logs)
+
+    pod = wait_for(
+        checkpointed, timeout=60, what="past the first checkpoint", details=operator.logs
+    )
     kube_env.simulator.kill_pod(pod, signal.SIGKILL, ns)
     done = wait_phase(kube_env, ns, "resume", {"Succeeded", "Failed"}, operator, timeout=90)
     assert done["phase"] == "Succeeded", done
@@ -170,13 +214,20 @@ def test_killed_trainer_pod_resumes_from_checkpoint(kube_env: KubeEnv, ns: str,
 
 
 def test_operator_killed_mid_reconcile_creates_exactly_one_job(
-        kube_env: KubeEnv, ns: str, operator: OperatorProcess) -> None:
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     kube_env.apply(ftj("once", kube_env, ns, steps=30, step_seconds=0.1), ns)
     # Kill as soon as the operator has started acting on the object (the Job may or may not
     # exist yet), then restart: the new process must adopt, not duplicate.
-    wait_for(lambda: any(r.namespace == ns and r.verb in ("create", "patch")
-                         and "kubectl" not in r.user_agent for r in kube_env.gateway.audit),
-             timeout=30, interval=0.02, what="the operator's first write")
+    wait_for(
+        lambda: any(
+            r.namespace == ns and r.verb in ("create", "patch") and "kubectl" not in r.user_agent
+            for r in kube_env.gateway.audit
+        ),
+        timeout=30,
+        interval=0.02,
+        what="the operator's first write",
+    )
     operator.kill()
     operator.start()
     operator.wait_ready()
@@ -187,26 +238,36 @@ def test_operator_killed_mid_reconcile_creates_exactly_one_job(
     assert len(configmaps) <= 1
 
 
-def test_suspend_then_resume_continues_from_checkpoint(kube_env: KubeEnv, ns: str,
-                                                       operator: OperatorProcess) -> None:
+def test_suspend_then_resume_continues_from_checkpoint(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     kube_env.apply(ftj("pause", kube_env, ns, steps=40, step_seconds=0.1), ns)
-    wait_for(lambda: (status(kube_env, ns, "pause").get("progress") or {}).get("step", 0) > 12,
-             timeout=60, what="past the first checkpoint", details=operator.logs)
-    kube_env.kubectl("patch", "ftj", "pause", "-n", ns, "--type=merge",
-                     "-p", '{"spec":{"suspend":true}}')
+    wait_for(
+        lambda: (status(kube_env, ns, "pause").get("progress") or {}).get("step", 0) > 12,
+        timeout=60,
+        what="past the first checkpoint",
+        details=operator.logs,
+    )
+    kube_env.kubectl(
+        "patch", "ftj", "pause", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
     wait_phase(kube_env, ns, "pause", {"Suspended"}, operator)
     wait_for(lambda: not kube_env.simulator.running_pods(ns), what="trainer stopped")
-    kube_env.kubectl("patch", "ftj", "pause", "-n", ns, "--type=merge",
-                     "-p", '{"spec":{"suspend":false}}')
+    kube_env.kubectl(
+        "patch", "ftj", "pause", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
     done = wait_phase(kube_env, ns, "pause", {"Succeeded", "Failed"}, operator, timeout=90)
     assert done["phase"] == "Succeeded", done
-    logs = "".join(kube_env.kubectl("logs", p["metadata"]["name"], "-n", ns).stdout
-                   for p in kube_env.gateway.objects("pods", ns))
+    logs = "".join(
+        kube_env.kubectl("logs", p["metadata"]["name"], "-n", ns).stdout
+        for p in kube_env.gateway.objects("pods", ns)
+    )
     assert '"event": "resumed"' in logs
 
 
-def test_delete_removes_job_and_keeps_artifacts(kube_env: KubeEnv, ns: str,
-                                                operator: OperatorProcess) -> None:
+def test_delete_removes_job_and_keeps_artifacts(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     kube_env.apply(ftj("gone", kube_env, ns, steps=10), ns)
     done = wait_phase(kube_env, ns, "gone", {"Succeeded", "Failed"}, operator)
     assert done["phase"] == "Succeeded", done
@@ -217,24 +278,32 @@ def test_delete_removes_job_and_keeps_artifacts(kube_env: KubeEnv, ns: str,
     verify_manifest(kube_env, done["artifacts"]["manifest"])
 
 
-def test_twenty_jobs_at_once_all_succeed(kube_env: KubeEnv, ns: str,
-                                         operator: OperatorProcess) -> None:
+def test_twenty_jobs_at_once_all_succeed(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
     names = [f"many-{i:02d}" for i in range(20)]
     docs = [ftj(n, kube_env, ns, steps=10, step_seconds=0.1) for n in names]
-    kube_env.kubectl("apply", "-n", ns, "-f", "-",
-                     input="\n---\n".join(json.dumps(d) for d in docs))
+    kube_env.kubectl(
+        "apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs)
+    )
 
     def all_done() -> bool:
         items = kube_env.kubectl_json("get", "ftj", "-n", ns)["items"]
         phases = [(i.get("status") or {}).get("phase") for i in items]
         return len(phases) == 20 and all(p in ("Succeeded", "Failed") for p in phases)
+
     started = time.monotonic()
-    wait_for(all_done, timeout=180, interval=1, what="20 jobs finished",
-             details=lambda: kube_env.kubectl("get", "ftj", "-n", ns).stdout
-             + operator.logs()[-3000:])
+    wait_for(
+        all_done,
+        timeout=180,
+        interval=1,
+        what="20 jobs finished",
+        details=lambda: kube_env.kubectl("get", "ftj", "-n", ns).stdout + operator.logs()[-3000:],
+    )
     items = kube_env.kubectl_json("get", "ftj", "-n", ns)["items"]
     assert all(i["status"]["phase"] == "Succeeded" for i in items), [
-        (i["metadata"]["name"], i["status"]) for i in items if i["status"]["phase"] != "Succeeded"]
+        (i["metadata"]["name"], i["status"]) for i in items if i["status"]["phase"] != "Succeeded"
+    ]
     assert len(trainer_jobs(kube_env, ns)) == 20
     print(f"20 jobs finished in {time.monotonic() - started:.1f}s")
 
@@ -248,25 +317,42 @@ def test_twenty_jobs_at_once_all_succeed(kube_env: KubeEnv, ns: str,
 def operator_env() -> dict[str, str]:
     """Default: the fake trainer; the real-trainer test overrides it below."""
     from tests.e2e.conftest import FAKE_TRAINER_COMMAND
+
     return {"FTJ_TRAINER_COMMAND": FAKE_TRAINER_COMMAND}
 
 
-@pytest.mark.parametrize("operator_env", [{"FTJ_TRAINER_COMMAND":
-                                           f"{sys.executable} -m finetune_trainer"}])
+@pytest.mark.parametrize(
+    "operator_env", [{"FTJ_TRAINER_COMMAND": f"{sys.executable} -m finetune_trainer"}]
+)
 def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorProcess) -> None:
     if os.environ.get("FTJ_E2E_SKIP_REAL_TRAINER"):
         pytest.skip("FTJ_E2E_SKIP_REAL_TRAINER is set")
     pytest.importorskip("torch")
     body = ftj("quickstart", kube_env, ns)
-    body["spec"].update({
-        "datasets": [{"uri": "s3://datasets/identity.json", "format": "alpaca",
-                      "variables": {"name": "Quokka", "author": "the FineTune Operator team"}}],
-        "template": {"name": "qwen3"},
-        "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-        "training": {"maxSteps": 20, "learningRate": 0.005, "batchSize": 4,
-                     "cutoffLength": 128, "precision": "fp32", "saveSteps": 10,
-                     "evalSteps": 10, "loggingSteps": 2, "testSplit": 0.1},
-    })
+    body["spec"].update(
+        {
+            "datasets": [
+                {
+                    "uri": "s3://datasets/identity.json",
+                    "format": "alpaca",
+                    "variables": {"name": "Quokka", "author": "the FineTune Operator team"},
+                }
+            ],
+            "template": {"name": "qwen3"},
+            "method": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
+            "training": {
+                "maxSteps": 20,
+                "learningRate": 0.005,
+                "batchSize": 4,
+                "cutoffLength": 128,
+                "precision": "fp32",
+                "saveSteps": 10,
+                "evalSteps": 10,
+                "loggingSteps": 2,
+                "testSplit": 0.1,
+            },
+        }
+    )
     kube_env.apply(body, ns)
     seen: set[str] = set()
     losses: list[float] = []
@@ -285,10 +371,20 @@ def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorP
             if not tables or table.splitlines()[1:] != tables[-1].splitlines()[1:]:
                 tables.append(table)
         return s if s.get("phase") in ("Succeeded", "Failed") else None
-    done = wait_for(finished, timeout=400, interval=1, what="quickstart finished",
-                    details=lambda: operator.logs()[-3000:] + "\n".join(
-                        kube_env.simulator.pod_log(p["metadata"]["name"], ns)[-3000:]
-                        for p in kube_env.gateway.objects("pods", ns)))
+
+    done = wait_for(
+        finished,
+        timeout=400,
+        interval=1,
+        what="quickstart finished",
+        details=lambda: (
+            operator.logs()[-3000:]
+            + "\n".join(
+                kube_env.simulator.pod_log(p["metadata"]["name"], ns)[-3000:]
+                for p in kube_env.gateway.objects("pods", ns)
+            )
+        ),
+    )
     assert done["phase"] == "Succeeded", done
     assert "Training" in seen, seen
     assert losses, "no loss was ever shown"

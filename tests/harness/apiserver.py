@@ -106,8 +106,12 @@ class KubeApiServer:
             Removed by :meth:`stop` unless ``keep_workdir`` (env ``FTJ_KEEP_APISERVER_DIR``).
     """
 
-    def __init__(self, bin_dir: Path | None = None, startup_timeout: float = 60.0,
-                 keep_workdir: bool = bool(os.environ.get("FTJ_KEEP_APISERVER_DIR"))) -> None:
+    def __init__(
+        self,
+        bin_dir: Path | None = None,
+        startup_timeout: float = 60.0,
+        keep_workdir: bool = bool(os.environ.get("FTJ_KEEP_APISERVER_DIR")),
+    ) -> None:
         self.etcd_bin, self.apiserver_bin = find_binaries(bin_dir)
         self.startup_timeout = startup_timeout
         self.keep_workdir = keep_workdir
@@ -138,8 +142,9 @@ class KubeApiServer:
             self._start_apiserver(self._start_etcd())
             self._proxy = DiscoveryProxy(self.apiserver_url, self._ssl)
             self.url = self._proxy.url
-            self.kubeconfig_path = _write_kubeconfig(self.workdir / "kubeconfig", self.url,
-                                                     token=TEST_TOKEN)
+            self.kubeconfig_path = _write_kubeconfig(
+                self.workdir / "kubeconfig", self.url, token=TEST_TOKEN
+            )
         except BaseException:
             self.stop()
             raise
@@ -163,17 +168,32 @@ class KubeApiServer:
 
     def _start_etcd(self) -> str:
         client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
-        etcd = self._spawn("etcd", [
-            str(self.etcd_bin), "--name", "ftj-test",
-            "--data-dir", str(self.workdir / "etcd-data"),
-            "--listen-client-urls", client, "--advertise-client-urls", client,
-            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"ftj-test={peer}",
-            "--unsafe-no-fsync",  # test data is throwaway; fsync dominates write latency
-            "--log-level", "warn",
-        ])
-        self._wait_until(etcd, lambda: _http_ok(f"{client}/health", b'"health":"true"'),
-                         f"etcd {client}/health")
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.etcd_bin),
+                "--name",
+                "ftj-test",
+                "--data-dir",
+                str(self.workdir / "etcd-data"),
+                "--listen-client-urls",
+                client,
+                "--advertise-client-urls",
+                client,
+                "--listen-peer-urls",
+                peer,
+                "--initial-advertise-peer-urls",
+                peer,
+                "--initial-cluster",
+                f"ftj-test={peer}",
+                "--unsafe-no-fsync",  # test data is throwaway; fsync dominates write latency
+                "--log-level",
+                "warn",
+            ],
+        )
+        self._wait_until(
+            etcd, lambda: _http_ok(f"{client}/health", b'"health":"true"'), f"etcd {client}/health"
+        )
         return client
 
     def _start_apiserver(self, etcd_url: str) -> None:
@@ -181,23 +201,38 @@ class KubeApiServer:
         stub_kubeconfig = _write_kubeconfig(self.workdir / "stub.kubeconfig", self._stub.url)
         port = free_port()
         self.apiserver_url = f"https://127.0.0.1:{port}"
-        server = self._spawn("apiextensions-apiserver", [
-            str(self.apiserver_bin),
-            "--etcd-servers", etcd_url,
-            "--bind-address", "127.0.0.1", "--secure-port", str(port),
-            "--cert-dir", str(self.workdir / "certs"),  # self-signed pair generated at start
-            "--kubeconfig", str(stub_kubeconfig),
-            "--authentication-kubeconfig", str(stub_kubeconfig),
-            "--authorization-kubeconfig", str(stub_kubeconfig),
-            "--authentication-skip-lookup", "--authentication-tolerate-lookup-failure",
-            "--disable-admission-plugins", ",".join(DISABLED_ADMISSION_PLUGINS),
-            # APF would watch FlowSchemas in the core API, which the stub does not serve.
-            "--enable-priority-and-fairness=false",
-        ])
+        server = self._spawn(
+            "apiextensions-apiserver",
+            [
+                str(self.apiserver_bin),
+                "--etcd-servers",
+                etcd_url,
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                str(port),
+                "--cert-dir",
+                str(self.workdir / "certs"),  # self-signed pair generated at start
+                "--kubeconfig",
+                str(stub_kubeconfig),
+                "--authentication-kubeconfig",
+                str(stub_kubeconfig),
+                "--authorization-kubeconfig",
+                str(stub_kubeconfig),
+                "--authentication-skip-lookup",
+                "--authentication-tolerate-lookup-failure",
+                "--disable-admission-plugins",
+                ",".join(DISABLED_ADMISSION_PLUGINS),
+                # APF would watch FlowSchemas in the core API, which the stub does not serve.
+                "--enable-priority-and-fairness=false",
+            ],
+        )
         unverified = ssl._create_unverified_context()  # the cert may not be written yet
-        self._wait_until(server, lambda: _http_ok(f"{self.apiserver_url}/readyz", b"ok",
-                                                  unverified),
-                         f"{self.apiserver_url}/readyz")
+        self._wait_until(
+            server,
+            lambda: _http_ok(f"{self.apiserver_url}/readyz", b"ok", unverified),
+            f"{self.apiserver_url}/readyz",
+        )
         # apiserver.crt holds the serving cert (SANs localhost, 127.0.0.1) followed by the
         # self-signed CA that issued it, so it doubles as our CA bundle from here on.
         self._ssl = ssl.create_default_context(cafile=str(self.workdir / "certs/apiserver.crt"))
@@ -217,9 +252,11 @@ class KubeApiServer:
             if ready():
                 return
             time.sleep(0.1)
-        raise ApiServerError(f"timed out after {self.startup_timeout:.0f}s waiting for {what}; "
-                             f"last log lines ({proc.log_path}):\n{tail(proc.log_path)}\n"
-                             f"{KEEP_HINT}")
+        raise ApiServerError(
+            f"timed out after {self.startup_timeout:.0f}s waiting for {what}; "
+            f"last log lines ({proc.log_path}):\n{tail(proc.log_path)}\n"
+            f"{KEEP_HINT}"
+        )
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -229,17 +266,31 @@ class KubeApiServer:
         Sets KUBECONFIG, and points kubectl's discovery cache into the temp dir so runs never
         read a stale cache from (or write one to) ``~/.kube``.
         """
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path),
-                "KUBECACHEDIR": str(self.workdir / "kube-cache")}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig_path),
+            "KUBECACHEDIR": str(self.workdir / "kube-cache"),
+        }
 
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None,
-                content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> tuple[int, dict[str, Any]]:
         """One authenticated request straight to the server: ``(status, decoded JSON body)``."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.apiserver_url + path, data=data, method=method,
-                                     headers={"Authorization": f"Bearer {TEST_TOKEN}",
-                                              "Accept": "application/json",
-                                              "Content-Type": content_type})
+        req = urllib.request.Request(
+            self.apiserver_url + path,
+            data=data,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {TEST_TOKEN}",
+                "Accept": "application/json",
+                "Content-Type": content_type,
+            },
+        )
         try:
             with urllib.request.urlopen(req, timeout=30, context=self._ssl) as resp:
                 return resp.status, json.loads(resp.read() or b"{}")
@@ -248,8 +299,9 @@ class KubeApiServer:
 
     # -- CRDs ---------------------------------------------------------------------------------
 
-    def install_crd(self, source: Path | str | Mapping[str, Any],
-                    timeout: float = 30.0) -> list[dict[str, Any]]:
+    def install_crd(
+        self, source: Path | str | Mapping[str, Any], timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
         """Server-side apply CRD(s), then wait until each is Established and served.
 
         ``source`` is a YAML file (one or more CRD documents) or one CRD as a dict. Applying
@@ -260,11 +312,15 @@ class KubeApiServer:
         for crd in crds:
             name = crd["metadata"]["name"]
             code, body = self.request(
-                "PATCH", f"{CRD_API}/{name}?fieldManager={FIELD_MANAGER}&force=true", crd,
-                content_type="application/apply-patch+yaml")  # JSON is valid YAML
+                "PATCH",
+                f"{CRD_API}/{name}?fieldManager={FIELD_MANAGER}&force=true",
+                crd,
+                content_type="application/apply-patch+yaml",
+            )  # JSON is valid YAML
             if code not in (200, 201):
-                raise ApiServerError(f"applying CRD {name} failed ({code}): "
-                                     f"{body.get('message', body)}")
+                raise ApiServerError(
+                    f"applying CRD {name} failed ({code}): {body.get('message', body)}"
+                )
             installed.append(self._wait_crd_served(crd, timeout))
         return installed
 
@@ -280,18 +336,26 @@ class KubeApiServer:
     def _wait_crd_served(self, crd: Mapping[str, Any], timeout: float) -> dict[str, Any]:
         """Established alone is not enough: the resource's handler appears a beat later."""
         name, spec = crd["metadata"]["name"], crd["spec"]
-        paths = [f"/apis/{spec['group']}/{v['name']}/{spec['names']['plural']}"
-                 for v in spec["versions"] if v.get("served", True)]
+        paths = [
+            f"/apis/{spec['group']}/{v['name']}/{spec['names']['plural']}"
+            for v in spec["versions"]
+            if v.get("served", True)
+        ]
         deadline = time.monotonic() + timeout
         while True:
             code, stored = self.request("GET", f"{CRD_API}/{name}")
-            if code == 200 and _condition_true(stored, "Established") and all(
-                    self.request("GET", path)[0] == 200 for path in paths):
+            if (
+                code == 200
+                and _condition_true(stored, "Established")
+                and all(self.request("GET", path)[0] == 200 for path in paths)
+            ):
                 return stored
             if time.monotonic() > deadline:
                 conditions = _conditions(stored) if code == 200 else stored
-                raise ApiServerError(f"CRD {name} not established and served after "
-                                     f"{timeout:.0f}s; conditions: {json.dumps(conditions)}")
+                raise ApiServerError(
+                    f"CRD {name} not established and served after "
+                    f"{timeout:.0f}s; conditions: {json.dumps(conditions)}"
+                )
             time.sleep(0.1)
 
 
@@ -305,19 +369,28 @@ def _http_ok(url: str, expect: bytes, context: ssl.SSLContext | None = None) -> 
 
 def _write_kubeconfig(path: Path, server: str, token: str | None = None) -> Path:
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "ftj-test",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "ftj-test",
         "clusters": [{"name": "ftj-test", "cluster": {"server": server}}],
         "users": [{"name": "ftj-test", "user": {"token": token} if token else {}}],
-        "contexts": [{"name": "ftj-test", "context": {
-            "cluster": "ftj-test", "user": "ftj-test", "namespace": "default"}}],
+        "contexts": [
+            {
+                "name": "ftj-test",
+                "context": {"cluster": "ftj-test", "user": "ftj-test", "namespace": "default"},
+            }
+        ],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
 def _load_crds(path: Path) -> list[dict[str, Any]]:
-    crds = [doc for doc in yaml.safe_load_all(path.read_text())
-            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"]
+    crds = [
+        doc
+        for doc in yaml.safe_load_all(path.read_text())
+        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition"
+    ]
     if not crds:
         raise ValueError(f"{path} contains no CustomResourceDefinition")
     return crds

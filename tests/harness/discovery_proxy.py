@@ -23,11 +23,22 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "content-length",
-    "date", "server",  # BaseHTTPRequestHandler.send_response writes its own
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "date",
+        "server",  # BaseHTTPRequestHandler.send_response writes its own
+    }
+)
 CRD_LIST = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
@@ -41,8 +52,9 @@ class _ProxyServer(ThreadingHTTPServer):
         self.context = context
 
     def connect(self, timeout: float | None) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.upstream_host, self.upstream_port,
-                                           context=self.context, timeout=timeout)
+        return http.client.HTTPSConnection(
+            self.upstream_host, self.upstream_port, context=self.context, timeout=timeout
+        )
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -52,8 +64,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path.rstrip("/")
         if path == "/api":
-            self._reply(200, {"kind": "APIVersions", "versions": [],
-                              "serverAddressByClientCIDRs": []})
+            self._reply(
+                200, {"kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": []}
+            )
         elif path == "/apis":
             self._serve_group_list()
         else:
@@ -94,8 +107,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         try:
             return resp.status, json.loads(data or b"{}")
         except ValueError:  # e.g. a plain-text 500: pass it on as a Status the client can show
-            return resp.status, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "code": resp.status, "message": data.decode(errors="replace")}
+            return resp.status, {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "code": resp.status,
+                "message": data.decode(errors="replace"),
+            }
 
     # -- forwarding ----------------------------------------------------------------------------
 
@@ -164,8 +182,9 @@ class DiscoveryProxy:
     def __init__(self, upstream: str, context: ssl.SSLContext) -> None:
         self._httpd = _ProxyServer(upstream, context)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="ftj-discovery-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="ftj-discovery-proxy", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

@@ -53,8 +53,11 @@ class _Progress(BaseHTTPRequestHandler):
         elif self.path.startswith("/healthz"):
             body, ctype = b"ok", "text/plain"
         elif self.path.startswith("/metrics"):
-            body = "".join(f"finetune_trainer_{k} {v}\n" for k, v in STATE.items()
-                           if isinstance(v, (int, float))).encode()
+            body = "".join(
+                f"finetune_trainer_{k} {v}\n"
+                for k, v in STATE.items()
+                if isinstance(v, (int, float))
+            ).encode()
             ctype = "text/plain; version=0.0.4"
         else:
             self.send_error(404)
@@ -80,17 +83,20 @@ class Output:
 
             settings = ((manifest.get("spec") or {}).get("storage") or {}).get("s3") or {}
             self.bucket, _, self.prefix = self.uri[5:].partition("/")
-            self.s3 = boto3.client("s3", endpoint_url=settings.get("endpoint")
-                                   or os.environ.get("AWS_ENDPOINT_URL"),
-                                   region_name=settings.get("region", "us-east-1"))
+            self.s3 = boto3.client(
+                "s3",
+                endpoint_url=settings.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL"),
+                region_name=settings.get("region", "us-east-1"),
+            )
         else:
             path = self.uri[7:] if self.uri.startswith("file://") else self.uri
             self.root = Path(path)
 
     def put(self, key: str, data: bytes) -> None:
         if self.s3 is not None:
-            self.s3.put_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}".lstrip("/"),
-                               Body=data)
+            self.s3.put_object(
+                Bucket=self.bucket, Key=f"{self.prefix}/{key}".lstrip("/"), Body=data
+            )
         else:
             target = self.root / key
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,15 +140,26 @@ def main() -> None:
     spec = manifest.get("spec") or {}
     notes = (manifest.get("metadata") or {}).get("annotations") or {}
     training = spec.get("training") or {}
-    total = int(os.environ.get("FAKE_TRAINER_STEPS") or notes.get(ANNOTATION + "steps")
-                or training.get("maxSteps") or 20)
+    total = int(
+        os.environ.get("FAKE_TRAINER_STEPS")
+        or notes.get(ANNOTATION + "steps")
+        or training.get("maxSteps")
+        or 20
+    )
     save_every = int(training.get("saveSteps") or max(total // 4, 1))
-    step_seconds = float(os.environ.get("FAKE_TRAINER_STEP_SECONDS")
-                         or notes.get(ANNOTATION + "step-seconds") or 0.05)
-    exit_code = int(os.environ.get("FAKE_TRAINER_EXIT_CODE")
-                    or notes.get(ANNOTATION + "exit-code") or 0)
-    output_uri = os.environ.get("FTJ_OUTPUT_URI") or (spec.get("output") or {}).get(
-        "uri") or os.path.join(os.environ.get("FTJ_WORKDIR", "."), "output")
+    step_seconds = float(
+        os.environ.get("FAKE_TRAINER_STEP_SECONDS")
+        or notes.get(ANNOTATION + "step-seconds")
+        or 0.05
+    )
+    exit_code = int(
+        os.environ.get("FAKE_TRAINER_EXIT_CODE") or notes.get(ANNOTATION + "exit-code") or 0
+    )
+    output_uri = (
+        os.environ.get("FTJ_OUTPUT_URI")
+        or (spec.get("output") or {}).get("uri")
+        or os.path.join(os.environ.get("FTJ_WORKDIR", "."), "output")
+    )
 
     host = os.environ.get("FTJ_PROGRESS_HOST", "0.0.0.0")
     port = int(os.environ.get("FTJ_PROGRESS_PORT", "8080"))
@@ -150,15 +167,18 @@ def main() -> None:
         server = ThreadingHTTPServer((host, port), _Progress)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    print(json.dumps({"event": "started", "progress": f"{host}:{port}", "steps": total}),
-          flush=True)
+    print(
+        json.dumps({"event": "started", "progress": f"{host}:{port}", "steps": total}), flush=True
+    )
 
     bad = [d.get("uri", "") for d in spec.get("datasets") or [] if "invalid" in d.get("uri", "")]
     if exit_code == 42 or bad:
         message = os.environ.get("FAKE_TRAINER_MESSAGE") or (
             f"spec.datasets[0].uri: {bad[0]}: line 3: missing field 'output' "
-            "(alpaca format needs instruction and output)" if bad
-            else "fake trainer: invalid input")
+            "(alpaca format needs instruction and output)"
+            if bad
+            else "fake trainer: invalid input"
+        )
         _finish(42, {"phase": "Failed", "reason": "InvalidInput", "message": message})
 
     output = Output(output_uri, manifest)
@@ -173,10 +193,18 @@ def main() -> None:
         loss = round(2.5 * math.exp(-step / max(total / 3, 1)) + 0.1, 4)
         rate = (step - start) / max(time.monotonic() - began, 1e-6)
         eta = int((total - step) / rate) if rate else 0
-        STATE.update(step=step, percent=round(100 * step / total, 1), loss=loss,
-                     learningRate=training.get("learningRate", 2e-4), epoch=step / total,
-                     summary=f"{step}/{total}", tokensPerSecond=round(rate * 512, 1),
-                     etaSeconds=eta, eta=f"{eta}s", updatedAt=_now())
+        STATE.update(
+            step=step,
+            percent=round(100 * step / total, 1),
+            loss=loss,
+            learningRate=training.get("learningRate", 2e-4),
+            epoch=step / total,
+            summary=f"{step}/{total}",
+            tokensPerSecond=round(rate * 512, 1),
+            etaSeconds=eta,
+            eta=f"{eta}s",
+            updatedAt=_now(),
+        )
         if step % save_every == 0 and step < total:
             output.put(f"checkpoints/checkpoint-{step}/state.json", json.dumps(STATE).encode())
             output.put(f"checkpoints/checkpoint-{step}/COMPLETE", b"")
@@ -184,29 +212,57 @@ def main() -> None:
             print(json.dumps({"event": "step", "step": step, "loss": loss}), flush=True)
 
     if exit_code:
-        _finish(exit_code, {"phase": "Failed", "reason": "TrainerError",
-                            "message": os.environ.get("FAKE_TRAINER_MESSAGE", "fake failure"),
-                            "progress": dict(STATE)})
+        _finish(
+            exit_code,
+            {
+                "phase": "Failed",
+                "reason": "TrainerError",
+                "message": os.environ.get("FAKE_TRAINER_MESSAGE", "fake failure"),
+                "progress": dict(STATE),
+            },
+        )
     STATE["phase"] = "Uploading"
-    files = {"adapter/adapter_config.json": b'{"r": 16}',
-             "adapter/adapter_model.safetensors": b"fake-adapter",
-             "merged/model.safetensors": b"fake-merged",
-             "metrics.json": json.dumps({"trainLoss": STATE.get("loss")}).encode(),
-             "loss.png": b"\x89PNG fake"}
+    files = {
+        "adapter/adapter_config.json": b'{"r": 16}',
+        "adapter/adapter_model.safetensors": b"fake-adapter",
+        "merged/model.safetensors": b"fake-merged",
+        "metrics.json": json.dumps({"trainLoss": STATE.get("loss")}).encode(),
+        "loss.png": b"\x89PNG fake",
+    }
     for key, data in files.items():
         output.put(key, data)
     meta = manifest.get("metadata") or {}
-    output.put("MANIFEST.json", json.dumps({
-        "job": {k: meta.get(k) for k in ("namespace", "name", "uid")}, "spec": spec,
-        "files": [{"path": k, "size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
-                  for k, v in files.items()], "createdAt": _now()}).encode())
+    output.put(
+        "MANIFEST.json",
+        json.dumps(
+            {
+                "job": {k: meta.get(k) for k in ("namespace", "name", "uid")},
+                "spec": spec,
+                "files": [
+                    {"path": k, "size": len(v), "sha256": hashlib.sha256(v).hexdigest()}
+                    for k, v in files.items()
+                ],
+                "createdAt": _now(),
+            }
+        ).encode(),
+    )
     STATE.update(phase="Succeeded", percent=100.0, etaSeconds=0, eta="0s")
     base = output.uri
-    _finish(0, {"phase": "Succeeded", "progress": dict(STATE),
-                "artifacts": {"adapter": f"{base}/adapter", "merged": f"{base}/merged",
-                              "metrics": f"{base}/metrics.json", "lossPlot": f"{base}/loss.png",
-                              "manifest": f"{base}/MANIFEST.json"},
-                **({"resumedFromStep": start} if start else {})})
+    _finish(
+        0,
+        {
+            "phase": "Succeeded",
+            "progress": dict(STATE),
+            "artifacts": {
+                "adapter": f"{base}/adapter",
+                "merged": f"{base}/merged",
+                "metrics": f"{base}/metrics.json",
+                "lossPlot": f"{base}/loss.png",
+                "manifest": f"{base}/MANIFEST.json",
+            },
+            **({"resumedFromStep": start} if start else {}),
+        },
+    )
 
 
 if __name__ == "__main__":

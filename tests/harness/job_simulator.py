@@ -71,8 +71,17 @@ CONFIGMAPS = ObjectStore.resource("", "v1", "configmaps")
 NODE_NAME = "sim-node"
 TERMINATION_MESSAGE_LIMIT = 4096
 # Host variables a pod inherits: enough to find this Python and its packages, nothing secret.
-INHERITED_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYENV_VERSION",
-                 "LD_LIBRARY_PATH", "SSL_CERT_FILE", "TZ")
+INHERITED_ENV = (
+    "PATH",
+    "PYTHONPATH",
+    "LANG",
+    "LC_ALL",
+    "VIRTUAL_ENV",
+    "PYENV_VERSION",
+    "LD_LIBRARY_PATH",
+    "SSL_CERT_FILE",
+    "TZ",
+)
 
 
 @dataclasses.dataclass
@@ -114,9 +123,14 @@ class JobSimulator:
             ``terminationGracePeriodSeconds`` wins when smaller).
     """
 
-    def __init__(self, gateway: KubeGateway, workdir: Path,
-                 extra_env: Mapping[str, str] | None = None, backoff_seconds: float = 0.5,
-                 grace_seconds: float = 10.0) -> None:
+    def __init__(
+        self,
+        gateway: KubeGateway,
+        workdir: Path,
+        extra_env: Mapping[str, str] | None = None,
+        backoff_seconds: float = 0.5,
+        grace_seconds: float = 10.0,
+    ) -> None:
         self.gateway, self.store = gateway, gateway.store
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
@@ -174,41 +188,49 @@ class JobSimulator:
 
     def kill_pod(self, name: str, sig: int = signal.SIGKILL, namespace: str = "default") -> None:
         """Send ``sig`` to the pod's process group (a crash: counts against backoffLimit)."""
+
         def kill() -> None:
             pod = self.pods.get((namespace, name))
             if pod is None or pod.process is None:
                 raise KeyError(f"pod {namespace}/{name} has no running process")
             self._signal(pod, sig)
+
         self.gateway.call(kill)
 
     def evict_pod(self, name: str, namespace: str = "default") -> None:
         """Evict like the Eviction API: ``DisruptionTarget`` condition, SIGTERM, SIGKILL."""
         self.gateway.call_async(self._evict(namespace, name))
 
-    def make_unschedulable(self, job: str, namespace: str = "default",
-                           message: str = "0/1 nodes are available: 1 Insufficient "
-                                          "nvidia.com/gpu. preemption: 0/1 nodes are "
-                                          "available: 1 No preemption victims found for "
-                                          "incoming pod.") -> None:
+    def make_unschedulable(
+        self,
+        job: str,
+        namespace: str = "default",
+        message: str = "0/1 nodes are available: 1 Insufficient "
+        "nvidia.com/gpu. preemption: 0/1 nodes are "
+        "available: 1 No preemption victims found for "
+        "incoming pod.",
+    ) -> None:
         """Pods of ``job`` not yet started stay Pending with ``PodScheduled=False``."""
         self.gateway.call(self._set_fault, namespace, job, Fault("Unschedulable", message))
 
-    def image_pull_backoff(self, job: str, namespace: str = "default",
-                           message: str | None = None) -> None:
+    def image_pull_backoff(
+        self, job: str, namespace: str = "default", message: str | None = None
+    ) -> None:
         """Pods of ``job`` not yet started stay Pending, waiting with ``ImagePullBackOff``."""
         text = message or 'Back-off pulling image "trainer": ErrImagePull: not found'
         self.gateway.call(self._set_fault, namespace, job, Fault("ImagePullBackOff", text))
 
     def clear_faults(self, job: str, namespace: str = "default") -> None:
         """Let waiting pods of ``job`` start."""
+
         def clear() -> None:
             self.faults.pop((namespace, job), None)
             for pod in self.pods.values():
                 pod.release.set()
+
         self.gateway.call(clear)
 
-    def set_pod_env(self, namespace: str, env: Mapping[str, str],
-                    job: str | None = None) -> None:
+    def set_pod_env(self, namespace: str, env: Mapping[str, str], job: str | None = None) -> None:
         """Add ``env`` to future pods in ``namespace``; with ``job``, only to pods whose Job
         name starts with it or that carry it as a label value (e.g. the FineTuneJob's name).
 
@@ -219,15 +241,21 @@ class JobSimulator:
 
     def pod_log(self, name: str, namespace: str = "default") -> str:
         """Everything the pod's process wrote so far."""
-        return self.gateway.call(lambda: bytes(self.pods[(namespace, name)].log).decode(
-            errors="replace"))
+        return self.gateway.call(
+            lambda: bytes(self.pods[(namespace, name)].log).decode(errors="replace")
+        )
 
     def running_pods(self, namespace: str | None = None) -> list[str]:
         """Names of pods whose process is alive."""
-        return self.gateway.call(lambda: [
-            p.name for p in self.pods.values()
-            if p.process is not None and p.process.returncode is None
-            and (namespace is None or p.namespace == namespace)])
+        return self.gateway.call(
+            lambda: [
+                p.name
+                for p in self.pods.values()
+                if p.process is not None
+                and p.process.returncode is None
+                and (namespace is None or p.namespace == namespace)
+            ]
+        )
 
     def _set_fault(self, namespace: str, job: str, fault: Fault) -> None:
         self.faults[(namespace, job)] = fault
@@ -289,10 +317,14 @@ class JobSimulator:
         uid, spec = job["metadata"]["uid"], job.get("spec", {})
         status: dict[str, Any] = dict(job.get("status") or {})
         conditions: list[dict[str, Any]] = [dict(c) for c in status.get("conditions", [])]
-        pods = [p for p in self.store.list(PODS, namespace)
-                if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])]
-        active = [p for p in pods if p.get("status", {}).get("phase") in (None, "Pending",
-                                                                           "Running")]
+        pods = [
+            p
+            for p in self.store.list(PODS, namespace)
+            if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
+        ]
+        active = [
+            p for p in pods if p.get("status", {}).get("phase") in (None, "Pending", "Running")
+        ]
         succeeded = [p for p in pods if p.get("status", {}).get("phase") == "Succeeded"]
         failed_pods = [p for p in pods if p.get("status", {}).get("phase") == "Failed"]
 
@@ -302,16 +334,23 @@ class JobSimulator:
 
         # Pod failure policy, then the backoff limit.
         counted, fail_job = 0, None
-        failed_pods = [p for p in failed_pods if not getattr(
-            self.pods.get((namespace, p["metadata"]["name"])), "stopping_by_controller", False)]
+        failed_pods = [
+            p
+            for p in failed_pods
+            if not getattr(
+                self.pods.get((namespace, p["metadata"]["name"])), "stopping_by_controller", False
+            )
+        ]
         for pod in sorted(failed_pods, key=lambda p: p["metadata"]["creationTimestamp"]):
             action, index = _failure_policy_action(spec.get("podFailurePolicy"), pod)
             if action == "FailJob" and fail_job is None:
                 terminated = _terminated(pod) or {}
-                fail_job = (f"Container {terminated.get('name', 'main')} for pod "
-                            f"{namespace}/{pod['metadata']['name']} failed with exit code "
-                            f"{terminated.get('exitCode')} matching FailJob rule at index "
-                            f"{index}")
+                fail_job = (
+                    f"Container {terminated.get('name', 'main')} for pod "
+                    f"{namespace}/{pod['metadata']['name']} failed with exit code "
+                    f"{terminated.get('exitCode')} matching FailJob rule at index "
+                    f"{index}"
+                )
             if action not in ("Ignore",):
                 counted += 1
         counted += self._lost.get(uid, 0)
@@ -335,20 +374,22 @@ class JobSimulator:
         status.setdefault("startTime", now_iso())
 
         deadline = spec.get("activeDeadlineSeconds")
-        elapsed = (datetime.datetime.now(datetime.timezone.utc)
-                   - _parse_time(status["startTime"])).total_seconds()
+        elapsed = (
+            datetime.datetime.now(datetime.timezone.utc) - _parse_time(status["startTime"])
+        ).total_seconds()
         finish: tuple[str, str, str] | None = None
         if fail_job is not None:
             finish = ("Failed", "PodFailurePolicy", fail_job)
         elif counted > backoff_limit:
-            finish = ("Failed", "BackoffLimitExceeded",
-                      "Job has reached the specified backoff limit")
+            finish = (
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+            )
         elif deadline is not None and elapsed > float(deadline):
-            finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified "
-                                                    "deadline")
+            finish = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
         elif len(succeeded) >= int(spec.get("completions") or 1):
-            finish = ("Complete", "CompletionsReached", "Reached expected number of "
-                                                        "succeeded pods")
+            finish = ("Complete", "CompletionsReached", "Reached expected number of succeeded pods")
         if finish is not None:
             kind, reason, message = finish
             self._stop_pods(active)
@@ -371,13 +412,16 @@ class JobSimulator:
             free = [i for i in range(completions) if i not in busy]
             for i in range(wanted):
                 self._create_pod(job, free[i] if indexed and i < len(free) else i)
-        active_now = [p for p in self.store.list(PODS, namespace)
-                      if any(r.get("uid") == uid
-                             for r in p["metadata"].get("ownerReferences") or [])
-                      and p.get("status", {}).get("phase") in (None, "Pending", "Running")]
+        active_now = [
+            p
+            for p in self.store.list(PODS, namespace)
+            if any(r.get("uid") == uid for r in p["metadata"].get("ownerReferences") or [])
+            and p.get("status", {}).get("phase") in (None, "Pending", "Running")
+        ]
         status["active"] = len(active_now)
-        status["ready"] = sum(1 for p in active_now if p.get("status", {}).get("phase")
-                              == "Running")
+        status["ready"] = sum(
+            1 for p in active_now if p.get("status", {}).get("phase") == "Running"
+        )
         status["conditions"] = conditions
         if not conditions:
             status.pop("conditions")
@@ -404,8 +448,7 @@ class JobSimulator:
             elif pod is None or pod.process is None:
                 # Never started (unschedulable, pulling): just delete it.
                 with contextlib.suppress(ApiError):
-                    self.store.delete(PODS, obj["metadata"]["namespace"],
-                                      obj["metadata"]["name"])
+                    self.store.delete(PODS, obj["metadata"]["namespace"], obj["metadata"]["name"])
 
     def _create_pod(self, job: Mapping[str, Any], index: int) -> None:
         meta, spec = job["metadata"], job["spec"]
@@ -420,25 +463,41 @@ class JobSimulator:
         pod_spec = dict(template.get("spec") or {})
         if spec.get("completionMode") == "Indexed":
             pod_spec["containers"] = [
-                {**c, "env": [*(c.get("env") or []), {"name": "JOB_COMPLETION_INDEX",
-                                                      "value": str(index)}]}
-                for c in pod_spec.get("containers", [])]
+                {
+                    **c,
+                    "env": [
+                        *(c.get("env") or []),
+                        {"name": "JOB_COMPLETION_INDEX", "value": str(index)},
+                    ],
+                }
+                for c in pod_spec.get("containers", [])
+            ]
             if pod_spec.get("subdomain"):
                 pod_spec.setdefault("hostname", f"{meta['name']}-{index}")
         body = {
             "metadata": {
                 "name": f"{meta['name']}-{uuid.uuid4().hex[:5]}",
-                "namespace": meta["namespace"], "labels": labels, "annotations": annotations,
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
-                                     "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True, "blockOwnerDeletion": True}],
+                "namespace": meta["namespace"],
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": pod_spec,
         }
         created = self.store.create(PODS, meta["namespace"], body)
         root = Path(tempfile.mkdtemp(prefix=f"{created['metadata']['name']}-", dir=self.workdir))
-        pod = SimulatedPod(meta["namespace"], created["metadata"]["name"], meta["uid"],
-                           next(self._ips), root)
+        pod = SimulatedPod(
+            meta["namespace"], created["metadata"]["name"], meta["uid"], next(self._ips), root
+        )
         self.pods[(pod.namespace, pod.name)] = pod
         self._spawn(self._run_pod(pod, meta["name"]))
 
@@ -450,39 +509,70 @@ class JobSimulator:
             if pod.deleted:
                 return
             obj = self.store.get(PODS, pod.namespace, pod.name)
-            self._set_pod(pod, lambda o: (
-                o["spec"].__setitem__("nodeName", NODE_NAME),
-                o["status"].update(
-                    phase="Pending", hostIP="127.0.0.1", podIP=pod.ip,
-                    podIPs=[{"ip": pod.ip}], startTime=now_iso(),
-                    conditions=[_cond("PodScheduled", "True")]),
-            ))
+            self._set_pod(
+                pod,
+                lambda o: (
+                    o["spec"].__setitem__("nodeName", NODE_NAME),
+                    o["status"].update(
+                        phase="Pending",
+                        hostIP="127.0.0.1",
+                        podIP=pod.ip,
+                        podIPs=[{"ip": pod.ip}],
+                        startTime=now_iso(),
+                        conditions=[_cond("PodScheduled", "True")],
+                    ),
+                ),
+            )
             container = obj["spec"]["containers"][0]
             argv, env, cwd, term_path = await self._prepare(pod, obj, container)
             if pod.deleted:
                 return
             pod.process = await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True)
+                *argv,
+                env=env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
             started = now_iso()
-            self._set_pod(pod, lambda o: o["status"].update(
-                phase="Running",
-                conditions=[_cond("PodScheduled", "True"), _cond("Initialized", "True"),
-                            _cond("ContainersReady", "True"), _cond("Ready", "True")],
-                containerStatuses=[{
-                    "name": container["name"], "image": container.get("image", ""),
-                    "imageID": "", "containerID": f"sim://{pod.process.pid}",  # type: ignore
-                    "ready": True, "started": True, "restartCount": 0,
-                    "state": {"running": {"startedAt": started}}}]))
+            self._set_pod(
+                pod,
+                lambda o: o["status"].update(
+                    phase="Running",
+                    conditions=[
+                        _cond("PodScheduled", "True"),
+                        _cond("Initialized", "True"),
+                        _cond("ContainersReady", "True"),
+                        _cond("Ready", "True"),
+                    ],
+                    containerStatuses=[
+                        {
+                            "name": container["name"],
+                            "image": container.get("image", ""),
+                            "imageID": "",
+                            "containerID": f"sim://{pod.process.pid}",  # type: ignore
+                            "ready": True,
+                            "started": True,
+                            "restartCount": 0,
+                            "state": {"running": {"startedAt": started}},
+                        }
+                    ],
+                ),
+            )
             await self._pump_output(pod)
             code = await pod.process.wait()
             exit_code = 128 - code if code < 0 else code  # -9 → 137, as container runtimes do
             message = _read_termination_message(term_path)
-            if not message and exit_code != 0 and container.get(
-                    "terminationMessagePolicy") == "FallbackToLogsOnError":
-                message = "\n".join(bytes(pod.log).decode(errors="replace")
-                                    .splitlines()[-80:])[-2048:]
+            if (
+                not message
+                and exit_code != 0
+                and container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            ):
+                message = "\n".join(bytes(pod.log).decode(errors="replace").splitlines()[-80:])[
+                    -2048:
+                ]
             pod.finished = True
             if pod.stopping_by_controller:
                 # Suspend, deadline or a finished Job: the controller deletes such pods and
@@ -492,28 +582,42 @@ class JobSimulator:
                     self.store.delete(PODS, pod.namespace, pod.name)
                 return
             if exit_code != 0:
-                self._failures.setdefault(pod.job_uid, []).append(
-                    asyncio.get_running_loop().time())
+                self._failures.setdefault(pod.job_uid, []).append(asyncio.get_running_loop().time())
             if pod.deleted:
                 if not pod.stopping_by_controller and exit_code != 0:
                     # An active pod deleted under the Job counts as failed (job tracking).
                     self._lost[pod.job_uid] = self._lost.get(pod.job_uid, 0) + 1
                 return
-            terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0
-                          else "Error", "startedAt": started, "finishedAt": now_iso(),
-                          "containerID": f"sim://{pod.process.pid}"}
+            terminated = {
+                "exitCode": exit_code,
+                "reason": "Completed" if exit_code == 0 else "Error",
+                "startedAt": started,
+                "finishedAt": now_iso(),
+                "containerID": f"sim://{pod.process.pid}",
+            }
             if code < 0:
                 terminated["signal"] = -code
             if message:
                 terminated["message"] = message
             phase = "Succeeded" if exit_code == 0 else "Failed"
-            self._set_pod(pod, lambda o: (
-                o["status"].update(phase=phase, containerStatuses=[{
-                    **(o["status"].get("containerStatuses") or [{}])[0],
-                    "ready": False, "started": False, "state": {"terminated": terminated}}]),
-                _replace_condition(o["status"], "Ready", "False", "PodCompleted"),
-                _replace_condition(o["status"], "ContainersReady", "False", "PodCompleted"),
-            ))
+            self._set_pod(
+                pod,
+                lambda o: (
+                    o["status"].update(
+                        phase=phase,
+                        containerStatuses=[
+                            {
+                                **(o["status"].get("containerStatuses") or [{}])[0],
+                                "ready": False,
+                                "started": False,
+                                "state": {"terminated": terminated},
+                            }
+                        ],
+                    ),
+                    _replace_condition(o["status"], "Ready", "False", "PodCompleted"),
+                    _replace_condition(o["status"], "ContainersReady", "False", "PodCompleted"),
+                ),
+            )
         except ApiError:
             pod.deleted = True  # the pod object went away while we worked
         except Exception:
@@ -533,45 +637,81 @@ class JobSimulator:
             if fault is None:
                 return
             if fault.kind == "Unschedulable":
-                self._set_pod(pod, lambda o, f=fault: o["status"].update(
-                    phase="Pending", conditions=[_cond(
-                        "PodScheduled", "False", "Unschedulable", f.message)]))
+                self._set_pod(
+                    pod,
+                    lambda o, f=fault: o["status"].update(
+                        phase="Pending",
+                        conditions=[_cond("PodScheduled", "False", "Unschedulable", f.message)],
+                    ),
+                )
             else:
-                self._set_pod(pod, lambda o, f=fault: o["status"].update(
-                    phase="Pending", hostIP="127.0.0.1",
-                    conditions=[_cond("PodScheduled", "True"),
-                                _cond("Ready", "False", "ContainersNotReady",
-                                      "containers with unready status: [trainer]")],
-                    containerStatuses=[{"name": o["spec"]["containers"][0]["name"],
-                                        "image": o["spec"]["containers"][0].get("image", ""),
-                                        "imageID": "", "ready": False, "started": False,
-                                        "restartCount": 0,
-                                        "state": {"waiting": {"reason": f.kind,
-                                                              "message": f.message}}}]))
+                self._set_pod(
+                    pod,
+                    lambda o, f=fault: o["status"].update(
+                        phase="Pending",
+                        hostIP="127.0.0.1",
+                        conditions=[
+                            _cond("PodScheduled", "True"),
+                            _cond(
+                                "Ready",
+                                "False",
+                                "ContainersNotReady",
+                                "containers with unready status: [trainer]",
+                            ),
+                        ],
+                        containerStatuses=[
+                            {
+                                "name": o["spec"]["containers"][0]["name"],
+                                "image": o["spec"]["containers"][0].get("image", ""),
+                                "imageID": "",
+                                "ready": False,
+                                "started": False,
+                                "restartCount": 0,
+                                "state": {"waiting": {"reason": f.kind, "message": f.message}},
+                            }
+                        ],
+                    ),
+                )
             pod.release.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(pod.release.wait(), timeout=1.0)
 
-    async def _prepare(self, pod: SimulatedPod, obj: dict[str, Any],
-                       container: Mapping[str, Any]) -> tuple[list[str], dict[str, str], str,
-                                                              Path]:
+    async def _prepare(
+        self, pod: SimulatedPod, obj: dict[str, Any], container: Mapping[str, Any]
+    ) -> tuple[list[str], dict[str, str], str, Path]:
         """Volumes, env, argv and cwd of the container, retried while references are missing."""
         while True:
             try:
                 return self._prepare_once(pod, obj, container)
             except _ConfigError as err:
-                self._set_pod(pod, lambda o, e=err: o["status"].update(containerStatuses=[{
-                    "name": container["name"], "image": container.get("image", ""),
-                    "imageID": "", "ready": False, "started": False, "restartCount": 0,
-                    "state": {"waiting": {"reason": "CreateContainerConfigError",
-                                          "message": str(e)}}}]))
+                self._set_pod(
+                    pod,
+                    lambda o, e=err: o["status"].update(
+                        containerStatuses=[
+                            {
+                                "name": container["name"],
+                                "image": container.get("image", ""),
+                                "imageID": "",
+                                "ready": False,
+                                "started": False,
+                                "restartCount": 0,
+                                "state": {
+                                    "waiting": {
+                                        "reason": "CreateContainerConfigError",
+                                        "message": str(e),
+                                    }
+                                },
+                            }
+                        ]
+                    ),
+                )
                 await asyncio.sleep(1.0)
                 if pod.deleted:
                     raise ApiError(404, "pod deleted") from err
 
-    def _prepare_once(self, pod: SimulatedPod, obj: dict[str, Any],
-                      container: Mapping[str, Any]) -> tuple[list[str], dict[str, str], str,
-                                                             Path]:
+    def _prepare_once(
+        self, pod: SimulatedPod, obj: dict[str, Any], container: Mapping[str, Any]
+    ) -> tuple[list[str], dict[str, str], str, Path]:
         ns = pod.namespace
         volumes_dir = pod.root / "volumes"
         sources: dict[str, Path] = {}
@@ -588,7 +728,8 @@ class JobSimulator:
             source = sources.get(mount["name"], volumes_dir / mount["name"])
             source.mkdir(parents=True, exist_ok=True)
             mounts[mount["mountPath"].rstrip("/") or "/"] = (
-                source / mount["subPath"] if mount.get("subPath") else source)
+                source / mount["subPath"] if mount.get("subPath") else source
+            )
         term_path = pod.root / "termination-log"
         term_path.touch()
         tmp = pod.root / "tmp"
@@ -599,7 +740,7 @@ class JobSimulator:
         def rewrite(value: str) -> str:
             for mount_path in sorted(mounts, key=len, reverse=True):
                 if value == mount_path or value.startswith(mount_path + "/"):
-                    return str(mounts[mount_path]) + value[len(mount_path):]
+                    return str(mounts[mount_path]) + value[len(mount_path) :]
             return value
 
         env: dict[str, str] = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
@@ -607,8 +748,9 @@ class JobSimulator:
         env.update(self.extra_env)
         labels = obj["metadata"].get("labels") or {}
         for namespace, job, extra in self.env_overrides:
-            if namespace == ns and (job is None or labels.get("job-name", "").startswith(job)
-                                    or job in labels.values()):
+            if namespace == ns and (
+                job is None or labels.get("job-name", "").startswith(job) or job in labels.values()
+            ):
                 env.update(extra)
         env["HOSTNAME"] = pod.name
         for source in container.get("envFrom") or []:
@@ -629,11 +771,15 @@ class JobSimulator:
             scratch = pod.root / "scratch"
             scratch.mkdir(exist_ok=True)
             env["FTJ_WORKDIR"] = str(scratch)
-        argv = [rewrite(_expand(a, env)) for a in (container.get("command") or [])
-                + (container.get("args") or [])]
+        argv = [
+            rewrite(_expand(a, env))
+            for a in (container.get("command") or []) + (container.get("args") or [])
+        ]
         if not argv:
-            raise _ConfigError("the simulator needs an explicit container command (it cannot "
-                               "read the image's entrypoint)")
+            raise _ConfigError(
+                "the simulator needs an explicit container command (it cannot "
+                "read the image's entrypoint)"
+            )
         argv = _host_command(argv)
         cwd = rewrite(container.get("workingDir") or "") or str(pod.root)
         Path(cwd).mkdir(parents=True, exist_ok=True)
@@ -655,8 +801,7 @@ class JobSimulator:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(data[item["key"]])
 
-    def _lookup(self, res: ResourceType, ns: str, ref: Mapping[str, Any],
-                key: str | None) -> Any:
+    def _lookup(self, res: ResourceType, ns: str, ref: Mapping[str, Any], key: str | None) -> Any:
         obj = self.store.find(res, ns, ref.get("name", ""))
         kind = "secret" if res == SECRETS else "configmap"
         if obj is None:
@@ -672,29 +817,47 @@ class JobSimulator:
         if key not in data:
             if ref.get("optional"):
                 return None
-            raise _ConfigError(f"couldn't find key {key} in {kind.capitalize()} "
-                               f"{ns}/{ref.get('name')}")
+            raise _ConfigError(
+                f"couldn't find key {key} in {kind.capitalize()} {ns}/{ref.get('name')}"
+            )
         return data[key]
 
-    def _env_value(self, pod: SimulatedPod, obj: Mapping[str, Any], var: Mapping[str, Any],
-                   env: Mapping[str, str]) -> str | None:
+    def _env_value(
+        self,
+        pod: SimulatedPod,
+        obj: Mapping[str, Any],
+        var: Mapping[str, Any],
+        env: Mapping[str, str],
+    ) -> str | None:
         if "value" in var:
             return _expand(str(var["value"]), env)
         source = var.get("valueFrom") or {}
         if "secretKeyRef" in source:
-            return self._lookup(SECRETS, pod.namespace, source["secretKeyRef"],  # type: ignore
-                                source["secretKeyRef"]["key"])
+            return self._lookup(
+                SECRETS,
+                pod.namespace,
+                source["secretKeyRef"],  # type: ignore
+                source["secretKeyRef"]["key"],
+            )
         if "configMapKeyRef" in source:
-            return self._lookup(CONFIGMAPS, pod.namespace,  # type: ignore[no-any-return]
-                                source["configMapKeyRef"], source["configMapKeyRef"]["key"])
+            return self._lookup(
+                CONFIGMAPS,
+                pod.namespace,  # type: ignore[no-any-return]
+                source["configMapKeyRef"],
+                source["configMapKeyRef"]["key"],
+            )
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
             meta = obj["metadata"]
-            fields = {"metadata.name": pod.name, "metadata.namespace": pod.namespace,
-                      "metadata.uid": meta["uid"], "status.podIP": pod.ip,
-                      "status.hostIP": "127.0.0.1", "spec.nodeName": NODE_NAME,
-                      "spec.serviceAccountName": obj["spec"].get("serviceAccountName",
-                                                                 "default")}
+            fields = {
+                "metadata.name": pod.name,
+                "metadata.namespace": pod.namespace,
+                "metadata.uid": meta["uid"],
+                "status.podIP": pod.ip,
+                "status.hostIP": "127.0.0.1",
+                "spec.nodeName": NODE_NAME,
+                "spec.serviceAccountName": obj["spec"].get("serviceAccountName", "default"),
+            }
             match = re.match(r"metadata\.(labels|annotations)\['(.+)'\]", path)
             if match:
                 return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
@@ -717,6 +880,7 @@ class JobSimulator:
         def apply(obj: dict[str, Any]) -> None:
             obj.setdefault("status", {})
             change(obj)
+
         self.store.mutate(PODS, pod.namespace, pod.name, apply)
 
     def _signal(self, pod: SimulatedPod, sig: int) -> None:
@@ -746,12 +910,26 @@ class JobSimulator:
         pod = self.pods.get((namespace, name))
         if pod is None:
             raise ApiError(404, f'pods "{name}" not found')
-        self._set_pod(pod, lambda o: o["status"].setdefault("conditions", []).append(_cond(
-            "DisruptionTarget", "True", "EvictionByEvictionAPI", "Eviction API: evicting")))
+        self._set_pod(
+            pod,
+            lambda o: (
+                o["status"]
+                .setdefault("conditions", [])
+                .append(
+                    _cond(
+                        "DisruptionTarget",
+                        "True",
+                        "EvictionByEvictionAPI",
+                        "Eviction API: evicting",
+                    )
+                )
+            ),
+        )
         await self._terminate(pod)
 
-    async def _logs(self, namespace: str, name: str, follow: bool,
-                    tail_lines: int | None) -> AsyncIterator[bytes]:
+    async def _logs(
+        self, namespace: str, name: str, follow: bool, tail_lines: int | None
+    ) -> AsyncIterator[bytes]:
         pod = self.pods.get((namespace, name))
         if pod is None:
             return
@@ -791,9 +969,11 @@ def _host_command(argv: list[str]) -> list[str]:
 
 def _expand(value: str, env: Mapping[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion; ``$$(VAR)`` escapes."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-                  value)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        value,
+    )
 
 
 def _read_termination_message(path: Path) -> str:
@@ -803,10 +983,15 @@ def _read_termination_message(path: Path) -> str:
         return ""
 
 
-def _cond(kind: str, status: str, reason: str | None = None,
-          message: str | None = None) -> dict[str, Any]:
-    cond: dict[str, Any] = {"type": kind, "status": status, "lastProbeTime": None,
-                            "lastTransitionTime": now_iso()}
+def _cond(
+    kind: str, status: str, reason: str | None = None, message: str | None = None
+) -> dict[str, Any]:
+    cond: dict[str, Any] = {
+        "type": kind,
+        "status": status,
+        "lastProbeTime": None,
+        "lastTransitionTime": now_iso(),
+    }
     if reason:
         cond["reason"] = reason
     if message:
@@ -824,8 +1009,9 @@ def _has_condition(conditions: list[dict[str, Any]], kind: str) -> bool:
     return any(c["type"] == kind and c["status"] == "True" for c in conditions)
 
 
-def _set_condition(conditions: list[dict[str, Any]], kind: str, status: str, reason: str,
-                   message: str) -> None:
+def _set_condition(
+    conditions: list[dict[str, Any]], kind: str, status: str, reason: str, message: str
+) -> None:
     now = now_iso()
     for cond in conditions:
         if cond["type"] == kind:
@@ -833,8 +1019,16 @@ def _set_condition(conditions: list[dict[str, Any]], kind: str, status: str, rea
                 cond["lastTransitionTime"] = now
             cond.update(status=status, reason=reason, message=message, lastProbeTime=now)
             return
-    conditions.append({"type": kind, "status": status, "reason": reason, "message": message,
-                       "lastProbeTime": now, "lastTransitionTime": now})
+    conditions.append(
+        {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastProbeTime": now,
+            "lastTransitionTime": now,
+        }
+    )
 
 
 def _terminated(pod: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -845,8 +1039,9 @@ def _terminated(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _failure_policy_action(policy: Mapping[str, Any] | None,
-                           pod: Mapping[str, Any]) -> tuple[str, int]:
+def _failure_policy_action(
+    policy: Mapping[str, Any] | None, pod: Mapping[str, Any]
+) -> tuple[str, int]:
     """The first matching rule's action and index; ``Count`` when none matches."""
     terminated = _terminated(pod)
     conditions = pod.get("status", {}).get("conditions") or []
@@ -859,11 +1054,14 @@ def _failure_policy_action(policy: Mapping[str, Any] | None,
             code, values = terminated.get("exitCode"), set(on_codes.get("values") or [])
             inside = code in values
             if (on_codes.get("operator") == "In" and inside) or (
-                    on_codes.get("operator") == "NotIn" and not inside and code != 0):
+                on_codes.get("operator") == "NotIn" and not inside and code != 0
+            ):
                 return str(rule["action"]), index
         for pattern in rule.get("onPodConditions") or []:
-            if any(c["type"] == pattern["type"]
-                   and c["status"] == pattern.get("status", "True") for c in conditions):
+            if any(
+                c["type"] == pattern["type"] and c["status"] == pattern.get("status", "True")
+                for c in conditions
+            ):
                 return str(rule["action"]), index
     return "Count", -1
 
@@ -875,4 +1073,5 @@ def _index(pod: Mapping[str, Any]) -> int:
 
 def _parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=datetime.timezone.utc)
+        tzinfo=datetime.timezone.utc
+    )

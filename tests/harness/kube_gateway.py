@@ -82,17 +82,46 @@ class ResourceType:
 
 
 EMULATED: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "namespaces", "Namespace", namespaced=False,
-                 subresources=("status",), short_names=("ns",), has_status=True),
-    ResourceType("", "v1", "pods", "Pod", subresources=("status", "log", "eviction"),
-                 short_names=("po",), has_status=True),
+    ResourceType(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        subresources=("status",),
+        short_names=("ns",),
+        has_status=True,
+    ),
+    ResourceType(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        subresources=("status", "log", "eviction"),
+        short_names=("po",),
+        has_status=True,
+    ),
     ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     ResourceType("", "v1", "secrets", "Secret"),
-    ResourceType("", "v1", "services", "Service", subresources=("status",),
-                 short_names=("svc",), has_status=True),
+    ResourceType(
+        "",
+        "v1",
+        "services",
+        "Service",
+        subresources=("status",),
+        short_names=("svc",),
+        has_status=True,
+    ),
     ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
-    ResourceType("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim",
-                 subresources=("status",), short_names=("pvc",), has_status=True),
+    ResourceType(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        subresources=("status",),
+        short_names=("pvc",),
+        has_status=True,
+    ),
     ResourceType("", "v1", "events", "Event", short_names=("ev",)),
     ResourceType("batch", "v1", "jobs", "Job", subresources=("status",), has_status=True),
     ResourceType("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
@@ -115,26 +144,48 @@ def now_iso() -> str:
 class ApiError(Exception):
     """A request failure rendered as a ``Status`` object with the matching HTTP code."""
 
-    REASONS = {400: "BadRequest", 404: "NotFound", 409: "AlreadyExists", 410: "Expired",
-               405: "MethodNotAllowed", 422: "Invalid", 415: "UnsupportedMediaType"}
+    REASONS = {
+        400: "BadRequest",
+        404: "NotFound",
+        409: "AlreadyExists",
+        410: "Expired",
+        405: "MethodNotAllowed",
+        422: "Invalid",
+        415: "UnsupportedMediaType",
+    }
 
-    def __init__(self, code: int, message: str, reason: str | None = None,
-                 details: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code, self.message = code, message
         self.reason = reason or self.REASONS.get(code, "InternalError")
         self.details = dict(details or {})
 
     def status(self) -> dict[str, Any]:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "details": self.details,
-                "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "details": self.details,
+            "code": self.code,
+        }
 
 
 def _not_found(res: ResourceType, name: str) -> ApiError:
     what = f"{res.plural}.{res.group}" if res.group else res.plural
-    return ApiError(404, f'{what} "{name}" not found',
-                    details={"name": name, "group": res.group, "kind": res.plural})
+    return ApiError(
+        404,
+        f'{what} "{name}" not found',
+        details={"name": name, "group": res.group, "kind": res.plural},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,10 +194,19 @@ def _not_found(res: ResourceType, name: str) -> ApiError:
 
 # Strategic-merge list keys for the fields our manifests, kopf and kubectl touch.
 MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "volumes": "name", "env": "name", "volumeMounts": "mountPath", "ports": "containerPort",
-    "conditions": "type", "ownerReferences": "uid", "imagePullSecrets": "name",
-    "tolerations": "key", "containerStatuses": "name", "hostAliases": "ip",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "conditions": "type",
+    "ownerReferences": "uid",
+    "imagePullSecrets": "name",
+    "tolerations": "key",
+    "containerStatuses": "name",
+    "hostAliases": "ip",
 }
 PRIMITIVE_SET_LISTS = {"finalizers"}
 
@@ -199,8 +259,14 @@ def _merge_keyed_list(current: list[Any], patch: list[Any], key: str) -> list[An
         if not isinstance(item, dict) or key not in item:
             merged.append(copy.deepcopy(item))
             continue
-        index = next((i for i, old in enumerate(merged)
-                      if isinstance(old, dict) and old.get(key) == item[key]), None)
+        index = next(
+            (
+                i
+                for i, old in enumerate(merged)
+                if isinstance(old, dict) and old.get(key) == item[key]
+            ),
+            None,
+        )
         if item.get("$patch") == "delete":
             if index is not None:
                 merged.pop(index)
@@ -265,8 +331,11 @@ def json_patch(target: Any, ops: list[Mapping[str, Any]]) -> Any:
                 add(path, copy.deepcopy(get(op["from"])))
             elif kind == "test":
                 if get(path) != op["value"]:
-                    raise ApiError(422, f"the server rejected our request due to an error in "
-                                        f"our request: test operation failed at {path}")
+                    raise ApiError(
+                        422,
+                        f"the server rejected our request due to an error in "
+                        f"our request: test operation failed at {path}",
+                    )
             else:
                 raise ApiError(400, f"unknown JSON patch op {kind!r}")
     except (KeyError, IndexError, ValueError, TypeError) as exc:
@@ -375,7 +444,8 @@ class ObjectStore:
 
     def __init__(self) -> None:
         self._objects: dict[ResourceType, dict[tuple[str, str], dict[str, Any]]] = (
-            collections.defaultdict(dict))
+            collections.defaultdict(dict)
+        )
         self._rv = itertools.count(1)
         self.last_rv = 0
         self.history: collections.deque[WatchEvent] = collections.deque(maxlen=self.HISTORY)
@@ -388,8 +458,11 @@ class ObjectStore:
     def resource(group: str, version: str, plural: str) -> ResourceType:
         res = _BY_PATH.get((group, version, plural))
         if res is None:
-            raise ApiError(404, f"the server could not find the requested resource "
-                                f"({group or 'core'}/{version} {plural})")
+            raise ApiError(
+                404,
+                f"the server could not find the requested resource "
+                f"({group or 'core'}/{version} {plural})",
+            )
         return res
 
     def get(self, res: ResourceType, namespace: str | None, name: str) -> dict[str, Any]:
@@ -403,14 +476,20 @@ class ObjectStore:
         obj = self._objects[res].get((namespace or "", name))
         return copy.deepcopy(obj) if obj is not None else None
 
-    def list(self, res: ResourceType, namespace: str | None = None,
-             label_selector: str | None = None,
-             field_selector: str | None = None) -> list[dict[str, Any]]:
-        items = [copy.deepcopy(obj) for (ns, _), obj in sorted(self._objects[res].items())
-                 if (not namespace or ns == namespace)
-                 and label_selector_matches(label_selector,
-                                            obj["metadata"].get("labels") or {})
-                 and field_selector_matches(field_selector, obj)]
+    def list(
+        self,
+        res: ResourceType,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        items = [
+            copy.deepcopy(obj)
+            for (ns, _), obj in sorted(self._objects[res].items())
+            if (not namespace or ns == namespace)
+            and label_selector_matches(label_selector, obj["metadata"].get("labels") or {})
+            and field_selector_matches(field_selector, obj)
+        ]
         return items
 
     def all_objects(self) -> Iterable[tuple[ResourceType, dict[str, Any]]]:
@@ -420,26 +499,40 @@ class ObjectStore:
 
     # -- writes --------------------------------------------------------------------------------
 
-    def create(self, res: ResourceType, namespace: str | None, body: Mapping[str, Any],
-               dry_run: bool = False) -> dict[str, Any]:
+    def create(
+        self,
+        res: ResourceType,
+        namespace: str | None,
+        body: Mapping[str, Any],
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
         obj = copy.deepcopy(dict(body))
         meta = obj.setdefault("metadata", {})
         ns = (namespace or meta.get("namespace") or "default") if res.namespaced else ""
         if res.namespaced:
             if meta.get("namespace") and namespace and meta["namespace"] != namespace:
-                raise ApiError(400, "the namespace of the provided object does not match the "
-                                    "namespace sent on the request")
+                raise ApiError(
+                    400,
+                    "the namespace of the provided object does not match the "
+                    "namespace sent on the request",
+                )
             meta["namespace"] = ns
         if not meta.get("name"):
             if not meta.get("generateName"):
-                raise ApiError(422, f"{res.kind} is invalid: metadata.name: Required value: "
-                                    "name or generateName is required", reason="Invalid")
+                raise ApiError(
+                    422,
+                    f"{res.kind} is invalid: metadata.name: Required value: "
+                    "name or generateName is required",
+                    reason="Invalid",
+                )
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         if (ns, meta["name"]) in self._objects[res]:
-            raise ApiError(409, f'{res.plural}{"." + res.group if res.group else ""} '
-                                f'"{meta["name"]}" already exists',
-                           details={"name": meta["name"], "group": res.group,
-                                    "kind": res.plural})
+            raise ApiError(
+                409,
+                f"{res.plural}{'.' + res.group if res.group else ''} "
+                f'"{meta["name"]}" already exists',
+                details={"name": meta["name"], "group": res.group, "kind": res.plural},
+            )
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_iso()
@@ -452,19 +545,36 @@ class ObjectStore:
             return obj
         return self._commit(res, "ADDED", obj)
 
-    def replace(self, res: ResourceType, namespace: str | None, name: str,
-                body: Mapping[str, Any], subresource: str | None = None) -> dict[str, Any]:
+    def replace(
+        self,
+        res: ResourceType,
+        namespace: str | None,
+        name: str,
+        body: Mapping[str, Any],
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         current = self.get(res, namespace, name)
         new = copy.deepcopy(dict(body))
         sent_rv = new.get("metadata", {}).get("resourceVersion")
         if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
-            raise ApiError(409, f'Operation cannot be fulfilled on {res.plural} "{name}": the '
-                                "object has been modified; please apply your changes to the "
-                                "latest version and try again", reason="Conflict")
+            raise ApiError(
+                409,
+                f'Operation cannot be fulfilled on {res.plural} "{name}": the '
+                "object has been modified; please apply your changes to the "
+                "latest version and try again",
+                reason="Conflict",
+            )
         return self._write(res, current, new, subresource)
 
-    def patch(self, res: ResourceType, namespace: str | None, name: str, patch: Any,
-              content_type: str, subresource: str | None = None) -> dict[str, Any]:
+    def patch(
+        self,
+        res: ResourceType,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        content_type: str,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         current = self.find(res, namespace, name)
         if current is None:
             if "apply-patch" in content_type:  # server-side apply creates
@@ -477,30 +587,41 @@ class ObjectStore:
         elif "merge-patch" in content_type or "apply-patch" in content_type:
             new = merge_patch(current, patch)
         else:
-            raise ApiError(415, f"the body of the request was in an unknown format - accepted "
-                                f"media types include: application/json-patch+json, "
-                                f"application/merge-patch+json, "
-                                f"application/apply-patch+yaml ({content_type})")
+            raise ApiError(
+                415,
+                f"the body of the request was in an unknown format - accepted "
+                f"media types include: application/json-patch+json, "
+                f"application/merge-patch+json, "
+                f"application/apply-patch+yaml ({content_type})",
+            )
         new.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self._write(res, current, new, subresource)
 
-    def update_status(self, res: ResourceType, namespace: str | None, name: str,
-                      status: Mapping[str, Any]) -> dict[str, Any]:
+    def update_status(
+        self, res: ResourceType, namespace: str | None, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Replace ``status`` (used by the simulator playing the controllers)."""
         current = self.get(res, namespace, name)
-        return self._write(res, current, {**current, "status": copy.deepcopy(dict(status))},
-                           "status")
+        return self._write(
+            res, current, {**current, "status": copy.deepcopy(dict(status))}, "status"
+        )
 
-    def mutate(self, res: ResourceType, namespace: str | None, name: str,
-               change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    def mutate(
+        self,
+        res: ResourceType,
+        namespace: str | None,
+        name: str,
+        change: Callable[[dict[str, Any]], None],
+    ) -> dict[str, Any]:
         """Apply ``change`` to a copy of the whole object and store it (controllers' writes)."""
         current = self.get(res, namespace, name)
         new = copy.deepcopy(current)
         change(new)
         return self._write(res, current, new, "*")
 
-    def delete(self, res: ResourceType, namespace: str | None, name: str,
-               propagation: str | None = None) -> dict[str, Any]:
+    def delete(
+        self, res: ResourceType, namespace: str | None, name: str, propagation: str | None = None
+    ) -> dict[str, Any]:
         current = self.get(res, namespace, name)
         meta = current["metadata"]
         if propagation is None and res.group == "batch":
@@ -517,11 +638,22 @@ class ObjectStore:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _write(self, res: ResourceType, current: dict[str, Any], new: dict[str, Any],
-               subresource: str | None) -> dict[str, Any]:
+    def _write(
+        self,
+        res: ResourceType,
+        current: dict[str, Any],
+        new: dict[str, Any],
+        subresource: str | None,
+    ) -> dict[str, Any]:
         meta, old_meta = new.setdefault("metadata", {}), current["metadata"]
-        for key in ("uid", "creationTimestamp", "namespace", "name", "generation",
-                    "deletionTimestamp"):
+        for key in (
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "generation",
+            "deletionTimestamp",
+        ):
             if key in old_meta:
                 meta[key] = old_meta[key]
             else:
@@ -579,9 +711,12 @@ class ObjectStore:
             refs = obj["metadata"].get("ownerReferences") or []
             if any(r.get("uid") == owner_uid for r in refs):
                 keep = [r for r in refs if r.get("uid") != owner_uid]
-                self.mutate(res, obj["metadata"].get("namespace"), obj["metadata"]["name"],
-                            lambda o, keep=keep: o["metadata"].__setitem__(
-                                "ownerReferences", keep))
+                self.mutate(
+                    res,
+                    obj["metadata"].get("namespace"),
+                    obj["metadata"]["name"],
+                    lambda o, keep=keep: o["metadata"].__setitem__("ownerReferences", keep),
+                )
 
     def collect_garbage(self, gone_uids: set[str]) -> int:
         """Delete objects all of whose owners are among ``gone_uids`` (background cascade)."""
@@ -612,8 +747,9 @@ class ObjectStore:
             labels.setdefault("batch.kubernetes.io/job-name", obj["metadata"]["name"])
             labels.setdefault("controller-uid", uid)
             labels.setdefault("job-name", obj["metadata"]["name"])
-            spec.setdefault("selector", {"matchLabels": {
-                "batch.kubernetes.io/controller-uid": uid}})
+            spec.setdefault(
+                "selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+            )
             obj.setdefault("status", {})
         elif res.kind == "Pod" and isinstance(spec, dict):
             for container in spec.get("containers", []):
@@ -698,8 +834,12 @@ def _verb(method: str, info: RequestInfo, query: Mapping[str, str]) -> str:
     watching = query.get("watch") in ("true", "1")
     if method == "GET":
         return "watch" if watching else ("get" if info.name else "list")
-    return {"POST": "create", "PUT": "update", "PATCH": "patch",
-            "DELETE": "delete" if info.name else "deletecollection"}.get(method, method.lower())
+    return {
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if info.name else "deletecollection",
+    }.get(method, method.lower())
 
 
 # --------------------------------------------------------------------------------------------
@@ -720,12 +860,21 @@ class Upstream:
         config = yaml.safe_load(Path(path).read_text())
         cluster = config["clusters"][0]["cluster"]
         user = config["users"][0]["user"] if config.get("users") else {}
-        return cls(cluster["server"].rstrip("/"), user.get("token"),
-                   cluster.get("certificate-authority"))
+        return cls(
+            cluster["server"].rstrip("/"), user.get("token"), cluster.get("certificate-authority")
+        )
 
 
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host",
-               "authorization", "content-encoding", "upgrade"}
+HOP_HEADERS = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "authorization",
+    "content-encoding",
+    "upgrade",
+}
 
 
 class KubeGateway:
@@ -734,8 +883,13 @@ class KubeGateway:
     Attributes after :meth:`start`: ``url``, ``kubeconfig_path``, ``store``, ``audit``, ``loop``.
     """
 
-    def __init__(self, upstream: Upstream | None, workdir: Path, host: str = "127.0.0.1",
-                 namespaces: Iterable[str] = ("default", "kube-system")) -> None:
+    def __init__(
+        self,
+        upstream: Upstream | None,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        namespaces: Iterable[str] = ("default", "kube-system"),
+    ) -> None:
         self.upstream = upstream
         self.workdir = Path(workdir)
         self.host = host
@@ -757,8 +911,9 @@ class KubeGateway:
     def start(self) -> KubeGateway:
         """Start the loop thread and the server; write a kubeconfig pointing at it."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._thread = threading.Thread(target=self.loop.run_forever, name="ftj-gateway",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="ftj-gateway", daemon=True
+        )
         self._thread.start()
         self.call_async(self._start())
         self._write_kubeconfig()
@@ -783,19 +938,22 @@ class KubeGateway:
 
     async def _start(self) -> None:
         for ns in self._initial_namespaces:
-            self.store.create(self.store.resource("", "v1", "namespaces"), None,
-                              {"metadata": {"name": ns}})
+            self.store.create(
+                self.store.resource("", "v1", "namespaces"), None, {"metadata": {"name": ns}}
+            )
         ssl_ctx: ssl.SSLContext | bool = False
         if self.upstream is not None and self.upstream.ca_file:
             ssl_ctx = ssl.create_default_context(cafile=self.upstream.ca_file)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_ctx, limit=200),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-            auto_decompress=True)
+            auto_decompress=True,
+        )
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=1)
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=True, shutdown_timeout=1
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -814,8 +972,10 @@ class KubeGateway:
 
     def call(self, func: Callable[..., T], *args: Any, timeout: float = 30, **kwargs: Any) -> T:
         """Run ``func(*args, **kwargs)`` on the gateway's loop (the store is not thread-safe)."""
+
         async def runner() -> T:
             return func(*args, **kwargs)
+
         return self.call_async(runner(), timeout=timeout)
 
     def call_async(self, coro: Any, timeout: float = 30) -> Any:
@@ -825,28 +985,42 @@ class KubeGateway:
 
     def _write_kubeconfig(self) -> None:
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "ftj-e2e",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "ftj-e2e",
             "clusters": [{"name": "ftj-e2e", "cluster": {"server": self.url}}],
             # The gateway ignores credentials; a token keeps clients' login logic happy.
             "users": [{"name": "ftj-e2e", "user": {"token": "ftj-e2e-gateway"}}],
-            "contexts": [{"name": "ftj-e2e", "context": {
-                "cluster": "ftj-e2e", "user": "ftj-e2e", "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "ftj-e2e",
+                    "context": {"cluster": "ftj-e2e", "user": "ftj-e2e", "namespace": "default"},
+                }
+            ],
         }
         self.kubeconfig_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     # -- test-facing helpers (thread-safe) -------------------------------------------------
 
-    def objects(self, plural: str, namespace: str | None = None, group: str = "",
-                version: str = "v1", label_selector: str | None = None) -> list[dict[str, Any]]:
+    def objects(
+        self,
+        plural: str,
+        namespace: str | None = None,
+        group: str = "",
+        version: str = "v1",
+        label_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Emulated objects of one resource, from any thread."""
         res = ObjectStore.resource(group, version, plural)
         return self.call(self.store.list, res, namespace, label_selector)
 
     def audit_rules(self, user_agent_contains: str = "") -> set[tuple[str, str, str]]:
         """``(group, resource[/subresource], verb)`` triples seen, for deriving RBAC rules."""
-        return {(r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
-                for r in list(self.audit)
-                if r.resource and user_agent_contains in r.user_agent}
+        return {
+            (r.group, r.resource + (f"/{r.subresource}" if r.subresource else ""), r.verb)
+            for r in list(self.audit)
+            if r.resource and user_agent_contains in r.user_agent
+        }
 
     # -- request handling ----------------------------------------------------------------------
 
@@ -858,9 +1032,18 @@ class KubeGateway:
         backend, code = "gateway", 500
         record = None
         if info.is_resource:
-            record = AuditRecord(verb, info.group, info.version, info.resource,
-                                 info.subresource, info.namespace, info.name,
-                                 request.headers.get("User-Agent", ""), 0, "")
+            record = AuditRecord(
+                verb,
+                info.group,
+                info.version,
+                info.resource,
+                info.subresource,
+                info.namespace,
+                info.name,
+                request.headers.get("User-Agent", ""),
+                0,
+                "",
+            )
             self.audit.append(record)
         try:
             if path in ("/healthz", "/readyz", "/livez"):
@@ -868,9 +1051,15 @@ class KubeGateway:
                 return web.Response(text="ok")
             if path == "/api":
                 code = 200
-                return _json({"kind": "APIVersions", "versions": ["v1"],
-                              "serverAddressByClientCIDRs": [
-                                  {"clientCIDR": "0.0.0.0/0", "serverAddress": self.host}]})
+                return _json(
+                    {
+                        "kind": "APIVersions",
+                        "versions": ["v1"],
+                        "serverAddressByClientCIDRs": [
+                            {"clientCIDR": "0.0.0.0/0", "serverAddress": self.host}
+                        ],
+                    }
+                )
             if path == "/apis":
                 code = 200
                 return _json(await self._group_list())
@@ -878,7 +1067,7 @@ class KubeGateway:
                 code = 200
                 return _json(await self._openapi_root())
             if path.startswith(("/openapi/v3/api/", "/openapi/v3/apis/")):
-                gv = path[len("/openapi/v3/"):]
+                gv = path[len("/openapi/v3/") :]
                 doc = self._openapi_gv(gv)
                 if doc is not None:
                     code = 200
@@ -913,24 +1102,42 @@ class KubeGateway:
             for res in EMULATED:
                 if res.group != info.group or res.version != info.version:
                     continue
-                resources.append({
-                    "name": res.plural, "singularName": res.singular,
-                    "namespaced": res.namespaced, "kind": res.kind, "verbs": VERBS,
-                    **({"shortNames": list(res.short_names)} if res.short_names else {}),
-                })
+                resources.append(
+                    {
+                        "name": res.plural,
+                        "singularName": res.singular,
+                        "namespaced": res.namespaced,
+                        "kind": res.kind,
+                        "verbs": VERBS,
+                        **({"shortNames": list(res.short_names)} if res.short_names else {}),
+                    }
+                )
                 for sub in res.subresources:
                     verbs = {"log": ["get"], "eviction": ["create"]}.get(
-                        sub, ["get", "patch", "update"])
+                        sub, ["get", "patch", "update"]
+                    )
                     kind = {"log": "Pod", "eviction": "Eviction"}.get(sub, res.kind)
-                    resources.append({"name": f"{res.plural}/{sub}", "singularName": "",
-                                      "namespaced": res.namespaced, "kind": kind,
-                                      "verbs": verbs})
+                    resources.append(
+                        {
+                            "name": f"{res.plural}/{sub}",
+                            "singularName": "",
+                            "namespaced": res.namespaced,
+                            "kind": kind,
+                            "verbs": verbs,
+                        }
+                    )
             if not resources:
-                raise ApiError(404, f"the server could not find the requested resource "
-                                    f"({info.group}/{info.version})")
-            return {"kind": "APIResourceList", "apiVersion": "v1",
-                    "groupVersion": f"{info.group}/{info.version}" if info.group
-                    else info.version, "resources": resources}
+                raise ApiError(
+                    404,
+                    f"the server could not find the requested resource "
+                    f"({info.group}/{info.version})",
+                )
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{info.group}/{info.version}" if info.group else info.version,
+                "resources": resources,
+            }
         group = self._emulated_group(info.group)
         if group is None:
             raise ApiError(404, f"group {info.group} not found")
@@ -953,23 +1160,26 @@ class KubeGateway:
         groups = [self._emulated_group(g) for g in sorted(EMULATED_GROUPS)]
         if self.upstream is not None:
             ext = {"groupVersion": "apiextensions.k8s.io/v1", "version": "v1"}
-            groups.append({"name": "apiextensions.k8s.io", "versions": [ext],
-                           "preferredVersion": ext})
+            groups.append(
+                {"name": "apiextensions.k8s.io", "versions": [ext], "preferredVersion": ext}
+            )
             crds = await self._upstream_json(
-                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions")
+                "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+            )
             by_group: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
             for crd in (crds or {}).get("items", []):
                 spec = crd["spec"]
                 if spec["group"] in EMULATED_GROUPS:
                     continue
                 for version in spec.get("versions", []):
-                    entry = {"groupVersion": f"{spec['group']}/{version['name']}",
-                             "version": version["name"]}
+                    entry = {
+                        "groupVersion": f"{spec['group']}/{version['name']}",
+                        "version": version["name"],
+                    }
                     if version.get("served", True) and entry not in by_group[spec["group"]]:
                         by_group[spec["group"]].append(entry)
             for name, versions in sorted(by_group.items()):
-                groups.append({"name": name, "versions": versions,
-                               "preferredVersion": versions[0]})
+                groups.append({"name": name, "versions": versions, "preferredVersion": versions[0]})
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     # -- OpenAPI v3 (what kubectl needs to choose server-side field validation) -------------
@@ -978,7 +1188,8 @@ class KubeGateway:
         gvs: dict[str, list[ResourceType]] = collections.defaultdict(list)
         for res in EMULATED:
             gvs[f"apis/{res.group}/{res.version}" if res.group else f"api/{res.version}"].append(
-                res)
+                res
+            )
         return gvs
 
     async def _openapi_root(self) -> dict[str, Any]:
@@ -999,16 +1210,30 @@ class KubeGateway:
         paths = {}
         for res in resources:
             prefix = "/" + gv + ("/namespaces/{namespace}" if res.namespaced else "")
-            paths[f"{prefix}/{res.plural}/{{name}}"] = {"patch": {
-                "x-kubernetes-group-version-kind": {
-                    "group": res.group, "version": res.version, "kind": res.kind},
-                "x-kubernetes-action": "patch",
-                "parameters": [{"name": "fieldValidation", "in": "query",
-                                "schema": {"type": "string", "uniqueItems": True}}],
-                "responses": {"200": {"description": "OK"}},
-            }}
-        return {"openapi": "3.0.0", "info": {"title": "ftj gateway", "version": "v0"},
-                "paths": paths, "components": {"schemas": {}}}
+            paths[f"{prefix}/{res.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-group-version-kind": {
+                        "group": res.group,
+                        "version": res.version,
+                        "kind": res.kind,
+                    },
+                    "x-kubernetes-action": "patch",
+                    "parameters": [
+                        {
+                            "name": "fieldValidation",
+                            "in": "query",
+                            "schema": {"type": "string", "uniqueItems": True},
+                        }
+                    ],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "ftj gateway", "version": "v0"},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }
 
     # -- proxy ---------------------------------------------------------------------------------
 
@@ -1019,14 +1244,16 @@ class KubeGateway:
             out["Authorization"] = f"Bearer {self.upstream.token}"
         return out
 
-    async def _proxy(self, request: web.Request, info: RequestInfo,
-                     verb: str) -> web.StreamResponse:
+    async def _proxy(
+        self, request: web.Request, info: RequestInfo, verb: str
+    ) -> web.StreamResponse:
         assert self.upstream is not None and self._session is not None
         url = self.upstream.url + request.rel_url.path_qs
         body = await request.read() if request.can_read_body else None
         headers = self._upstream_headers(request.headers)
-        async with self._session.request(request.method, url, headers=headers,
-                                         data=body) as upstream:
+        async with self._session.request(
+            request.method, url, headers=headers, data=body
+        ) as upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
                 if key.lower() not in HOP_HEADERS:
@@ -1049,23 +1276,26 @@ class KubeGateway:
 
     # -- emulated API --------------------------------------------------------------------------
 
-    async def _serve(self, request: web.Request, info: RequestInfo, query: dict[str, str],
-                     verb: str) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, info: RequestInfo, query: dict[str, str], verb: str
+    ) -> web.StreamResponse:
         res = self.store.resource(info.group, info.version, info.resource)
         ns = info.namespace or None
         if res.namespaced is False and ns:
             raise ApiError(404, f"{res.plural} is not namespaced")
         sub = info.subresource or None
         if sub is not None and sub not in res.subresources:
-            raise ApiError(404, f"the server could not find the requested resource "
-                                f"({res.plural}/{sub})")
+            raise ApiError(
+                404, f"the server could not find the requested resource ({res.plural}/{sub})"
+            )
         if sub == "log":
             return await self._serve_log(request, res, ns, info.name, query)
         if sub == "eviction":
             self.store.get(res, ns, info.name)
             await self.evict(ns or "default", info.name)
-            return _json({"kind": "Status", "apiVersion": "v1", "status": "Success",
-                          "code": 201}, status=201)
+            return _json(
+                {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
+            )
         if verb == "watch":
             return await self._serve_watch(request, res, ns, query, info.name)
         if verb == "list":
@@ -1097,23 +1327,30 @@ class KubeGateway:
             deleted = self.store.delete(res, ns, info.name, policy)
             headers = {}
             if res.kind == "Job" and policy is None:
-                headers["Warning"] = ('299 - "child pods are preserved by default when jobs '
-                                      'are deleted; set propagationPolicy=Background to remove '
-                                      'them or set propagationPolicy=Orphan to suppress this '
-                                      'warning"')
+                headers["Warning"] = (
+                    '299 - "child pods are preserved by default when jobs '
+                    "are deleted; set propagationPolicy=Background to remove "
+                    "them or set propagationPolicy=Orphan to suppress this "
+                    'warning"'
+                )
             return _json(deleted, headers=headers)
         if verb == "deletecollection":
-            items = self.store.list(res, ns, query.get("labelSelector"),
-                                    query.get("fieldSelector"))
+            items = self.store.list(res, ns, query.get("labelSelector"), query.get("fieldSelector"))
             for item in items:
-                self.store.delete(res, item["metadata"].get("namespace"),
-                                  item["metadata"]["name"])
-            return _json({"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                          "metadata": {}, "items": items})
+                self.store.delete(res, item["metadata"].get("namespace"), item["metadata"]["name"])
+            return _json(
+                {
+                    "kind": f"{res.kind}List",
+                    "apiVersion": res.api_version,
+                    "metadata": {},
+                    "items": items,
+                }
+            )
         raise ApiError(405, f"{request.method} is not supported on {res.plural}")
 
-    def _serve_list(self, request: web.Request, res: ResourceType, ns: str | None,
-                    query: Mapping[str, str]) -> web.Response:
+    def _serve_list(
+        self, request: web.Request, res: ResourceType, ns: str | None, query: Mapping[str, str]
+    ) -> web.Response:
         items = self.store.list(res, ns, query.get("labelSelector"), query.get("fieldSelector"))
         rv = str(self.store.last_rv)
         if _wants_table(request):
@@ -1121,11 +1358,23 @@ class KubeGateway:
         for item in items:  # list items carry no apiVersion/kind in Kubernetes
             item.pop("apiVersion", None)
             item.pop("kind", None)
-        return _json({"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                      "metadata": {"resourceVersion": rv}, "items": items})
+        return _json(
+            {
+                "kind": f"{res.kind}List",
+                "apiVersion": res.api_version,
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+        )
 
-    async def _serve_watch(self, request: web.Request, res: ResourceType, ns: str | None,
-                           query: Mapping[str, str], name: str = "") -> web.StreamResponse:
+    async def _serve_watch(
+        self,
+        request: web.Request,
+        res: ResourceType,
+        ns: str | None,
+        query: Mapping[str, str],
+        name: str = "",
+    ) -> web.StreamResponse:
         label_sel, field_sel = query.get("labelSelector"), query.get("fieldSelector")
         if name:
             field_sel = ",".join(filter(None, [field_sel, f"metadata.name={name}"]))
@@ -1135,14 +1384,19 @@ class KubeGateway:
 
         def matches(event: WatchEvent) -> bool:
             meta = event.object["metadata"]
-            return (event.resource == res and (not ns or meta.get("namespace") == ns)
-                    and label_selector_matches(label_sel, meta.get("labels") or {})
-                    and field_selector_matches(field_sel, event.object))
+            return (
+                event.resource == res
+                and (not ns or meta.get("namespace") == ns)
+                and label_selector_matches(label_sel, meta.get("labels") or {})
+                and field_selector_matches(field_sel, event.object)
+            )
 
         initial: list[WatchEvent] = []
         if since == "0":
-            initial = [WatchEvent(int(o["metadata"]["resourceVersion"]), res, "ADDED", o)
-                       for o in self.store.list(res, ns, label_sel, field_sel)]
+            initial = [
+                WatchEvent(int(o["metadata"]["resourceVersion"]), res, "ADDED", o)
+                for o in self.store.list(res, ns, label_sel, field_sel)
+            ]
         else:
             try:
                 since_rv = int(since)
@@ -1150,12 +1404,14 @@ class KubeGateway:
                 raise ApiError(400, f"invalid resourceVersion {since!r}") from exc
             oldest = self.store.history[0].resource_version if self.store.history else 1
             if since_rv < oldest - 1 and since_rv < self.store.last_rv:
-                gone = ApiError(410, f"too old resource version: {since_rv} ({oldest})",
-                                reason="Expired")
+                gone = ApiError(
+                    410, f"too old resource version: {since_rv} ({oldest})", reason="Expired"
+                )
                 initial = [WatchEvent(0, res, "ERROR", gone.status())]
             else:
-                initial = [e for e in self.store.history
-                           if e.resource_version > since_rv and matches(e)]
+                initial = [
+                    e for e in self.store.history if e.resource_version > since_rv and matches(e)
+                ]
         unsubscribe = self.store.subscribe(lambda e: queue.put_nowait(e) if matches(e) else None)
         response = web.StreamResponse(status=200)
         response.content_type = "application/json"
@@ -1180,8 +1436,14 @@ class KubeGateway:
             unsubscribe()
         return response
 
-    async def _serve_log(self, request: web.Request, res: ResourceType, ns: str | None,
-                         name: str, query: Mapping[str, str]) -> web.StreamResponse:
+    async def _serve_log(
+        self,
+        request: web.Request,
+        res: ResourceType,
+        ns: str | None,
+        name: str,
+        query: Mapping[str, str],
+    ) -> web.StreamResponse:
         self.store.get(res, ns, name)
         source = self.log_source
         if source is None:
@@ -1215,40 +1477,71 @@ class KubeGateway:
     def _table(res: ResourceType, items: list[dict[str, Any]], rv: str) -> dict[str, Any]:
         columns = [("Name", "string", "name")]
         extra: dict[str, list[tuple[str, str, Callable[[dict[str, Any]], Any]]]] = {
-            "Pod": [("Ready", "string", lambda o: "{}/{}".format(
-                        sum(1 for c in o.get("status", {}).get("containerStatuses", [])
-                            if c.get("ready")),
-                        len(o.get("spec", {}).get("containers", [])))),
-                    ("Status", "string", _pod_status),
-                    ("Restarts", "integer", lambda o: 0),
-                    ("IP", "string", lambda o: o.get("status", {}).get("podIP", "<none>"))],
-            "Job": [("Status", "string", _job_status),
-                    ("Completions", "string", lambda o: "{}/{}".format(
+            "Pod": [
+                (
+                    "Ready",
+                    "string",
+                    lambda o: "{}/{}".format(
+                        sum(
+                            1
+                            for c in o.get("status", {}).get("containerStatuses", [])
+                            if c.get("ready")
+                        ),
+                        len(o.get("spec", {}).get("containers", [])),
+                    ),
+                ),
+                ("Status", "string", _pod_status),
+                ("Restarts", "integer", lambda o: 0),
+                ("IP", "string", lambda o: o.get("status", {}).get("podIP", "<none>")),
+            ],
+            "Job": [
+                ("Status", "string", _job_status),
+                (
+                    "Completions",
+                    "string",
+                    lambda o: "{}/{}".format(
                         o.get("status", {}).get("succeeded", 0),
-                        o.get("spec", {}).get("completions", 1)))],
-            "Event": [("Type", "string", lambda o: o.get("type", "")),
-                      ("Reason", "string", lambda o: o.get("reason", "")),
-                      ("Message", "string", lambda o: o.get("message") or o.get("note", ""))],
+                        o.get("spec", {}).get("completions", 1),
+                    ),
+                ),
+            ],
+            "Event": [
+                ("Type", "string", lambda o: o.get("type", "")),
+                ("Reason", "string", lambda o: o.get("reason", "")),
+                ("Message", "string", lambda o: o.get("message") or o.get("note", "")),
+            ],
             "ConfigMap": [("Data", "integer", lambda o: len(o.get("data") or {}))],
             "Namespace": [("Status", "string", lambda o: o.get("status", {}).get("phase", ""))],
         }
         rows_extra = extra.get(res.kind, [])
-        definitions = [{"name": n, "type": t, "format": f, "description": "", "priority": 0}
-                       for n, t, f in columns]
-        definitions += [{"name": n, "type": t, "format": "", "description": "", "priority": 0}
-                        for n, t, _ in rows_extra]
-        definitions.append({"name": "Age", "type": "string", "format": "", "description": "",
-                            "priority": 0})
+        definitions = [
+            {"name": n, "type": t, "format": f, "description": "", "priority": 0}
+            for n, t, f in columns
+        ]
+        definitions += [
+            {"name": n, "type": t, "format": "", "description": "", "priority": 0}
+            for n, t, _ in rows_extra
+        ]
+        definitions.append(
+            {"name": "Age", "type": "string", "format": "", "description": "", "priority": 0}
+        )
         rows = []
         for obj in items:
             cells = [obj["metadata"]["name"]] + [fn(obj) for _, _, fn in rows_extra]
             cells.append(_age(obj["metadata"].get("creationTimestamp")))
-            meta_obj = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                        "metadata": obj["metadata"]}
+            meta_obj = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"],
+            }
             rows.append({"cells": cells, "object": meta_obj})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                "metadata": {"resourceVersion": rv}, "columnDefinitions": definitions,
-                "rows": rows}
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": rv},
+            "columnDefinitions": definitions,
+            "rows": rows,
+        }
 
     # -- cross-backend garbage collection --------------------------------------------------
 
@@ -1295,8 +1588,10 @@ class KubeGateway:
     async def _upstream_json(self, path: str) -> dict[str, Any] | None:
         assert self.upstream is not None and self._session is not None
         try:
-            async with self._session.get(self.upstream.url + path, headers=self._upstream_headers(
-                    {"Accept": "application/json"})) as resp:
+            async with self._session.get(
+                self.upstream.url + path,
+                headers=self._upstream_headers({"Accept": "application/json"}),
+            ) as resp:
                 if resp.status != 200:
                     return None
                 return json.loads(await resp.read())  # type: ignore[no-any-return]
@@ -1319,8 +1614,12 @@ class KubeGateway:
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.Response(body=json.dumps(body).encode(), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        body=json.dumps(body).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
 async def _read_body(request: web.Request) -> Any:
@@ -1351,7 +1650,8 @@ def _age(timestamp: str | None) -> str:
     if not timestamp:
         return "<unknown>"
     created = datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(
-        tzinfo=datetime.timezone.utc)
+        tzinfo=datetime.timezone.utc
+    )
     seconds = int((datetime.datetime.now(datetime.timezone.utc) - created).total_seconds())
     return f"{seconds}s" if seconds < 120 else f"{seconds // 60}m"
 

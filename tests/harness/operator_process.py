@@ -41,9 +41,13 @@ TEST_ENV = {
 class OperatorProcess:
     """Start, SIGKILL and restart the operator; logs go to numbered files in ``log_dir``."""
 
-    def __init__(self, kubeconfig: Path | str, log_dir: Path | str,
-                 env: Mapping[str, str] | None = None,
-                 command: Sequence[str] = DEFAULT_COMMAND) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path | str,
+        log_dir: Path | str,
+        env: Mapping[str, str] | None = None,
+        command: Sequence[str] = DEFAULT_COMMAND,
+    ) -> None:
         self.kubeconfig = str(kubeconfig)
         self.log_dir = Path(log_dir)
         self.env = {**TEST_ENV, **(env or {})}
@@ -63,24 +67,48 @@ class OperatorProcess:
         path = self.log_dir / f"operator-{self.runs}.log"
         self.log_paths.append(path)
         env = {**os.environ, **self.env, "KUBECONFIG": self.kubeconfig}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [
-            str(REPO / "operator"), str(REPO / "trainer-image"), str(REPO),
-            os.environ.get("PYTHONPATH", "")]))
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(
+                None,
+                [
+                    str(REPO / "operator"),
+                    str(REPO / "trainer-image"),
+                    str(REPO),
+                    os.environ.get("PYTHONPATH", ""),
+                ],
+            )
+        )
         with open(path, "wb") as log:
-            self.proc = subprocess.Popen(self.command, env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=str(REPO), start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=str(REPO),
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout: float = 60.0, marker: str | None = None) -> None:
         """Wait until the log shows kopf watching (or ``marker``); raise with the log if not."""
-        markers = [marker] if marker else ["Starting the watch-stream", "watch-stream for",
-                                           "Resuming", "Handler", "Adding the finalizer"]
+        markers = (
+            [marker]
+            if marker
+            else [
+                "Starting the watch-stream",
+                "watch-stream for",
+                "Resuming",
+                "Handler",
+                "Adding the finalizer",
+            ]
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n"
-                                   f"{self.logs()[-5000:]}")
+                raise RuntimeError(
+                    f"operator exited with {self.proc.returncode}:\n{self.logs()[-5000:]}"
+                )
             text = self.logs()
             if any(m in text for m in markers):
                 return

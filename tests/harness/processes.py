@@ -48,8 +48,12 @@ class ManagedProcess:
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=_die_with_parent,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         except BaseException:
             self._log.close()
@@ -59,8 +63,10 @@ class ManagedProcess:
         """Raise with the log's tail if the process has exited."""
         code = self.proc.poll()
         if code is not None:
-            raise ProcessExitedError(f"{self.name} exited with code {code}; last log lines "
-                                     f"({self.log_path}):\n{tail(self.log_path)}")
+            raise ProcessExitedError(
+                f"{self.name} exited with code {code}; last log lines "
+                f"({self.log_path}):\n{tail(self.log_path)}"
+            )
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL it if still running after ``grace`` seconds."""

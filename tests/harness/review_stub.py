@@ -39,8 +39,11 @@ class _ReviewHandler(BaseHTTPRequestHandler):
                 "authenticated": True,
                 # system:masters is in the server's --authorization-always-allow-groups
                 # default, so most requests never need a SubjectAccessReview at all.
-                "user": {"username": TEST_USER, "uid": TEST_USER,
-                         "groups": ["system:masters", "system:authenticated"]},
+                "user": {
+                    "username": TEST_USER,
+                    "uid": TEST_USER,
+                    "groups": ["system:masters", "system:authenticated"],
+                },
             }
             self._reply(201, review)
         elif path.endswith("/subjectaccessreviews"):
@@ -61,8 +64,15 @@ class _ReviewHandler(BaseHTTPRequestHandler):
         if query.get("watch", ["false"])[0] in ("true", "1"):
             self._hold_watch(kind, query)
         else:
-            self._reply(200, {"kind": kind, "apiVersion": "v1",
-                              "metadata": {"resourceVersion": "1"}, "items": []})
+            self._reply(
+                200,
+                {
+                    "kind": kind,
+                    "apiVersion": "v1",
+                    "metadata": {"resourceVersion": "1"},
+                    "items": [],
+                },
+            )
 
     def _hold_watch(self, kind: str, query: Mapping[str, list[str]]) -> None:
         """A watch with no events, closed at the client's timeout (it then simply re-watches)."""
@@ -72,20 +82,34 @@ class _ReviewHandler(BaseHTTPRequestHandler):
         if query.get("sendInitialEvents", ["false"])[0] == "true":
             # WatchList (client-go's default since 1.34): an informer counts as synced once a
             # bookmark marks the end of the (here: empty) initial events.
-            bookmark = {"type": "BOOKMARK", "object": {
-                "kind": kind.removesuffix("List"), "apiVersion": "v1",
-                "metadata": {"resourceVersion": "1",
-                             "annotations": {"k8s.io/initial-events-end": "true"}},
-            }}
+            bookmark = {
+                "type": "BOOKMARK",
+                "object": {
+                    "kind": kind.removesuffix("List"),
+                    "apiVersion": "v1",
+                    "metadata": {
+                        "resourceVersion": "1",
+                        "annotations": {"k8s.io/initial-events-end": "true"},
+                    },
+                },
+            }
             self.wfile.write(json.dumps(bookmark).encode() + b"\n")
         self.wfile.flush()
         timeout = float(query.get("timeoutSeconds", [str(MAX_WATCH_SECONDS)])[0])
         time.sleep(min(timeout, MAX_WATCH_SECONDS))
 
     def _not_found(self) -> None:
-        self._reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                          "reason": "NotFound", "code": 404,
-                          "message": f"{self.path} is not served by the ftj review stub"})
+        self._reply(
+            404,
+            {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": "NotFound",
+                "code": 404,
+                "message": f"{self.path} is not served by the ftj review stub",
+            },
+        )
 
     def _reply(self, code: int, body: Mapping[str, Any]) -> None:
         data = json.dumps(body).encode()
@@ -106,8 +130,9 @@ class ReviewStub:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ReviewHandler)
         self._httpd.daemon_threads = True  # held-open watches must not block shutdown
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        name="ftj-review-stub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="ftj-review-stub", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
