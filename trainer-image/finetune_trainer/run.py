@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.manifest import FineTuneJob
+from transformers import set_seed
 
 from finetune_trainer.data import make_collator, prepare_data
 from finetune_trainer.evaluate import generate_answers, held_out_loss
@@ -152,6 +153,7 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
 
     # 4. The model with a fresh adapter, and how it answers before any training.
     mean_tokens = data.stats.train_tokens / max(data.stats.train, 1)
+    set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
     model = build_model(model_dir, spec, precision, hw, mean_example_tokens=mean_tokens)
     before = generate_answers(model, tokenizer, data.test_prompts) if main else []
 
