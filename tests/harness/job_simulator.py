@@ -70,6 +70,18 @@ SECRETS = ObjectStore.resource("", "v1", "secrets")
 CONFIGMAPS = ObjectStore.resource("", "v1", "configmaps")
 NODE_NAME = "sim-node"
 TERMINATION_MESSAGE_LIMIT = 4096
+# What stands for the container image on this host: the checkout (the trainer's code and the
+# fake trainer) and the Python installation. A pod's paths under these are never mapped onto
+# its volumes, even where the checkout itself lives under a mount path such as /tmp.
+IMAGE_ROOTS = tuple(
+    sorted(
+        {
+            str(Path(__file__).resolve().parents[2]),
+            str(Path(sys.prefix).resolve()),
+            str(Path(sys.base_prefix).resolve()),
+        }
+    )
+)
 # Host variables a pod inherits: enough to find this Python and its packages, nothing secret.
 INHERITED_ENV = (
     "PATH",
@@ -738,20 +750,24 @@ class JobSimulator:
         mounts[container.get("terminationMessagePath", "/dev/termination-log")] = term_path
 
         def rewrite(value: str) -> str:
+            if any(value == root or value.startswith(root + "/") for root in IMAGE_ROOTS):
+                return value  # the "image" (code, interpreter) is not under a volume
             for mount_path in sorted(mounts, key=len, reverse=True):
                 if value == mount_path or value.startswith(mount_path + "/"):
                     return str(mounts[mount_path]) + value[len(mount_path) :]
             return value
 
-        env: dict[str, str] = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env["HOME"] = str(tmp)
-        env.update(self.extra_env)
+        # Host settings (PATH of a virtualenv under /tmp, test overrides) are the image's, not
+        # the pod's: only what the container spec itself defines is mapped onto volumes.
+        host: dict[str, str] = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        host.update(self.extra_env)
+        env: dict[str, str] = {"HOME": str(tmp)}
         labels = obj["metadata"].get("labels") or {}
         for namespace, job, extra in self.env_overrides:
             if namespace == ns and (
                 job is None or labels.get("job-name", "").startswith(job) or job in labels.values()
             ):
-                env.update(extra)
+                host.update(extra)
         env["HOSTNAME"] = pod.name
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
@@ -764,7 +780,7 @@ class JobSimulator:
             value = self._env_value(pod, obj, var, env)
             if value is not None:
                 env[var["name"]] = value
-        env = {k: rewrite(v) for k, v in env.items()}
+        env = {**host, **{k: rewrite(v) for k, v in env.items()}}
         env["FTJ_PROGRESS_HOST"] = pod.ip
         env.setdefault("FTJ_TERMINATION_LOG", str(term_path))
         if "FTJ_WORKDIR" not in env:
