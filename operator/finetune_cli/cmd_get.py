@@ -10,7 +10,7 @@ import yaml
 
 from finetune_cli.cluster import Cluster, add_cluster_arguments, age, reports_errors, table
 
-COLUMNS = ["NAME", "PHASE", "PROGRESS", "LOSS", "TOKENS/S", "ETA", "AGE"]
+COLUMNS = ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "TOKENS/S", "AGE"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,8 +44,8 @@ def row(job: dict[str, Any], with_namespace: bool = False) -> list[str]:
         status.get("phase") or "Pending",
         progress.get("summary") or "-",
         _number(progress.get("loss"), 4),
-        _number(progress.get("tokensPerSecond"), 0),
         progress.get("eta") or "-",
+        _number(progress.get("tokensPerSecond"), 0),
         age(job["metadata"].get("creationTimestamp")),
     ]
     return [job["metadata"].get("namespace", "")] + cells if with_namespace else cells

@@ -50,7 +50,7 @@ JOB: dict[str, Any] = {
 
 
 def test_get_row_shows_tokens_per_second() -> None:
-    assert cmd_get.row(JOB)[:6] == ["demo", "Failed", "120/500 (24%)", "1.2346", "5120", "9m"]
+    assert cmd_get.row(JOB)[:6] == ["demo", "Failed", "120/500 (24%)", "1.2346", "9m", "5120"]
 
 
 def test_sparkline_scales_between_min_and_max() -> None:
