@@ -330,6 +330,16 @@ def _pending_verdict(job: FineTuneJob, k8s_job: K8sObject, pods: list[K8sObject]
         return _Verdict(
             "Pending", "PodStarting", f"pod {_get(pod, 'metadata', 'name')} is starting", False
         )
+    if any(_get(p, "status", "phase") == "Succeeded" and _is_rank0(p) for p in pods):
+        # The trainer has exited 0 but the Job controller has not marked the Job Complete
+        # yet (a separate watch event): keep the last active phase instead of going back to
+        # Pending for a moment.
+        return _Verdict(
+            "Uploading",
+            "Completing",
+            "the trainer finished; waiting for the Job to complete",
+            False,
+        )
     if any(_get(p, "status", "phase") == "Failed" for p in pods):
         return _Verdict(
             "Pending", "Restarting", "waiting for the Job to start a new trainer pod", False

@@ -232,6 +232,14 @@ CASES = [
         event=("Warning", "InvalidInput"),
     ),
     Case(
+        # The trainer exited 0; the Job controller has not written Complete yet.
+        "trainer-done-job-not-complete-yet",
+        k8s_job(),
+        [pod(phase="Succeeded", state=terminated(0, "Completed", {"phase": "Succeeded"}))],
+        phase="Uploading",
+        reason="Completing",
+    ),
+    Case(
         # The Job's verdict seen before the pod's termination state reached the operator.
         "invalid-input-before-pod-update",
         k8s_job(job_condition("Failed", "PodFailurePolicy", POLICY_MESSAGE), failed=1),
