@@ -16,7 +16,7 @@ import pytest
 from tests.harness.apiserver import BinariesMissingError, KubeApiServer, tools_bin_dir
 
 MARKERS = {
-    "unit": "pure, fast tests: no processes, no network",
+    "unit": "fast component tests: no cluster; at most a loopback S3 server or a subprocess",
     "apiserver": "needs the real apiextensions-apiserver + etcd (.ci/install-apiserver.sh)",
     "e2e": "operator end to end: kopf, trainer process, S3 server, kubectl/helm",
     "gpu": "needs a CUDA GPU (the lent device machine)",
