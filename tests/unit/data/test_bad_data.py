@@ -189,3 +189,12 @@ def test_problems_across_datasets_in_one_message(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput) as caught:
         load_examples(make_spec([{"uri": "a.jsonl"}, {"uri": "b.txt"}]), [a, b])
     assert "a.jsonl, line 1" in caught.value.message and "b.txt" in caught.value.message
+
+
+def test_misspelled_key_in_one_record_is_reported_as_missing_not_empty(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [OK, {"instruction": "Who?", "outptu": "Me"}])
+    message = _refused(path, {"format": "alpaca"})
+    assert "d.jsonl, line 2, column 'output': missing (this record has: instruction, outptu)" in (
+        message
+    )
+    assert "spelling" in message

@@ -166,6 +166,16 @@ class DatasetNormalizer:
         if query.strip():
             prompt = f"{prompt}\n{query}" if prompt.strip() else query
         if not response.strip():
+            if mapping["response"] not in data:
+                # A key missing from one record (typically a typo) is not an empty answer.
+                found = ", ".join(sorted(str(k) for k in data)) or "none"
+                self._problem(
+                    record,
+                    mapping["response"],
+                    f"missing (this record has: {found})",
+                    "add the answer under that key, or fix the key's spelling",
+                )
+                return None
             self._problem(
                 record,
                 mapping["response"],
