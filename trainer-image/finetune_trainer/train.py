@@ -14,6 +14,7 @@ its step, so the total number of steps trained is the plan, not the plan plus th
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -180,8 +181,56 @@ def build_trainer(
     return trainer
 
 
+def finished_checkpoint(checkpoint: Path | None) -> bool:
+    """Whether a checkpoint already holds the planned number of steps (``trainer_state.json``).
+
+    A pod that dies after its last checkpoint but before publishing resumes from a checkpoint
+    with nothing left to train; ``Trainer.train`` would still take one more step there.
+    """
+    if checkpoint is None or not (checkpoint / "trainer_state.json").is_file():
+        return False
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    planned = int(saved.get("max_steps") or 0)
+    return planned > 0 and int(saved.get("global_step", 0)) >= planned
+
+
+def _load_finished(trainer: Any, checkpoint: Path) -> None:
+    """Put a finished checkpoint's adapter weights and state into ``trainer`` without a step."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+    set_peft_model_state_dict(trainer.model, weights)
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    # Tell the callbacks (progress reporting) where the run stands, as a resumed run would.
+    handler, args, state, control = (
+        trainer.callback_handler,
+        trainer.args,
+        trainer.state,
+        trainer.control,
+    )
+    handler.on_train_begin(args, state, control)
+    handler.on_step_end(args, state, control)
+    logged = [entry for entry in state.log_history if "loss" in entry]
+    if logged:
+        handler.on_log(args, state, control, logs=logged[-1])
+
+
 def run_training(trainer: Any, resume_from: Path | None, resumed_step: int | None) -> TrainResult:
     """Train (continuing from ``resume_from`` when given) and collect the history."""
+    if resume_from is not None and finished_checkpoint(resume_from):
+        log.info(
+            "checkpoint %s already holds every planned step: nothing left to train", resumed_step
+        )
+        _load_finished(trainer, resume_from)
+        state = trainer.state
+        return TrainResult(
+            global_step=state.global_step,
+            log_history=list(state.log_history),
+            train_runtime_seconds=0.0,
+            resumed_from_step=resumed_step,
+        )
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     state = trainer.state
     return TrainResult(

@@ -247,3 +247,41 @@ def test_bad_data_fails_fast_naming_the_file(tmp_path: Path) -> None:
     assert "Traceback" not in message["message"]
     assert "step" not in message["progress"]  # no training step ran
     assert "model:" not in log  # the model was never built
+
+
+def test_rerun_after_the_last_checkpoint_trains_no_extra_step(tmp_path: Path) -> None:
+    """A pod that died after its final checkpoint but before publishing: the next attempt
+    publishes that checkpoint's weights, with the step count exactly as planned."""
+    manifest = quickstart_manifest(maxSteps=4, saveSteps=4, evalSteps=4, loggingSteps=2)
+    manifest["spec"]["output"]["uri"] = str(tmp_path / "out")
+    first_code, first, log = run_trainer(trainer_env(tmp_path / "a", manifest))
+    assert first_code == 0, log[-3000:]
+    adapter = (tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes()
+    (tmp_path / "out" / "MANIFEST.json").unlink()  # as if the first pod died before publishing
+    code, message, log = run_trainer(trainer_env(tmp_path / "b", manifest))
+    assert code == 0, log[-3000:]
+    assert message["resumedFromStep"] == 4
+    assert message["progress"]["step"] == 4 == message["progress"]["totalSteps"]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == ["checkpoint-4"]
+    from safetensors.torch import load
+
+    first_weights, again = (
+        load(adapter),
+        load((tmp_path / "out" / "adapter" / "adapter_model.safetensors").read_bytes()),
+    )
+    assert first_weights.keys() == again.keys()
+    assert all(first_weights[k].equal(again[k]) for k in first_weights)
+
+
+def test_an_edited_local_spec_is_another_job_at_the_same_output(tmp_path: Path) -> None:
+    """`ftj run` twice into one output with a changed recipe: refused, never a silent resume
+    from weights trained with the old settings."""
+    out = str(tmp_path / "out")
+    manifest = quickstart_manifest(maxSteps=2, saveSteps=2, loggingSteps=1)
+    manifest["spec"]["output"]["uri"] = out
+    assert run_trainer(trainer_env(tmp_path / "a", manifest))[0] == 0
+    manifest["spec"]["training"]["learningRate"] = 0.001
+    code, message, log = run_trainer(trainer_env(tmp_path / "b", manifest))
+    assert code == EXIT_INVALID_INPUT, log[-3000:]
+    assert message["reason"] == "OutputConflict"
+    assert "overwrite" in message["message"]

@@ -2,11 +2,16 @@
 
 The uid tells apart two jobs that reuse a name (delete and re-create), so a re-created job
 does not silently take over its predecessor's artifacts. ``ftj run`` has no API server to
-hand out uids; it uses ``local``, which makes repeated local runs of one manifest the same job.
+hand out uids; it uses ``local-<fingerprint of the spec>``: re-running one manifest is the same
+job (it resumes from its checkpoints), while an edited spec is another job, refused at an
+output that holds the old run's work instead of silently resuming from weights trained with
+other settings.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +30,10 @@ class JobIdentity:
 
     @classmethod
     def of(cls, job: FineTuneJob) -> JobIdentity:
-        """The identity of a parsed FineTuneJob (``default`` namespace, ``local`` uid if unset)."""
+        """The identity of a parsed FineTuneJob (``default`` namespace; a spec-derived uid for
+        local runs)."""
         meta = job.metadata
-        return cls(meta.namespace or "default", meta.name, meta.uid or LOCAL_UID)
+        return cls(meta.namespace or "default", meta.name, meta.uid or local_uid(job))
 
     @classmethod
     def from_dict(cls, data: Any) -> JobIdentity | None:
@@ -45,3 +51,13 @@ class JobIdentity:
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name} (uid {self.uid})"
+
+
+def local_uid(job: FineTuneJob) -> str:
+    """``local-<12 hex digits>`` from the spec, leaving out what may change between attempts of
+    one run (``suspend``; ``output.uri``, which ``ftj run --output`` overrides)."""
+    spec = job.spec.to_wire()
+    spec.pop("suspend", None)
+    spec.get("output", {}).pop("uri", None)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return f"{LOCAL_UID}-{digest[:12]}"
