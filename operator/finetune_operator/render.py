@@ -31,6 +31,9 @@ from finetune_operator.settings import API_DEFAULT_GPU_RESOURCE, OperatorSetting
 Manifest = dict[str, Any]
 
 RUN_AS_USER = 1000
+# How long a multi-node pod waits for pod 0's rendezvous store and for the others to join:
+# as long as a rank waits for a slow peer in training (the Trainer's ddp_timeout, 30 min).
+RENDEZVOUS_TIMEOUT_SECONDS = 1800
 
 
 class RenderError(ValueError):
@@ -165,6 +168,11 @@ def _command(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
     name = naming.resource_name(job.metadata.name)
     # Pod 0 of the Indexed Job is <job>-0.<service> (the Service name is the pods' subdomain).
     endpoint = f"{name}-0.{name}:{contract.RENDEZVOUS_PORT}"
+    # The pods of one Job start minutes apart (scheduling, node scale-up, image pulls), and
+    # <job>-0 does not resolve until pod 0 has an IP. torchrun's defaults give a pod 60 s
+    # (read_timeout) to reach pod 0's store and 600 s (join_timeout) for all pods to join;
+    # past them torchrun exits 1 and the early pods fail, using up backoffLimit.
+    timeout = RENDEZVOUS_TIMEOUT_SECONDS
     return [
         "torchrun",
         f"--nproc-per-node={res.gpus}",
@@ -173,6 +181,7 @@ def _command(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={endpoint}",
         f"--rdzv-id={job.metadata.uid}",
+        f"--rdzv-conf=join_timeout={timeout},read_timeout={timeout}",
         "-m",
         "finetune_trainer",
     ]

@@ -14,6 +14,15 @@ Job becomes a local process:
 * env resolved like the kubelet: plain values, ``secretKeyRef``/``configMapKeyRef`` (a missing
   Secret keeps the pod in ``CreateContainerConfigError``), ``fieldRef``, ``envFrom`` and
   ``$(VAR)`` expansion;
+* cluster DNS for pods with ``hostname`` + ``subdomain`` (an Indexed Job's pods get
+  ``hostname: <job>-<index>``): from the pod's creation until it ends, while a headless Service
+  named like its subdomain selects it, ``<hostname>.<subdomain>`` (also ``.<ns>``, ``.<ns>.svc``,
+  ``.<ns>.svc.cluster.local``) in any pod's argv and env is rewritten to its ``127.0.x.y``.
+  Processes can't be given a resolver, so the names are resolved where the kubelet hands them
+  over; ``<name>:<port>`` also gets a free host port in place of ``<port>`` (the same for every
+  pod naming it), because these pods share one network namespace and torch's c10d TCPStore
+  listens on ``*:<port>`` whatever address it is given: a leftover listener on 29500 from
+  another test would otherwise take pod 0's rendezvous port, which in a cluster is its own;
 * pod status moves Pending → Running → Succeeded/Failed with containerStatuses, exit code and
   the termination message (``FallbackToLogsOnError`` honoured); stdout/stderr are kept and
   served by the gateway's ``pods/log`` (``follow=true`` streams).
@@ -46,6 +55,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import uuid
@@ -67,6 +77,7 @@ log = logging.getLogger("ftj.simulator")
 JOBS = ObjectStore.resource("batch", "v1", "jobs")
 PODS = ObjectStore.resource("", "v1", "pods")
 SECRETS = ObjectStore.resource("", "v1", "secrets")
+SERVICES = ObjectStore.resource("", "v1", "services")
 CONFIGMAPS = ObjectStore.resource("", "v1", "configmaps")
 NODE_NAME = "sim-node"
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -159,6 +170,10 @@ class JobSimulator:
         self._lost: dict[str, int] = {}  # job uid -> active pods deleted from under it
         self._unsubscribe: Any = None
         self._main: asyncio.Task[Any] | None = None
+        # Cluster DNS: (namespace, hostname, subdomain) -> (pod IP, pod labels) of running pods,
+        # and the host port standing in for each (pod IP, port) named through it.
+        self._dns: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
+        self._host_ports: dict[tuple[str, int], int] = {}
 
     # -- lifecycle (call from any thread) ------------------------------------------------------
 
@@ -511,6 +526,10 @@ class JobSimulator:
             meta["namespace"], created["metadata"]["name"], meta["uid"], next(self._ips), root
         )
         self.pods[(pod.namespace, pod.name)] = pod
+        if pod_spec.get("hostname") and pod_spec.get("subdomain"):
+            # Registered before any pod of the Job starts: a replacement pod takes the name over.
+            key = (pod.namespace, pod_spec["hostname"], pod_spec["subdomain"])
+            self._dns[key] = (pod.ip, labels)
         self._spawn(self._run_pod(pod, meta["name"]))
 
     # -- the kubelet ---------------------------------------------------------------------------
@@ -636,6 +655,10 @@ class JobSimulator:
             log.exception("simulating pod %s/%s failed", pod.namespace, pod.name)
         finally:
             pod.finished = True
+            # A finished pod leaves the Service's endpoints, so its DNS name goes too.
+            for key, (ip, _) in list(self._dns.items()):
+                if ip == pod.ip:
+                    del self._dns[key]
             async with pod.changed:
                 pod.changed.notify_all()
             self._dirty.add((pod.namespace, job_name))
@@ -768,7 +791,7 @@ class JobSimulator:
                 job is None or labels.get("job-name", "").startswith(job) or job in labels.values()
             ):
                 host.update(extra)
-        env["HOSTNAME"] = pod.name
+        env["HOSTNAME"] = obj["spec"].get("hostname") or pod.name  # as the kubelet sets it
         for source in container.get("envFrom") or []:
             prefix = source.get("prefix", "")
             if "configMapRef" in source:
@@ -780,7 +803,7 @@ class JobSimulator:
             value = self._env_value(pod, obj, var, env)
             if value is not None:
                 env[var["name"]] = value
-        env = {**host, **{k: rewrite(v) for k, v in env.items()}}
+        env = {**host, **{k: self._cluster_dns(ns, rewrite(v)) for k, v in env.items()}}
         env["FTJ_PROGRESS_HOST"] = pod.ip
         env.setdefault("FTJ_TERMINATION_LOG", str(term_path))
         if "FTJ_WORKDIR" not in env:
@@ -788,7 +811,7 @@ class JobSimulator:
             scratch.mkdir(exist_ok=True)
             env["FTJ_WORKDIR"] = str(scratch)
         argv = [
-            rewrite(_expand(a, env))
+            self._cluster_dns(ns, rewrite(_expand(a, env)))
             for a in (container.get("command") or []) + (container.get("args") or [])
         ]
         if not argv:
@@ -800,6 +823,42 @@ class JobSimulator:
         cwd = rewrite(container.get("workingDir") or "") or str(pod.root)
         Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd, term_path
+
+    def _cluster_dns(self, namespace: str, value: str) -> str:
+        """``value`` with the DNS names of running pods (``<hostname>.<subdomain>...``,
+        optionally ``:<port>``) resolved to their IPs (and host ports); see the module docstring.
+
+        A name resolves only through a headless Service named like the subdomain that selects
+        the pod (https://kubernetes.io/docs/concepts/services-networking/dns-pod-service/
+        #pod-s-hostname-and-subdomain-fields); the short forms only within the pod's namespace.
+        """
+        for (ns, hostname, subdomain), (ip, labels) in self._dns.items():
+            service = self.store.find(SERVICES, ns, subdomain)
+            spec = (service or {}).get("spec") or {}
+            selector = spec.get("selector") or {}
+            if spec.get("clusterIP") != "None" or any(
+                labels.get(k) != v for k, v in selector.items()
+            ):
+                continue
+            fqdn = rf"\.{re.escape(ns)}(?:\.svc(?:\.cluster\.local)?)?"
+            suffix = f"(?:{fqdn})?" if ns == namespace else fqdn
+            name = rf"{re.escape(hostname)}\.{re.escape(subdomain)}{suffix}"
+            value = re.sub(
+                rf"(?<![\w.-]){name}(?::(\d+))?(?![\w.-])",
+                lambda m, ip=ip: (
+                    f"{ip}:{self._host_port(ip, int(m.group(1)))}" if m.group(1) else ip
+                ),
+                value,
+            )
+        return value
+
+    def _host_port(self, ip: str, port: int) -> int:
+        """A free host port standing in for ``port`` of the pod at ``ip`` (stable per pair)."""
+        if (ip, port) not in self._host_ports:
+            with socket.socket() as probe:
+                probe.bind(("", 0))  # free on every address, as the pod's own port would be
+                self._host_ports[(ip, port)] = int(probe.getsockname()[1])
+        return self._host_ports[(ip, port)]
 
     def _materialize(self, ns: str, volume: Mapping[str, Any], target: Path) -> None:
         if "configMap" in volume:
