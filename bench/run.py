@@ -2,6 +2,14 @@
 
     python -m bench.run                       # all models, all configurations (one GPU call)
     python -m bench.run --models qwen2.5-7b --configs baseline,default
+    python -m bench.run --rows qwen2.5-1.5b:default:merge,llama-3.1-8b:qlora-8bit-24g
+    python -m bench.run --rows tiny-qwen2:default:merge --steps 3 --warmup 1   # CPU dry run
+
+``--rows`` lists model:config pairs; ``:steps=N`` overrides ``--steps`` for the row, and
+``:merge`` also times the trainer's full merge (the adapter saved to local disk, then
+``finetune_trainer.merge.merge_adapter`` reloading the base from disk, merging and writing
+safetensors). ``--deadline-s`` bounds the whole run: each row's timeout
+shrinks to what is left, so a slow last row cannot take the earlier rows' results with it.
 
 For each model shape a random-initialised checkpoint is written once (safetensors), then every
 configuration trains on the same synthetic CoT-like data in a fresh process (``bench/worker.py``)
@@ -44,7 +52,7 @@ def prepare_checkpoint(name: str, root: Path) -> Path:
         "from bench import synthetic\n"
         f"cfg = make_config({name!r})\n"
         "torch.manual_seed(0)\n"
-        "with torch.device('cuda'):\n"
+        "with torch.device('cuda' if torch.cuda.is_available() else 'cpu'):\n"
         "    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
         f"model.save_pretrained({str(path)!r})\n"
         f"synthetic.save_tokenizer(Path({str(path)!r}))\n"
@@ -59,6 +67,8 @@ def measure_matmul_tflops() -> float:
     """The card's bf16 matrix rate on random data (8192^3, median of 20 after warm-up)."""
     import torch
 
+    if not torch.cuda.is_available():
+        return float("nan")
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(5):
@@ -82,27 +92,40 @@ def device_name() -> str:
 
 
 def run_row(
-    model: str, config: str, ckpt: Path, out: Path, steps: int, timeout: int
+    model: str,
+    config: str,
+    ckpt: Path,
+    out: Path,
+    steps: int,
+    timeout: float,
+    warmup: int = 3,
+    full_merge: bool = False,
 ) -> dict[str, Any]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if config.startswith(("default", "qlora")):
         # The trainer's entry point sets this too: packed rows vary in length every step.
         env["PYTORCH_ALLOC_CONF"] = "expandable_segments:True"
-    if config.endswith("-24g"):
+    if "-24g" in config:
         # A 24 GB card has ~22.3 GiB less the CUDA context: plan for 21, cap allocations at 21.8.
         env["FTJ_MEMORY_BUDGET_GIB"] = "21"
         env["FTJ_BENCH_CAP_GIB"] = "21.8"
+    if config.endswith("-compile"):
+        env["FTJ_TORCH_COMPILE"] = "1"
+    if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)
+        env["FTJ_INT8_HALF_COMPUTE"] = "0"
+    if timeout <= 5:
+        return {"model": model, "config": config, "error": "not run: deadline reached"}
     cmd = [
         sys.executable, "-m", "bench.worker", "--model", model, "--config", config,
-        "--ckpt", str(ckpt), "--out", str(out), "--steps", str(steps),
-    ]  # fmt: skip
+        "--ckpt", str(ckpt), "--out", str(out), "--steps", str(steps), "--warmup", str(warmup),
+    ] + (["--full-merge"] if full_merge else [])  # fmt: skip
     before = out.read_text().count("\n") if out.exists() else 0
     t = time.perf_counter()
     try:
         subprocess.run(cmd, cwd=REPO, env=env, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"model": model, "config": config, "error": f"timed out after {timeout}s"}
+        return {"model": model, "config": config, "error": f"timed out after {timeout:.0f}s"}
     lines = out.read_text().splitlines() if out.exists() else []
     if len(lines) <= before:
         return {"model": model, "config": config, "error": "worker died without a result"}
@@ -167,13 +190,17 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", default=",".join(SHAPES))
+    p.add_argument("--models", default=",".join(m for m in SHAPES if not m.startswith("tiny")))
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
-    p.add_argument("--steps", type=int, default=11, help="optimizer steps per row (3 warm-up)")
+    p.add_argument("--steps", type=int, default=11, help="optimizer steps per row")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps per row")
+    p.add_argument("--rows", default="", help="model:config[:merge],... instead of the product")
+    p.add_argument("--deadline-s", type=float, default=0.0, help="bound on the whole run")
     p.add_argument("--ckpt-root", type=Path, default=Path("/tmp/ftj-bench-models"))
     p.add_argument("--row-timeout", type=int, default=300)
     p.add_argument("--tag", default="")
     a = p.parse_args()
+    t_start = time.perf_counter()
 
     device = device_name()
     peak = measure_matmul_tflops()
@@ -182,21 +209,38 @@ def main() -> None:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     jsonl = Path(os.environ.get("OUT", "/tmp")) / "rows.jsonl"
+    plan: list[tuple[str, str, bool, int]] = []
+    if a.rows:
+        for item in a.rows.split(","):
+            model, config, *flags = item.split(":")
+            steps = [int(f[6:]) for f in flags if f.startswith("steps=")]
+            plan.append((model, config, "merge" in flags, steps[0] if steps else a.steps))
+    else:
+        for model in a.models.split(","):
+            for config in a.configs.split(","):
+                if model != "llama-3.1-8b" and config.startswith("qlora"):
+                    continue  # the QLoRA rows answer "does 8B fit a 24 GB card"
+                plan.append((model, config, False, a.steps))
     rows: list[dict[str, Any]] = []
-    for model in a.models.split(","):
-        ckpt = prepare_checkpoint(model, a.ckpt_root)
-        for config in a.configs.split(","):
-            configs = config
-            if model != "llama-3.1-8b" and config.startswith("qlora"):
-                continue  # the QLoRA rows answer "does 8B fit a 24 GB card"
-            row = run_row(model, configs, ckpt, jsonl, a.steps, a.row_timeout)
-            rows.append(row)
-            print(f"[bench] {json.dumps(row)}", flush=True)
+    for model, config, full_merge, steps in plan:
+        timeout: float = a.row_timeout
+        if a.deadline_s:
+            timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
+        if timeout <= 5:
+            row = {"model": model, "config": config, "error": "not run: deadline reached"}
+        else:
+            ckpt = prepare_checkpoint(model, a.ckpt_root)
+            if a.deadline_s:
+                timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
+            row = run_row(model, config, ckpt, jsonl, steps, timeout, a.warmup, full_merge)
+        rows.append(row)
+        print(f"[bench] {json.dumps(row)}", flush=True)
     enrich(rows, peak)
     result = {
         "device": device,
         "date": stamp,
         "matmul_bf16_tflops_measured": round(peak, 1),
+        "steps": {"total": a.steps, "warmup": a.warmup},
         "mfu_denominator": "measured bf16 matmul rate (8192^3 random data)",
         "tokens_per_step_target": "20 examples (~15.6k real tokens)",
         "rows": rows,

@@ -55,6 +55,18 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
+# A few-MB shape for checking the bench's code paths on a CPU before spending device time.
+SHAPES["tiny-qwen2"] = {
+    **SHAPES["qwen2.5-1.5b"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 32000,
+}
+
+
 def make_config(name: str) -> Any:
     """A transformers config of the named shape."""
     from transformers import AutoConfig

@@ -11,8 +11,10 @@ import time
 T_PROCESS_START = time.perf_counter()
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
@@ -38,7 +40,8 @@ class Meter:
         import torch
 
         self.warmup = warmup
-        self.tokens = torch.zeros((), dtype=torch.int64, device="cuda")
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: dry runs only
+        self.tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.marks: list[tuple[float, int]] = []
         self.first_step_end: float | None = None
         self.losses: list[float] = []
@@ -56,7 +59,8 @@ class Meter:
 
         class StepTimer(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                torch.cuda.synchronize()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 now = time.perf_counter()
                 if meter.first_step_end is None:
                     meter.first_step_end = now
@@ -335,6 +339,11 @@ CONFIGS = {
     "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
+    "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # Ablation: without the plan's bf16 compute cast for the int8 layers (run.py sets the env).
+    "qlora-8bit-24g-nocast": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # The default with its decoder layers under torch.compile (run.py sets FTJ_TORCH_COMPILE).
+    "default-compile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # Ablations of the acceleration component outside the trainer (bench/NOTES.md).
     "proto-noliger": lambda c, t, r, a: build_default_prototype(c, t, r, a, liger=False),
 }
@@ -349,6 +358,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=11)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--examples", type=int, default=0)
+    p.add_argument(
+        "--full-merge",
+        action="store_true",
+        help="also time the trainer's merge: adapter to disk, merge_adapter from the base on disk",
+    )
     a = p.parse_args()
 
     import torch
@@ -369,27 +383,66 @@ def main() -> None:
             total = torch.cuda.get_device_properties(0).total_memory
             torch.cuda.set_per_process_memory_fraction(float(cap) * 2**30 / total)
             row["memory_cap_gib"] = float(cap)
-        torch.cuda.reset_peak_memory_stats()
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         trainer.train()
         row.update(meter.result())
         row["time_to_first_step_s"] = round(meter.first_step_end - T_PROCESS_START, 1)  # type: ignore[operator]
-        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0.0
+        row["peak_reserved_gib"] = (
+            round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else 0.0
+        )
         row["losses"] = [round(x, 4) for x in meter.losses]
         plan = getattr(trainer, "_ftj_plan", None)
         if plan is not None:
             row["plan"] = plan.describe()
             row["load_s"] = round(trainer._ftj_load_s, 2)
-        t = time.perf_counter()
         model = trainer.model
+        work = Path(tempfile.mkdtemp(prefix="ftj-merge-"))  # local disk (/tmp)
+        if a.full_merge:
+            # As finetune_trainer.run step 7: the adapter is saved first (before the in-memory
+            # merge below changes the weights), the training objects are dropped.
+            t = time.perf_counter()
+            model.save_pretrained(work / "adapter", safe_serialization=True)
+            tok.save_pretrained(work / "adapter")
+            row["adapter_save_s"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
         if (
             hasattr(model, "merge_and_unload")
             and not getattr(model, "is_loaded_in_4bit", False)
             and "qlora" not in a.config
         ):
             model.merge_and_unload()
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
+            row["merge_in_memory_s"] = round(time.perf_counter() - t, 2)
+        if a.full_merge:
+            from finetune_trainer.merge import merge_adapter
+
+            del trainer, model
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+            t = time.perf_counter()
+            merge_adapter(
+                a.ckpt, work / "adapter", work / "merged", dtype="bfloat16", tokenizer=tok
+            )
+            if cuda:
+                torch.cuda.synchronize()
             row["merge_s"] = round(time.perf_counter() - t, 2)
+            t = time.perf_counter()
+            os.sync()  # the write above may still sit in the page cache
+            row["merge_sync_s"] = round(time.perf_counter() - t, 2)
+            row["merged_gib"] = round(
+                sum(f.stat().st_size for f in (work / "merged").iterdir()) / 2**30, 2
+            )
+            row["merge_note"] = (
+                "finetune_trainer.merge.merge_adapter: base reloaded from local disk (page "
+                "cache warm from the training load), adapter merged on the GPU, bf16 safetensors "
+                "written to local disk; merge_sync_s = os.sync() after it"
+            )
+        shutil.rmtree(work, ignore_errors=True)
     except Exception as exc:  # a failing row is reported, not fatal to the bench
         traceback.print_exc()
         row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"

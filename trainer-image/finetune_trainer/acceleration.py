@@ -22,6 +22,13 @@ Why these choices (measurements in ``bench/NOTES.md``):
   costs a third more matrix work per checkpointed layer.
 * Larger micro-batches: gradient accumulation is folded into the micro-step when memory allows;
   the tokens per optimizer step (and so the maths) stay the same.
+* QLoRA 8-bit: ``prepare_model_for_kbit_training`` leaves the residual stream in fp32, and
+  bitsandbytes' int8 matmul computes its input gradient in its input's dtype, so without help
+  the backward pass runs fp32 GEMMs (no tensor cores). The 8-bit base layers take their input
+  in the training dtype instead (as ``Linear4bit``'s ``compute_dtype`` does for 4 bits) and give
+  their output back in the caller's dtype (``int8_half_compute``).
+* ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
+  default; see bench/NOTES.md for what it measured.
 """
 
 from __future__ import annotations
@@ -42,6 +49,12 @@ _SAVED_HIDDEN_PER_TOKEN = 18.0  # calibrated on H200, bench/NOTES.md
 _SAVED_INTER_PER_TOKEN = 5.0
 # With Liger's SwiGLU the activation is recomputed in the backward pass: one intermediate less.
 _LIGER_INTER_SAVING = 1.0
+# bitsandbytes' 8-bit matmul keeps each int8 linear's input on its autograd context as a plain
+# attribute (``ctx.tensors``), outside checkpointing's reach: every layer's linear inputs stay
+# alive until the backward, checkpointed or not. Bytes per input element, calibrated on H200
+# (llama-3.1-8b, 3.85k tokens per micro-step, 31 of 32 layers checkpointed: 39.4 GiB measured
+# against 20.3 GiB planned without this term; ~4.3 bytes/element, rounded up).
+_INT8_KEPT_BYTES_PER_ELEMENT = 5.0
 # Workspace the allocator needs beyond the live tensors (fragmentation, cuBLAS/NCCL buffers).
 _WORKSPACE_BYTES = 2 * GiB
 # Fraction of device memory the plan may use; the rest is headroom for fragmentation spikes.
@@ -166,6 +179,9 @@ class AccelerationPlan:
     estimated_peak_bytes: int
     memory_budget_bytes: int
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    # QLoRA 8-bit: the int8 base layers compute in ``dtype`` rather than the fp32 that
+    # prepare_model_for_kbit_training leaves the activations in (module docstring).
+    int8_half_compute: bool = False
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -180,7 +196,8 @@ class AccelerationPlan:
             f"micro_batch={self.per_device_batch_size}x~{self.micro_batch_tokens} tokens "
             f"accumulation={self.gradient_accumulation_steps} optimizer={self.optimizer} "
             f"dtype={self.dtype} compile={self.torch_compile} "
-            f"estimated_peak={self.estimated_peak_gib:.1f}GiB "
+            + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
+            + f"estimated_peak={self.estimated_peak_gib:.1f}GiB "
             f"of {self.memory_budget_bytes / GiB:.1f}GiB"
         )
 
@@ -211,6 +228,13 @@ def estimate_memory_bytes(
         weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * 4
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
     lora = shape.lora_params(lora_r, lora_targets) * 16
+    int8_kept = 0.0
+    if weight_bits == 8:
+        # q, k, v, o, gate, up take hidden-sized inputs, down an intermediate-sized one.
+        inputs_per_token = 6 * shape.hidden_size + shape.intermediate_size
+        int8_kept = (
+            micro_batch_tokens * shape.num_layers * inputs_per_token * _INT8_KEPT_BYTES_PER_ELEMENT
+        )
     inter_units = _SAVED_INTER_PER_TOKEN - (_LIGER_INTER_SAVING if liger else 0.0)
     per_layer_token = (
         _SAVED_HIDDEN_PER_TOKEN * shape.hidden_size + inter_units * shape.intermediate_size
@@ -225,7 +249,7 @@ def estimate_memory_bytes(
     head = min(micro_batch_tokens, 4096) * shape.vocab_size * 4 * 2
     # Embedding output, final norm, hidden-state gradients flowing back (a few hidden vectors).
     misc = micro_batch_tokens * shape.hidden_size * dtype_bytes * 6
-    return int(weights + lora + activations + head + misc + _WORKSPACE_BYTES)
+    return int(weights + lora + activations + int8_kept + head + misc + _WORKSPACE_BYTES)
 
 
 def plan_acceleration(
@@ -238,13 +262,17 @@ def plan_acceleration(
     liger_available: bool = True,
     memory_fraction: float = _DEFAULT_MEMORY_FRACTION,
     memory_budget_bytes: int | None = None,
+    torch_compile: bool = False,
+    int8_half_compute: bool = True,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
     ``training`` and ``method`` are the spec's ``Training`` and ``Method`` models (any object with
     their attribute names works). ``mean_example_tokens`` is the mean tokenized example length
     (after truncation); it turns "examples per micro-step" into tokens. Without it the plan
-    assumes half of ``cutoff_length``.
+    assumes half of ``cutoff_length``. ``torch_compile`` asks for the decoder layers to be
+    compiled (GPU only); ``int8_half_compute=False`` leaves 8-bit base layers computing in the
+    activations' dtype (an ablation, bench/NOTES.md).
     """
     reasons: list[str] = []
     on_gpu = device.type == "cuda"
@@ -374,6 +402,12 @@ def plan_acceleration(
     optimizer = str(getattr(training, "optimizer", "auto"))
     if optimizer == "auto":
         optimizer = "adamw_torch_fused" if on_gpu else "adamw_torch"
+    half_int8 = bool(int8_half_compute and weight_bits == 8 and dtype != "float32")
+    if half_int8:
+        reasons.append(f"8-bit base layers compute in {dtype} (not fp32)")
+    compile_layers = bool(torch_compile and on_gpu)
+    if compile_layers:
+        reasons.append("torch.compile: decoder layers compiled (dynamic shapes)")
     return AccelerationPlan(
         attn_implementation=attn,
         liger=liger,
@@ -384,10 +418,11 @@ def plan_acceleration(
         micro_batch_tokens=micro_tokens,
         optimizer=optimizer,
         dtype=dtype,
-        torch_compile=False,
+        torch_compile=compile_layers,
         estimated_peak_bytes=cost(micro, ckpt_layers) if on_gpu else 0,
         memory_budget_bytes=memory_budget_bytes,
         reasons=tuple(reasons),
+        int8_half_compute=half_int8,
     )
 
 
@@ -397,9 +432,16 @@ def plan_for_model(
     """The plan for a loaded model and a ``FineTuneJobSpec`` on this process's device.
 
     ``FTJ_MEMORY_BUDGET_GIB`` caps the memory the plan may use (a shared or partitioned GPU,
-    or proving that a run fits a smaller card).
+    or proving that a run fits a smaller card). ``FTJ_TORCH_COMPILE=1`` compiles the decoder
+    layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the 8-bit compute cast off (both for the bench).
     """
     import os
+
+    def flag(name: str, default: bool) -> bool:
+        value = os.environ.get(name, "").strip().lower()
+        if not value:
+            return default
+        return value not in ("0", "false", "no", "off")
 
     budget = os.environ.get("FTJ_MEMORY_BUDGET_GIB")
     return plan_acceleration(
@@ -410,6 +452,8 @@ def plan_for_model(
         mean_example_tokens=mean_example_tokens,
         liger_available=liger_available(),
         memory_budget_bytes=int(float(budget) * GiB) if budget else None,
+        torch_compile=flag("FTJ_TORCH_COMPILE", False),
+        int8_half_compute=flag("FTJ_INT8_HALF_COMPUTE", True),
     )
 
 
@@ -432,12 +476,22 @@ def liger_available() -> bool:
 VARLEN_ATTENTION = "ftj_varlen"
 
 
-def register_varlen_attention() -> None:
-    """Register ``ftj_varlen`` with transformers' attention and mask interfaces (idempotent)."""
+def register_varlen_attention(compiled: bool = False) -> None:
+    """Register ``ftj_varlen`` with transformers' attention and mask interfaces (idempotent).
+
+    ``compiled``: the layers around it are compiled; the attention (a host sync for the
+    sequence lengths, a cache keyed on tensor identity, FlashAttention's own kernels) stays
+    outside the graph, which is then split in two around it.
+    """
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention_forward)
+    forward = _varlen_attention_forward
+    if compiled:
+        import torch
+
+        forward = torch.compiler.disable(_varlen_attention_forward)
+    AttentionInterface.register(VARLEN_ATTENTION, forward)
     AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
 
 
@@ -580,13 +634,59 @@ def apply_acceleration(model: Any, plan: AccelerationPlan) -> list[str]:
     done: list[str] = []
     _expandable_segments()
     if plan.attn_implementation == VARLEN_ATTENTION:
-        register_varlen_attention()
+        register_varlen_attention(compiled=plan.torch_compile)
         _set_attn_implementation(model, VARLEN_ATTENTION)
         done.append("attention: ftj_varlen")
     if plan.liger:
         applied = _apply_liger(model)
         done.append("liger: " + (applied or "not applied"))
+    if plan.int8_half_compute:
+        count = cast_int8_linear_inputs(model, plan.dtype)
+        done.append(f"int8 linears computing in {plan.dtype}: {count}")
+    if plan.torch_compile:
+        count = compile_decoder_layers(model)
+        done.append(f"torch.compile: {count} decoder layers")
     return done
+
+
+def cast_int8_linear_inputs(model: Any, dtype: str) -> int:
+    """Make bitsandbytes' 8-bit linears take their input in ``dtype`` and return the caller's.
+
+    ``Linear8bitLt`` has no compute dtype: its int8 forward quantizes from any float input, but
+    its input gradient is ``grad_output @ dequantized W`` in the input's dtype, an fp32 GEMM
+    when prepare_model_for_kbit_training has left the activations in fp32. Wrapping the
+    instance's ``forward`` (peft keeps it as the LoRA layer's ``base_layer``) moves that GEMM
+    to tensor cores; the forward already quantizes through fp16, so nothing is lost there.
+    Returns how many modules were wrapped.
+    """
+    import torch
+
+    target = getattr(torch, dtype)
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ != "Linear8bitLt" or getattr(module, "_ftj_cast", False):
+            continue
+        inner = module.forward
+
+        def forward(x: Any, *args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            if x.dtype == target:
+                return _inner(x, *args, **kwargs)
+            return _inner(x.to(target), *args, **kwargs).to(x.dtype)
+
+        module.forward = forward
+        module._ftj_cast = True
+        count += 1
+    return count
+
+
+def compile_decoder_layers(model: Any) -> int:
+    """``torch.compile`` each decoder layer in place (lazily: compiled at its first call, after
+    peft has put its LoRA layers in). Layers share one graph; shapes are dynamic from the
+    start because packed rows change length every step. Returns how many layers."""
+    layers = _decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
 
 
 def apply_gradient_checkpointing(model: Any, plan: AccelerationPlan) -> None:

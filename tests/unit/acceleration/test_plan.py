@@ -107,3 +107,65 @@ def test_describe_names_the_decisions() -> None:
     ).describe()
     for word in ("attention=ftj_varlen", "checkpointing=", "optimizer=adamw_torch_fused"):
         assert word in text
+
+
+def test_qlora_8bit_base_layers_compute_in_the_training_dtype() -> None:
+    eight = Method(type="qlora", quantization=Quantization(bits=8))
+    four = Method(type="qlora", quantization=Quantization(bits=4))
+    plan8 = plan_acceleration(training(), eight, LLAMA_8B, RTX_24G, mean_example_tokens=780)
+    plan4 = plan_acceleration(training(), four, LLAMA_8B, RTX_24G, mean_example_tokens=780)
+    off = plan_acceleration(
+        training(), eight, LLAMA_8B, RTX_24G, mean_example_tokens=780, int8_half_compute=False
+    )
+    assert plan8.int8_half_compute and "int8_compute=bfloat16" in plan8.describe()
+    assert not plan4.int8_half_compute
+    assert not off.int8_half_compute
+    assert not plan_acceleration(training(), Method(), QWEN_7B, H200).int8_half_compute
+    # 8-bit weights take twice the 4-bit bytes and bitsandbytes keeps every int8 linear's input
+    # alive: on a 24 GB card the plan falls to one example per micro-step (bench/NOTES.md).
+    assert plan8.per_device_batch_size == 1 < plan4.per_device_batch_size
+    assert plan8.per_device_batch_size * plan8.gradient_accumulation_steps == 20
+
+
+def test_torch_compile_is_off_by_default_and_only_on_gpus() -> None:
+    assert not plan_acceleration(training(), Method(), QWEN_7B, H200).torch_compile
+    on = plan_acceleration(training(), Method(), QWEN_7B, H200, torch_compile=True)
+    assert on.torch_compile and "compile=True" in on.describe()
+    assert not plan_acceleration(
+        training(), Method(), QWEN_7B, CPU, torch_compile=True
+    ).torch_compile
+
+
+def test_int8_cast_wraps_only_8bit_linears_and_keeps_the_callers_dtype() -> None:
+    torch = pytest.importorskip("torch")
+    from finetune_trainer.acceleration import cast_int8_linear_inputs
+
+    seen: list[object] = []
+
+    class Linear8bitLt(torch.nn.Linear):  # stands in for bitsandbytes' class (matched by name)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.dtype)
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype))
+
+    model = torch.nn.Sequential(Linear8bitLt(8, 8), torch.nn.Linear(8, 8))
+    assert cast_int8_linear_inputs(model, "bfloat16") == 1
+    assert cast_int8_linear_inputs(model, "bfloat16") == 0  # idempotent
+    x = torch.randn(3, 8, requires_grad=True)
+    out = model[0](x)
+    assert seen == [torch.bfloat16]
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+
+
+def test_8bit_estimate_counts_the_inputs_bitsandbytes_keeps_alive() -> None:
+    # Calibration point (bench/NOTES.md): 8B, 8-bit, 3.85k tokens, 31 of 32 layers recomputed:
+    # 39.4 GiB measured; the estimate must not fall below it (it plans 24 GB cards).
+    est = estimate_memory_bytes(
+        LLAMA_8B, micro_batch_tokens=3851, checkpointed_layers=31, weight_bits=8
+    )
+    assert 39.4 * GiB < est < 46 * GiB
+    four = estimate_memory_bytes(
+        LLAMA_8B, micro_batch_tokens=3851, checkpointed_layers=31, weight_bits=4
+    )
+    assert four < 21 * GiB
