@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
+def _is_missing(err: ClientError) -> bool:
+    """Whether S3 answered "no such object" (HEAD gives a bare 404, GET a NoSuchKey)."""
+    return str(err.response.get("Error", {}).get("Code")) in _MISSING_CODES
+
+
 _DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 
 
@@ -145,7 +152,7 @@ class S3Objects:
             try:
                 answer = self.client.head_object(Bucket=bucket, Key=key)
             except ClientError as err:
-                if str(err.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                if _is_missing(err):
                     return None
                 raise
             return ObjectInfo(key, int(answer["ContentLength"]), str(answer["ETag"]))
@@ -225,7 +232,7 @@ class S3Objects:
             try:
                 answer = self.client.get_object(Bucket=bucket, Key=key)
             except ClientError as err:
-                if str(err.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                if _is_missing(err):
                     return None
                 raise
             body: bytes = answer["Body"].read()
@@ -271,7 +278,7 @@ class S3Objects:
             try:
                 answer = self.client.get_object(Bucket=bucket, Key=key)
             except ClientError as err:
-                if str(err.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                if _is_missing(err):
                     return None
                 raise
             size, sha = hash_stream(answer["Body"])
