@@ -110,6 +110,10 @@ def run_row(
         # A 24 GB card has ~22.3 GiB less the CUDA context: plan for 21, cap allocations at 21.8.
         env["FTJ_MEMORY_BUDGET_GIB"] = "21"
         env["FTJ_BENCH_CAP_GIB"] = "21.8"
+    if config.endswith("-18g"):  # 60% of the tutorial baseline's 30.5 GiB on the 7B shape
+        env["FTJ_MEMORY_BUDGET_GIB"] = "18"
+    if config == "default-unfused":
+        env["FTJ_FUSED_LORA"] = "0"
     if config.endswith("-compile"):
         env["FTJ_TORCH_COMPILE"] = "1"
     if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)

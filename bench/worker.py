@@ -273,6 +273,7 @@ def build_trainer_path(
     a: argparse.Namespace,
     gradient_checkpointing: str = "auto",
     qlora_bits: int | None = None,
+    activation_offloading: bool = False,
 ) -> Any:
     """The trainer's own code path (``finetune_trainer.run`` minus fetch/publish): spec →
     ``build_model`` (loading + acceleration plan) → ``make_collator`` → ``sft_config`` →
@@ -319,6 +320,8 @@ def build_trainer_path(
         has_validation=False,
         gradient_checkpointing=bool(getattr(model, "finetune_gradient_checkpointing", False)),
     )
+    # TRL's activation offloading (saved tensors to pinned host memory on a side stream).
+    config.activation_offloading = activation_offloading
     trainer = build_trainer(model, tok, data, make_collator(tok, packing=True), config, [])
     trainer._ftj_plan = model.finetune_acceleration  # type: ignore[attr-defined]
     trainer._ftj_load_s = float("nan")  # type: ignore[attr-defined]
@@ -334,6 +337,17 @@ CONFIGS = {
     "default": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     "default-ckpt-all": lambda c, t, r, a: build_trainer_path(
         c, t, r, a, gradient_checkpointing="always"
+    ),
+    # Ablation: peft's own LoRA forward instead of the fused one (run.py sets FTJ_FUSED_LORA=0).
+    "default-unfused": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    # The default planned for an 18 GiB budget (run.py sets FTJ_MEMORY_BUDGET_GIB=18).
+    "default-18g": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    "default-ckpt-all-18g": lambda c, t, r, a: build_trainer_path(
+        c, t, r, a, gradient_checkpointing="always"
+    ),
+    # The default with TRL's activation offloading to pinned host memory, no recomputation.
+    "default-offload": lambda c, t, r, a: build_trainer_path(
+        c, t, r, a, gradient_checkpointing="never", activation_offloading=True
     ),
     "qlora-4bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),

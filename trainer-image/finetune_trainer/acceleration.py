@@ -27,6 +27,9 @@ Why these choices (measurements in ``bench/NOTES.md``):
   the backward pass runs fp32 GEMMs (no tensor cores). The 8-bit base layers take their input
   in the training dtype instead (as ``Linear4bit``'s ``compute_dtype`` does for 4 bits) and give
   their output back in the caller's dtype (``int8_half_compute``).
+* Fused LoRA linears (``lora_fused.py``): peft's forward keeps a dropped-out copy of the input
+  and a mask per adapted linear for the backward; the fused one redraws the mask from a seed, so
+  activations take about half the memory and fewer layers need recomputing.
 * ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
   default; see bench/NOTES.md for what it measured.
 """
@@ -44,19 +47,27 @@ AttentionKind = Literal["ftj_varlen", "sdpa", "eager"]
 # A decoder layer's saved activations per token, in units of the model's dtype size, measured as
 # "hidden"-sized and "intermediate"-sized tensors (see bench/NOTES.md for the accounting):
 # without checkpointing a LoRA layer keeps its norm inputs, q/k/v/o, the attention output and
-# log-sum-exp, the MLP's gate/up/act outputs and each LoRA dropout's output and mask.
+# log-sum-exp, the MLP's gate/up/act outputs and, with peft's own LoRA forward, each LoRA
+# dropout's output and mask.
 _SAVED_HIDDEN_PER_TOKEN = 18.0  # calibrated on H200, bench/NOTES.md
 _SAVED_INTER_PER_TOKEN = 5.0
+# With the fused LoRA forward (lora_fused.py) the seven dropout copies and masks per layer are
+# gone: six hidden-sized copies + masks and one intermediate-sized copy + mask (see NOTES).
+_FUSED_LORA_HIDDEN_SAVING = 7.0
+_FUSED_LORA_INTER_SAVING = 1.0
 # With Liger's SwiGLU the activation is recomputed in the backward pass: one intermediate less.
 _LIGER_INTER_SAVING = 1.0
 # bitsandbytes' 8-bit matmul keeps each int8 linear's input on its autograd context as a plain
 # attribute (``ctx.tensors``), outside checkpointing's reach: every layer's linear inputs stay
 # alive until the backward, checkpointed or not. Bytes per input element, calibrated on H200
 # (llama-3.1-8b, 3.85k tokens per micro-step, 31 of 32 layers checkpointed: 39.4 GiB measured
-# against 20.3 GiB planned without this term; ~4.3 bytes/element, rounded up).
-_INT8_KEPT_BYTES_PER_ELEMENT = 5.0
+# against 20.3 GiB planned without this term; ~4.3 bytes/element, rounded up; 5.5 since the
+# workspace and LM-head terms were tightened, so the estimate stays above that measurement).
+_INT8_KEPT_BYTES_PER_ELEMENT = 5.5
 # Workspace the allocator needs beyond the live tensors (fragmentation, cuBLAS/NCCL buffers).
-_WORKSPACE_BYTES = 2 * GiB
+# 2 GiB overestimated the 7B all-layers-recomputed run by 1.2 GiB (16.6 measured, 17.8 planned;
+# bench/NOTES.md step 11); the 85% budget fraction keeps the headroom for spikes.
+_WORKSPACE_BYTES = 1 * GiB
 # Fraction of device memory the plan may use; the rest is headroom for fragmentation spikes.
 _DEFAULT_MEMORY_FRACTION = 0.85
 # Largest micro-step in tokens: past this, throughput no longer rises (matrices are large
@@ -182,6 +193,8 @@ class AccelerationPlan:
     # QLoRA 8-bit: the int8 base layers compute in ``dtype`` rather than the fp32 that
     # prepare_model_for_kbit_training leaves the activations in (module docstring).
     int8_half_compute: bool = False
+    # Plain LoRA linears run as one autograd function keeping no dropout copies (lora_fused.py).
+    fused_lora: bool = False
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -197,6 +210,7 @@ class AccelerationPlan:
             f"accumulation={self.gradient_accumulation_steps} optimizer={self.optimizer} "
             f"dtype={self.dtype} compile={self.torch_compile} "
             + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
+            + f"fused_lora={self.fused_lora} "
             + f"estimated_peak={self.estimated_peak_gib:.1f}GiB "
             f"of {self.memory_budget_bytes / GiB:.1f}GiB"
         )
@@ -212,6 +226,7 @@ def estimate_memory_bytes(
     lora_targets: tuple[str, ...] = ("all-linear",),
     liger: bool = True,
     dtype_bytes: int = 2,
+    fused_lora: bool = False,
 ) -> int:
     """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
 
@@ -236,8 +251,12 @@ def estimate_memory_bytes(
             micro_batch_tokens * shape.num_layers * inputs_per_token * _INT8_KEPT_BYTES_PER_ELEMENT
         )
     inter_units = _SAVED_INTER_PER_TOKEN - (_LIGER_INTER_SAVING if liger else 0.0)
+    hidden_units = _SAVED_HIDDEN_PER_TOKEN
+    if fused_lora:
+        inter_units -= _FUSED_LORA_INTER_SAVING
+        hidden_units -= _FUSED_LORA_HIDDEN_SAVING
     per_layer_token = (
-        _SAVED_HIDDEN_PER_TOKEN * shape.hidden_size + inter_units * shape.intermediate_size
+        hidden_units * shape.hidden_size + inter_units * shape.intermediate_size
     ) * dtype_bytes
     plain_layers = shape.num_layers - checkpointed_layers
     activations = micro_batch_tokens * (
@@ -245,8 +264,10 @@ def estimate_memory_bytes(
         + checkpointed_layers * shape.hidden_size * dtype_bytes
         + (per_layer_token if checkpointed_layers else 0)
     )
-    # Fused LM head: a tile of (4096 tokens x vocab) fp32 logits and its gradient.
-    head = min(micro_batch_tokens, 4096) * shape.vocab_size * 4 * 2
+    # Fused LM head (TRL's chunked log-prob): fp32 tiles of 4096 tokens x 32768 vocabulary
+    # columns, one in the forward and one in the backward, plus the gathered hidden states.
+    head = min(micro_batch_tokens, 4096) * min(shape.vocab_size, 32768) * 4 * 2
+    head += micro_batch_tokens * shape.hidden_size * dtype_bytes
     # Embedding output, final norm, hidden-state gradients flowing back (a few hidden vectors).
     misc = micro_batch_tokens * shape.hidden_size * dtype_bytes * 6
     return int(weights + lora + activations + int8_kept + head + misc + _WORKSPACE_BYTES)
@@ -264,6 +285,7 @@ def plan_acceleration(
     memory_budget_bytes: int | None = None,
     torch_compile: bool = False,
     int8_half_compute: bool = True,
+    fused_lora: bool = True,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -272,7 +294,8 @@ def plan_acceleration(
     (after truncation); it turns "examples per micro-step" into tokens. Without it the plan
     assumes half of ``cutoff_length``. ``torch_compile`` asks for the decoder layers to be
     compiled (GPU only); ``int8_half_compute=False`` leaves 8-bit base layers computing in the
-    activations' dtype (an ablation, bench/NOTES.md).
+    activations' dtype (an ablation, bench/NOTES.md); ``fused_lora=False`` keeps peft's own
+    LoRA forward (an ablation).
     """
     reasons: list[str] = []
     on_gpu = device.type == "cuda"
@@ -319,6 +342,9 @@ def plan_acceleration(
     lora = getattr(method, "lora", None)
     lora_r = int(getattr(lora, "r", 16))
     targets = tuple(getattr(lora, "target_modules", ("all-linear",)))
+    use_dora = bool(getattr(lora, "use_dora", False))
+    # Quantized bases keep peft's forward (their base layers are not plain nn.Linear).
+    fused = bool(fused_lora and weight_bits >= 16 and not use_dora)
 
     # Tokens per optimizer step are fixed by the spec (batch x accumulation examples); the plan
     # only chooses how many micro-steps carry them.
@@ -339,6 +365,7 @@ def plan_acceleration(
             lora_targets=targets,
             liger=liger,
             dtype_bytes=dtype_bytes,
+            fused_lora=fused,
         )
 
     mode = str(getattr(training, "gradient_checkpointing", "auto"))
@@ -423,6 +450,7 @@ def plan_acceleration(
         memory_budget_bytes=memory_budget_bytes,
         reasons=tuple(reasons),
         int8_half_compute=half_int8,
+        fused_lora=fused,
     )
 
 
@@ -433,7 +461,8 @@ def plan_for_model(
 
     ``FTJ_MEMORY_BUDGET_GIB`` caps the memory the plan may use (a shared or partitioned GPU,
     or proving that a run fits a smaller card). ``FTJ_TORCH_COMPILE=1`` compiles the decoder
-    layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the 8-bit compute cast off (both for the bench).
+    layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the 8-bit compute cast off and ``FTJ_FUSED_LORA=0``
+    the fused LoRA forward (ablations for the bench).
     """
     import os
 
@@ -454,6 +483,7 @@ def plan_for_model(
         memory_budget_bytes=int(float(budget) * GiB) if budget else None,
         torch_compile=flag("FTJ_TORCH_COMPILE", False),
         int8_half_compute=flag("FTJ_INT8_HALF_COMPUTE", True),
+        fused_lora=flag("FTJ_FUSED_LORA", True),
     )
 
 

@@ -236,6 +236,10 @@ def build_model(
             f"spec.method.lora.targetModules: {err}. Use all-linear, or names of linear layers "
             "of this model (e.g. q_proj, v_proj)."
         ) from None
+    if plan.fused_lora:
+        from .lora_fused import fuse_lora_linears
+
+        log.info("fused LoRA forward on %d linears", fuse_lora_linears(model))
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "model: %s, %.1fM parameters, adapter %.2fM trainable (%.2f%%), %s%s",

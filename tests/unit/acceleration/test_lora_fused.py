@@ -1,0 +1,159 @@
+"""The fused LoRA forward: same maths as peft's, fewer saved activations (CPU, tiny Qwen2)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from finetune_api.spec import Method, Training
+from finetune_trainer.acceleration import DeviceInfo, ModelShape, plan_acceleration
+from finetune_trainer.lora_fused import LoraLinearFunction, fuse_lora_linears, keep_mask
+from peft import LoraConfig, get_peft_model
+from torch.utils.checkpoint import checkpoint
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+pytestmark = pytest.mark.unit
+
+
+def _base() -> Any:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=101,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _peft(base: Any, dropout: float, **extra: Any) -> Any:
+    torch.manual_seed(1)  # lora_A's initialisation draws from the global generator
+    model = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **extra),
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; give the adapter something to say
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def _saved_bytes(model: Any, ids: torch.Tensor) -> int:
+    """Bytes of distinct storages autograd keeps for the backward (parameters excluded)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, labels=ids)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(size for ptr, size in storages.items() if ptr not in params)
+
+
+def test_without_dropout_fused_model_matches_peft_loss_and_every_gradient() -> None:
+    base = _base()
+    ids = torch.randint(0, 101, (2, 16))
+    reference, fused = _peft(base, 0.0), _peft(base, 0.0)
+    assert fuse_lora_linears(fused) == 14  # 7 projections x 2 layers
+    ref_loss, ref_grads = _loss_and_grads(reference, ids)
+    loss, grads = _loss_and_grads(fused, ids)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    assert set(grads) == set(ref_grads) and len(grads) == 28
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    a = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 2, dtype=torch.float64, requires_grad=True)
+    p, seed, scale = 0.4, 1234, 0.7
+
+    def fused(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return LoraLinearFunction.apply(x, weight, bias, a, b, scale, p, seed)
+
+    assert torch.autograd.gradcheck(fused, (x, a, b))
+    mask = keep_mask(torch.Size([15, 8]), p, seed, torch.float64, x.device).view(3, 5, 8)
+    assert 0 < int(mask.sum()) < mask.numel()  # some dropped, some kept
+    explicit = torch.nn.functional.linear(x, weight, bias) + scale * (
+        (x * mask / (1 - p)) @ a.t()
+    ) @ b.t()
+    torch.testing.assert_close(fused(x, a, b), explicit)
+
+
+def test_fused_layers_keep_fewer_activations_than_peft_with_dropout() -> None:
+    base = _base()
+    ids = torch.randint(0, 101, (2, 32))
+    reference, fused = _peft(base, 0.05), _peft(base, 0.05)
+    fuse_lora_linears(fused)
+    before, after = _saved_bytes(reference, ids), _saved_bytes(fused, ids)
+    # peft keeps a dropped-out copy and a mask per adapted linear: seven per layer.
+    assert after < 0.7 * before, (before, after)
+
+
+def test_recomputation_under_checkpointing_redraws_the_same_mask() -> None:
+    torch.manual_seed(5)
+    layer = _peft(_base(), 0.3).get_base_model().model.layers[0].mlp
+    fuse_lora_linears(layer)
+    x = torch.randn(2, 9, 64, requires_grad=True)
+
+    torch.manual_seed(11)
+    plain = layer(x)
+    plain.sum().backward()
+    plain_grads = [p.grad.clone() for p in layer.parameters() if p.grad is not None]
+    x_grad = x.grad.clone()
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+
+    torch.manual_seed(11)
+    recomputed = checkpoint(layer, x, use_reentrant=False)
+    recomputed.sum().backward()
+    torch.testing.assert_close(recomputed, plain)
+    torch.testing.assert_close(x.grad, x_grad)
+    grads = [p.grad for p in layer.parameters() if p.grad is not None]
+    for got, want in zip(grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_eval_mode_and_disabled_adapters_behave_like_peft() -> None:
+    base = _base()
+    ids = torch.randint(0, 101, (1, 12))
+    reference, fused = _peft(base, 0.2), _peft(base, 0.2)
+    fuse_lora_linears(fused)
+    reference.eval()
+    fused.eval()
+    with torch.no_grad():  # eval: no dropout, same logits
+        torch.testing.assert_close(fused(input_ids=ids).logits, reference(input_ids=ids).logits)
+        with fused.disable_adapter(), reference.disable_adapter():
+            torch.testing.assert_close(
+                fused(input_ids=ids).logits, reference(input_ids=ids).logits
+            )
+
+
+def test_dora_layers_keep_peft_forward_and_plan_turns_fusing_off_for_them() -> None:
+    model = _peft(_base(), 0.0, use_dora=True)
+    assert fuse_lora_linears(model) == 0
+    shape = ModelShape(3584, 18944, 28, 28, 4, 152064, False, "qwen2")
+    gpu = DeviceInfo("cuda", "H200", 140 * 2**30, True, (9, 0))
+    dora = Method.model_validate({"type": "lora", "lora": {"useDora": True}})
+    assert plan_acceleration(Training(max_steps=10), Method(), shape, gpu).fused_lora
+    assert not plan_acceleration(Training(max_steps=10), dora, shape, gpu).fused_lora
+    qlora = Method.model_validate({"type": "qlora"})
+    assert not plan_acceleration(Training(max_steps=10), qlora, shape, gpu).fused_lora
