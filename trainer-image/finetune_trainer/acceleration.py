@@ -259,9 +259,12 @@ def estimate_memory_bytes(
         hidden_units * shape.hidden_size + inter_units * shape.intermediate_size
     ) * dtype_bytes
     plain_layers = shape.num_layers - checkpointed_layers
+    # peft's prepare_model_for_kbit_training keeps the residual stream in fp32, so on quantized
+    # bases the layer inputs a checkpoint keeps (and the other hidden vectors) take 4 bytes.
+    residual_bytes = 4 if weight_bits < 16 else dtype_bytes
     activations = micro_batch_tokens * (
         plain_layers * per_layer_token
-        + checkpointed_layers * shape.hidden_size * dtype_bytes
+        + checkpointed_layers * shape.hidden_size * residual_bytes
         + (per_layer_token if checkpointed_layers else 0)
     )
     # Fused LM head (TRL's chunked log-prob): fp32 tiles of 4096 tokens x 32768 vocabulary
@@ -269,7 +272,7 @@ def estimate_memory_bytes(
     head = min(micro_batch_tokens, 4096) * min(shape.vocab_size, 32768) * 4 * 2
     head += micro_batch_tokens * shape.hidden_size * dtype_bytes
     # Embedding output, final norm, hidden-state gradients flowing back (a few hidden vectors).
-    misc = micro_batch_tokens * shape.hidden_size * dtype_bytes * 6
+    misc = micro_batch_tokens * shape.hidden_size * residual_bytes * 6
     return int(weights + lora + activations + int8_kept + head + misc + _WORKSPACE_BYTES)
 
 

@@ -92,9 +92,9 @@ def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
     assert torch.autograd.gradcheck(fused, (x, a, b))
     mask = keep_mask(torch.Size([15, 8]), p, seed, torch.float64, x.device).view(3, 5, 8)
     assert 0 < int(mask.sum()) < mask.numel()  # some dropped, some kept
-    explicit = torch.nn.functional.linear(x, weight, bias) + scale * (
-        (x * mask / (1 - p)) @ a.t()
-    ) @ b.t()
+    explicit = (
+        torch.nn.functional.linear(x, weight, bias) + scale * ((x * mask / (1 - p)) @ a.t()) @ b.t()
+    )
     torch.testing.assert_close(fused(x, a, b), explicit)
 
 
@@ -142,9 +142,7 @@ def test_eval_mode_and_disabled_adapters_behave_like_peft() -> None:
     with torch.no_grad():  # eval: no dropout, same logits
         torch.testing.assert_close(fused(input_ids=ids).logits, reference(input_ids=ids).logits)
         with fused.disable_adapter(), reference.disable_adapter():
-            torch.testing.assert_close(
-                fused(input_ids=ids).logits, reference(input_ids=ids).logits
-            )
+            torch.testing.assert_close(fused(input_ids=ids).logits, reference(input_ids=ids).logits)
 
 
 def test_dora_layers_keep_peft_forward_and_plan_turns_fusing_off_for_them() -> None:
