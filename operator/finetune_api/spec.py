@@ -45,6 +45,33 @@ def _check_quantity(value: int | str) -> int | str:
     return value
 
 
+_QUANTITY_FACTORS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 10**-3,
+}  # fmt: skip
+
+
+def quantity_value(value: int | str) -> float:
+    """A Kubernetes quantity as a plain number (``"20Gi"`` -> 21474836480.0, ``"1.5e9"``)."""
+    if isinstance(value, int):
+        return float(value)
+    match = re.fullmatch(r"([+-]?[0-9.]+)([KMGTPE]i|[numkMGTPE])?((?:[eE][+-]?[0-9.]+)?)", value)
+    if match is None:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (examples: 8, 500m, 64Gi)")
+    number, suffix, exponent = match.groups()
+    factor = {"n": 10**-9, "u": 10**-6}.get(suffix or "", _QUANTITY_FACTORS.get(suffix or "", 1))
+    return float(number + exponent) * factor
+
+
+def _check_gpu_memory_budget(value: int | str | None) -> int | str | None:
+    if value is not None and quantity_value(value) < 2**30:
+        raise ValueError(
+            f"{value!r} is less than 1Gi: spec.resources.gpuMemoryBudget is bytes of GPU memory "
+            "per GPU, e.g. 20Gi"
+        )
+    return value
+
+
 Quantity = Annotated[
     int | str,
     AfterValidator(_check_quantity),
@@ -431,6 +458,14 @@ class Resources(ApiModel):
     cpu: Quantity | None = Field(default=None, description="CPU request (and limit), e.g. 8.")
     memory: Quantity | None = Field(
         default=None, description="Memory request (and limit), e.g. 64Gi."
+    )
+    gpu_memory_budget: Annotated[Quantity | None, AfterValidator(_check_gpu_memory_budget)] = Field(
+        default=None,
+        description=(
+            "GPU memory the trainer may plan for on each GPU, e.g. 20Gi: it sizes micro-steps "
+            "and recomputes layers to stay under it. Default: 85% of the card. Set it on "
+            "shared or time-sliced GPUs, or to make a run fit a smaller card."
+        ),
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, max_length=64, description="Node labels the pods must match."

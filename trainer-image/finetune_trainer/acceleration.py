@@ -457,15 +457,29 @@ def plan_acceleration(
     )
 
 
+def memory_budget_bytes(spec: Any) -> int | None:
+    """The GPU memory the plan may use: ``FTJ_MEMORY_BUDGET_GIB`` (the bench's override), else
+    ``spec.resources.gpuMemoryBudget``, else ``None`` (85% of the card)."""
+    import os
+
+    from finetune_api.spec import quantity_value
+
+    override = os.environ.get("FTJ_MEMORY_BUDGET_GIB")
+    if override:
+        return int(float(override) * GiB)
+    budget = getattr(getattr(spec, "resources", None), "gpu_memory_budget", None)
+    return None if budget is None else int(quantity_value(budget))
+
+
 def plan_for_model(
     model: Any, spec: Any, mean_example_tokens: float | None = None
 ) -> AccelerationPlan:
     """The plan for a loaded model and a ``FineTuneJobSpec`` on this process's device.
 
-    ``FTJ_MEMORY_BUDGET_GIB`` caps the memory the plan may use (a shared or partitioned GPU,
-    or proving that a run fits a smaller card). ``FTJ_TORCH_COMPILE=1`` compiles the decoder
-    layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the 8-bit compute cast off and ``FTJ_FUSED_LORA=0``
-    the fused LoRA forward (ablations for the bench).
+    ``spec.resources.gpuMemoryBudget`` (or ``FTJ_MEMORY_BUDGET_GIB``) caps the memory the plan
+    may use (a shared or time-sliced GPU, or proving that a run fits a smaller card).
+    ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the
+    8-bit compute cast off and ``FTJ_FUSED_LORA=0`` the fused LoRA forward (bench ablations).
     """
     import os
 
@@ -475,7 +489,6 @@ def plan_for_model(
             return default
         return value not in ("0", "false", "no", "off")
 
-    budget = os.environ.get("FTJ_MEMORY_BUDGET_GIB")
     return plan_acceleration(
         spec.training,
         spec.method,
@@ -483,7 +496,7 @@ def plan_for_model(
         DeviceInfo.detect(),
         mean_example_tokens=mean_example_tokens,
         liger_available=liger_available(),
-        memory_budget_bytes=int(float(budget) * GiB) if budget else None,
+        memory_budget_bytes=memory_budget_bytes(spec),
         torch_compile=flag("FTJ_TORCH_COMPILE", False),
         int8_half_compute=flag("FTJ_INT8_HALF_COMPUTE", True),
         fused_lora=flag("FTJ_FUSED_LORA", True),

@@ -176,3 +176,37 @@ def test_8bit_estimate_counts_the_inputs_bitsandbytes_keeps_alive() -> None:
         LLAMA_8B, micro_batch_tokens=3851, checkpointed_layers=31, weight_bits=4
     )
     assert four < 21 * GiB
+
+
+def test_gpu_memory_budget_from_the_spec_and_the_bench_override(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finetune_api.spec import FineTuneJobSpec
+    from finetune_trainer.acceleration import memory_budget_bytes
+
+    def spec(**resources: object) -> FineTuneJobSpec:
+        return FineTuneJobSpec.model_validate(
+            {
+                "model": {"uri": "s3://models/qwen"},
+                "datasets": [{"uri": "s3://data/train.jsonl"}],
+                "training": {"maxSteps": 10},
+                "output": {"uri": "s3://out/run"},
+                "resources": resources,
+            }
+        )
+
+    monkeypatch.delenv("FTJ_MEMORY_BUDGET_GIB", raising=False)
+    assert memory_budget_bytes(spec()) is None  # 85% of the card
+    assert memory_budget_bytes(spec(gpuMemoryBudget="20Gi")) == 20 * GiB
+    assert memory_budget_bytes(spec(gpuMemoryBudget="18e9")) == 18 * 10**9
+    monkeypatch.setenv("FTJ_MEMORY_BUDGET_GIB", "18")
+    assert memory_budget_bytes(spec(gpuMemoryBudget="20Gi")) == 18 * GiB
+    # A budget the plan must honour changes it: 18 GiB on the H200 recomputes every layer.
+    small = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, memory_budget_bytes=18 * GiB
+    )
+    assert small.checkpointed_layers == 28 and small.estimated_peak_bytes <= 18 * GiB
+    with pytest.raises(ValueError, match=r"gpuMemoryBudget.*20Gi"):
+        spec(gpuMemoryBudget="20Mi")
+    with pytest.raises(ValueError, match="not a Kubernetes quantity"):
+        spec(gpuMemoryBudget="twenty gigs")
