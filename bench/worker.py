@@ -340,6 +340,10 @@ CONFIGS = {
     ),
     # Ablation: peft's own LoRA forward instead of the fused one (run.py sets FTJ_FUSED_LORA=0).
     "default-unfused": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    # The default as planned for an 80 GB H100 and for a 24 GB card (run.py sets the budget
+    # and caps the allocator).
+    "default-h100-80g": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    "default-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # The default planned for an 18 GiB budget (run.py sets FTJ_MEMORY_BUDGET_GIB=18).
     "default-18g": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     "default-ckpt-all-18g": lambda c, t, r, a: build_trainer_path(

@@ -52,9 +52,15 @@ AttentionKind = Literal["ftj_varlen", "sdpa", "eager"]
 _SAVED_HIDDEN_PER_TOKEN = 18.0  # calibrated on H200, bench/NOTES.md
 _SAVED_INTER_PER_TOKEN = 5.0
 # With the fused LoRA forward (lora_fused.py) the seven dropout copies and masks per layer are
-# gone: six hidden-sized copies + masks and one intermediate-sized copy + mask (see NOTES).
-_FUSED_LORA_HIDDEN_SAVING = 7.0
+# gone: six hidden-sized copies + masks and one intermediate-sized copy + mask. Calibrated on
+# the H200 (7B, 15k tokens, 0 layers recomputed: 87.5 GiB = ~9.5 hidden + 3 intermediate per
+# token and layer), rounded up; bench/NOTES.md step 11.
+_FUSED_LORA_HIDDEN_SAVING = 8.0
 _FUSED_LORA_INTER_SAVING = 1.0
+# A llama-style gated MLP under the fused forward keeps only gate and up (lora_fused.py's
+# SwiGLUDownFunction recomputes their product): two intermediate-sized tensors in all.
+_FUSED_GATED_MLP_INTER = 2.0
+_SILU_GATED_MLP_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 # With Liger's SwiGLU the activation is recomputed in the backward pass: one intermediate less.
 _LIGER_INTER_SAVING = 1.0
 # bitsandbytes' 8-bit matmul keeps each int8 linear's input on its autograd context as a plain
@@ -255,6 +261,8 @@ def estimate_memory_bytes(
     if fused_lora:
         inter_units -= _FUSED_LORA_INTER_SAVING
         hidden_units -= _FUSED_LORA_HIDDEN_SAVING
+        if shape.model_type in _SILU_GATED_MLP_TYPES:
+            inter_units = _FUSED_GATED_MLP_INTER
     per_layer_token = (
         hidden_units * shape.hidden_size + inter_units * shape.intermediate_size
     ) * dtype_bytes

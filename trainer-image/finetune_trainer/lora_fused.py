@@ -48,6 +48,57 @@ def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return torch.mul(x, keep_mask(x.shape, p, seed, x.dtype, x.device)).mul_(1.0 / (1.0 - p))
 
 
+def _lora_forward(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scale: float,
+    p: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck."""
+    down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
+    out = F.linear(rows, weight, bias)
+    out.addmm_(down, lora_b.to(rows.dtype).t(), alpha=scale)
+    return out, down
+
+
+def _lora_backward(
+    ctx: Any,
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    down: torch.Tensor,
+    first: int,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``(grad_rows, grad_a, grad_b)``; ``first`` is the index of the input in ``forward``'s
+    arguments (the LoRA weights follow at first+3 and first+4, as both functions order them)."""
+    scale, p, seed = ctx.scale, ctx.p, ctx.seed
+    a_w, b_w = lora_a.to(rows.dtype), lora_b.to(rows.dtype)
+    # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
+    grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
+    grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 4] else None
+    mask = keep_mask(rows.shape, p, seed, rows.dtype, rows.device) if p > 0.0 else None
+    grad_a = None
+    if ctx.needs_input_grad[first + 3]:
+        x_dropped = rows if mask is None else torch.mul(rows, mask).mul_(1.0 / (1.0 - p))
+        grad_a = grad_down.t() @ x_dropped
+    grad_rows = grad @ weight
+    if mask is None:
+        grad_rows.addmm_(grad_down, a_w)
+    else:
+        grad_rows.add_((grad_down @ a_w).mul_(mask), alpha=1.0 / (1.0 - p))
+    return (
+        grad_rows,
+        None if grad_a is None else grad_a.to(lora_a.dtype),
+        None if grad_b is None else grad_b.to(lora_b.dtype),
+    )
+
+
 class LoraLinearFunction(torch.autograd.Function):
     """``F.linear(x, W, bias) + scale * (dropout(x) @ A.T) @ B.T`` with a frozen ``W``."""
 
@@ -64,10 +115,7 @@ class LoraLinearFunction(torch.autograd.Function):
         seed: int,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        a_w, b_w = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        down = dropped(rows, p, seed) @ a_w.t()  # (tokens, r)
-        out = F.linear(rows, weight, bias)
-        out.addmm_(down, b_w.t(), alpha=scale)
+        out, down = _lora_forward(rows, weight, bias, lora_a, lora_b, scale, p, seed)
         ctx.save_for_backward(x, weight, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*x.shape[:-1], out.shape[-1])
@@ -75,36 +123,82 @@ class LoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         x, weight, lora_a, lora_b, down = ctx.saved_tensors
-        scale, p, seed = ctx.scale, ctx.p, ctx.seed
         rows = x.reshape(-1, x.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
-        a_w, b_w = lora_a.to(x.dtype), lora_b.to(x.dtype)
-        # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
-        grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
-        grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[4] else None
-        mask = keep_mask(rows.shape, p, seed, x.dtype, x.device) if p > 0.0 else None
-        grad_a = None
-        if ctx.needs_input_grad[3]:
-            x_dropped = rows if mask is None else torch.mul(rows, mask).mul_(1.0 / (1.0 - p))
-            grad_a = grad_down.t() @ x_dropped
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight
-            if mask is None:
-                grad_x.addmm_(grad_down, a_w)
-            else:
-                grad_x.add_((grad_down @ a_w).mul_(mask), alpha=1.0 / (1.0 - p))
-            grad_x = grad_x.view(x.shape)
-        return (
-            grad_x,
-            None,
-            None,
-            None if grad_a is None else grad_a.to(lora_a.dtype),
-            None if grad_b is None else grad_b.to(lora_b.dtype),
-            None,
-            None,
-            None,
-        )
+        grad_x, grad_a, grad_b = _lora_backward(ctx, rows, grad, weight, lora_a, lora_b, down, 0)
+        grad_x = None if grad_x is None or not ctx.needs_input_grad[0] else grad_x.view(x.shape)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` (Liger's one-pass kernel on CUDA when it is installed)."""
+    if gate.is_cuda:
+        try:
+            from liger_kernel.ops.swiglu import swiglu_forward
+        except ImportError:
+            pass
+        else:
+            return swiglu_forward(gate, up)[2]
+    return F.silu(gate.float()).mul_(up.float()).to(gate.dtype)
+
+
+def _silu_mul_backward(
+    gate: torch.Tensor, up: torch.Tensor, grad_h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``silu(gate) * up``; Liger's kernel writes them over ``gate`` and ``up``."""
+    if gate.is_cuda:
+        try:
+            from liger_kernel.ops.swiglu import swiglu_backward
+        except ImportError:
+            pass
+        else:
+            return swiglu_backward(gate, up, grad_h.contiguous())
+    g, u, dh = gate.float(), up.float(), grad_h.float()
+    sig = torch.sigmoid(g)
+    silu = g * sig
+    grad_gate = dh * u * (sig * (1.0 + g * (1.0 - sig)))
+    return grad_gate.to(gate.dtype), (dh * silu).to(up.dtype)
+
+
+class SwiGLUDownFunction(torch.autograd.Function):
+    """``down_proj(silu(gate) * up)`` with a LoRA ``down_proj``, keeping only ``gate`` and ``up``.
+
+    The activation product ``h`` (intermediate-sized, the largest tensor of a layer) is what
+    the down projection's LoRA needs for its weight gradient; it is recomputed from ``gate``
+    and ``up`` in the backward pass (one elementwise kernel) instead of being kept.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        scale: float,
+        p: float,
+        seed: int,
+    ) -> torch.Tensor:
+        h = _silu_mul(gate, up)
+        rows = h.reshape(-1, h.shape[-1])
+        out, down = _lora_forward(rows, weight, bias, lora_a, lora_b, scale, p, seed)
+        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, down)
+        ctx.scale, ctx.p, ctx.seed = scale, p, seed
+        return out.view(*gate.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        gate, up, weight, lora_a, lora_b, down = ctx.saved_tensors
+        rows = _silu_mul(gate, up).reshape(-1, gate.shape[-1])
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).to(gate.dtype)
+        # Offsets: gate is argument 0, the LoRA weights are 4 and 5 (= 1 + 3, 1 + 4).
+        grad_h, grad_a, grad_b = _lora_backward(ctx, rows, grad, weight, lora_a, lora_b, down, 1)
+        del rows
+        assert grad_h is not None
+        grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
+        return grad_gate, grad_up, None, None, grad_a, grad_b, None, None, None
 
 
 def _fusable(module: Any) -> bool:
@@ -124,41 +218,78 @@ def _fusable(module: Any) -> bool:
     return isinstance(dropout, torch.nn.Dropout | torch.nn.Identity)
 
 
+def _lora_arguments(module: Any, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...] | None:
+    """The fused functions' arguments after the input (W, bias, A, B, scale, p, seed), or
+    ``None`` when the call must go through peft (extra arguments, adapters off or merged)."""
+    if args or kwargs or module.disable_adapters or module.merged:
+        return None
+    if module.active_adapters != [name]:
+        return None
+    base = module.base_layer
+    dropout = module.lora_dropout[name]
+    p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+    seed = int(torch.randint(0, _SEED_BOUND, (1,)).item()) if p > 0.0 else 0
+    return (
+        base.weight,
+        base.bias,
+        module.lora_A[name].weight,
+        module.lora_B[name].weight,
+        float(module.scaling[name]),
+        p,
+        seed,
+    )
+
+
 def _fused_forward(module: Any) -> Any:
     peft_forward = module.forward
     name = module.active_adapters[0]
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if (
-            args
-            or kwargs
-            or module.disable_adapters
-            or module.merged
-            or module.active_adapters != [name]
-        ):
+        arguments = _lora_arguments(module, name, *args, **kwargs)
+        if arguments is None:
             return peft_forward(x, *args, **kwargs)
-        base = module.base_layer
-        dropout = module.lora_dropout[name]
-        p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
-        seed = int(torch.randint(0, _SEED_BOUND, (1,)).item()) if p > 0.0 else 0
-        weight = base.weight
+        weight = arguments[0]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return LoraLinearFunction.apply(
-                x.to(weight.dtype),
-                weight,
-                base.bias,
-                module.lora_A[name].weight,
-                module.lora_B[name].weight,
-                float(module.scaling[name]),
-                p,
-                seed,
-            )
+            return LoraLinearFunction.apply(x.to(weight.dtype), *arguments)
 
     return forward
 
 
+def _fused_mlp_forward(mlp: Any) -> Any:
+    plain_forward = mlp.forward
+    down_proj = mlp.down_proj
+    name = down_proj.active_adapters[0]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if down_proj.disable_adapters or down_proj.merged or down_proj.active_adapters != [name]:
+            return plain_forward(x)
+        gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+        # Drawn after gate/up, in the order the model's own forward draws its dropout seeds.
+        arguments = _lora_arguments(down_proj, name)
+        assert arguments is not None
+        weight = arguments[0]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return SwiGLUDownFunction.apply(gate.to(weight.dtype), up.to(weight.dtype), *arguments)
+
+    return forward
+
+
+def _is_silu_gated_mlp(module: Any) -> bool:
+    """A llama-style MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``, with Liger's or the
+    model's own forward, whose down projection has the fused LoRA forward."""
+    if not all(hasattr(module, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        return False
+    if not getattr(module.down_proj, "_ftj_fused", False):
+        return False
+    if type(module).__name__ == "LigerSwiGLUMLP":
+        return True
+    act = getattr(module, "act_fn", None)
+    return isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation")
+
+
 def fuse_lora_linears(model: Any) -> int:
-    """Give every fusable peft LoRA linear of ``model`` the fused forward; returns how many.
+    """Give every fusable peft LoRA linear of ``model`` the fused forward, and every llama-style
+    gated MLP over them the fused activation + down projection; returns how many linears.
 
     Call after ``get_peft_model``. The base weights must be frozen (they are under peft).
     """
@@ -171,4 +302,8 @@ def fuse_lora_linears(model: Any) -> int:
         module.forward = _fused_forward(module)
         module._ftj_fused = True
         count += 1
+    for module in model.modules():
+        if not getattr(module, "_ftj_fused_mlp", False) and _is_silu_gated_mlp(module):
+            module.forward = _fused_mlp_forward(module)
+            module._ftj_fused_mlp = True
     return count

@@ -155,3 +155,35 @@ def test_dora_layers_keep_peft_forward_and_plan_turns_fusing_off_for_them() -> N
     assert not plan_acceleration(Training(max_steps=10), dora, shape, gpu).fused_lora
     qlora = Method.model_validate({"type": "qlora"})
     assert not plan_acceleration(Training(max_steps=10), qlora, shape, gpu).fused_lora
+
+
+def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> None:
+    from finetune_trainer import lora_fused
+
+    base = _base()
+    ids = torch.randint(0, 101, (2, 32))
+    linears_only, whole = _peft(base, 0.1), _peft(base, 0.1)
+    fuse_lora_linears(whole)
+    # The same fused linears without the MLP fusion: patch the detector out for this model.
+    real = lora_fused._is_silu_gated_mlp
+    lora_fused._is_silu_gated_mlp = lambda module: False  # type: ignore[assignment]
+    try:
+        fuse_lora_linears(linears_only)
+    finally:
+        lora_fused._is_silu_gated_mlp = real  # type: ignore[assignment]
+    mlps = [m for m in whole.modules() if getattr(m, "_ftj_fused_mlp", False)]
+    assert len(mlps) == 2 and not any(
+        getattr(m, "_ftj_fused_mlp", False) for m in linears_only.modules()
+    )
+    # Same seeds drawn in the same order (gate, up, down): the same masks, the same numbers.
+    torch.manual_seed(7)
+    ref_loss, ref_grads = _loss_and_grads(linears_only, ids)
+    torch.manual_seed(7)
+    loss, grads = _loss_and_grads(whole, ids)
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # One intermediate-sized tensor (silu(gate) * up) per layer is no longer kept.
+    saved_whole, saved_linears = _saved_bytes(whole, ids), _saved_bytes(linears_only, ids)
+    intermediate = 2 * 32 * 160 * 4  # tokens x intermediate_size x fp32, per layer
+    assert saved_linears - saved_whole >= 2 * intermediate * 0.9, (saved_linears, saved_whole)

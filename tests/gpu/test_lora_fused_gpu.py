@@ -1,0 +1,93 @@
+"""The fused LoRA forward on the GPU, in bf16 under autocast as the trainer runs it (GPU only).
+
+The CPU tests (tests/unit/acceleration/test_lora_fused.py) check the maths in fp32/fp64; here
+the dtypes are the trainer's: a bf16 base, fp32 LoRA weights, autocast, and the saved-memory
+claim is measured with the CUDA allocator instead of counted.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _models(dropout: float) -> tuple[Any, Any]:
+    from finetune_trainer.lora_fused import fuse_lora_linears
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=512,
+        intermediate_size=1408,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=1000,
+    )
+    base = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16)
+    made = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = get_peft_model(
+            copy.deepcopy(base),
+            LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear"),
+        )
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)
+        made.append(model)
+    reference, fused = made
+    assert fuse_lora_linears(fused) == 28
+    return reference, fused
+
+
+def _step(model: Any, ids: Any) -> tuple[float, dict[str, Any]]:
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def test_bf16_autocast_loss_and_gradients_match_peft() -> None:
+    reference, fused = _models(dropout=0.0)
+    ids = torch.randint(0, 1000, (2, 256), device="cuda")
+    ref_loss, ref_grads = _step(reference, ids)
+    loss, grads = _step(fused, ids)
+    assert loss == pytest.approx(ref_loss, rel=2e-3)
+    assert set(grads) == set(ref_grads)
+    for name, grad in grads.items():
+        want = ref_grads[name]
+        assert grad.dtype == torch.float32  # LoRA weights and their gradients stay fp32
+        rel = (grad - want).norm() / want.norm().clamp_min(1e-12)
+        assert rel < 3e-2, (name, float(rel))
+
+
+def test_dropout_no_longer_costs_activation_memory() -> None:
+    reference, fused = _models(dropout=0.05)
+    ids = torch.randint(0, 1000, (4, 1024), device="cuda")
+
+    def activation_bytes(model: Any) -> int:
+        model.train()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before
+        loss.backward()
+        return held
+
+    peft_bytes, fused_bytes = activation_bytes(reference), activation_bytes(fused)
+    assert fused_bytes < 0.75 * peft_bytes, (peft_bytes, fused_bytes)
