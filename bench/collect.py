@@ -44,9 +44,10 @@ def collect(calls: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
             r["vs_baseline"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
             r["peak_vs_baseline"] = round(r["peak_gib"] / base["peak_gib"], 2)
             r["baseline_from"] = base["run"]
-            if peer is not None:
-                r["best_peer"] = peer["config"]
-                r["vs_best_peer"] = round(r["tokens_per_s"] / peer["tokens_per_s"], 2)
+        if r.get("vs_best_peer") is None and peer is not None:
+            r["best_peer"] = peer["config"]
+            r["vs_best_peer"] = round(r["tokens_per_s"] / peer["tokens_per_s"], 2)
+            r["best_peer_from"] = peer["run"]
     return rows
 
 

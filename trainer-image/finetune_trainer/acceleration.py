@@ -28,8 +28,9 @@ Why these choices (measurements in ``bench/NOTES.md``):
   in the training dtype instead (as ``Linear4bit``'s ``compute_dtype`` does for 4 bits) and give
   their output back in the caller's dtype (``int8_half_compute``).
 * Fused LoRA linears (``lora_fused.py``): peft's forward keeps a dropped-out copy of the input
-  and a mask per adapted linear for the backward; the fused one redraws the mask from a seed, so
-  activations take about half the memory and fewer layers need recomputing.
+  and a mask per adapted linear for the backward; the fused one redraws the mask from a seed,
+  and a llama-style MLP recomputes ``silu(gate) * up`` instead of keeping it, so activations
+  take ~40% of peft's memory and fewer layers need recomputing.
 * ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
   default; see bench/NOTES.md for what it measured.
 """
