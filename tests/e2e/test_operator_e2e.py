@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -209,7 +210,13 @@ def test_killed_trainer_pod_resumes_from_checkpoint(
     done = wait_phase(kube_env, ns, "resume", {"Succeeded", "Failed"}, operator, timeout=90)
     assert done["phase"] == "Succeeded", done
     resumed = [c for c in done.get("conditions", []) if c.get("reason") == "ResumedFromCheckpoint"]
-    assert resumed and "step 10" in resumed[0].get("message", ""), done["conditions"]
+    assert resumed, done["conditions"]
+    # The pod is killed once status shows a step past the first checkpoint; status trails the
+    # trainer by a poll, so under load the newest checkpoint may already be step 20 or 30.
+    found = re.search(r"checkpoint at step (\d+)", resumed[0].get("message", ""))
+    assert found, resumed[0]
+    step = int(found.group(1))
+    assert step % 10 == 0 and 10 <= step < 40, resumed[0]  # saveSteps=10, maxSteps=40
     assert len(kube_env.gateway.objects("pods", ns)) == 2
 
 
