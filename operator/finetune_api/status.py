@@ -58,6 +58,14 @@ class Progress(ApiModel):
     tokens_per_second: float | None = Field(
         default=None, ge=0, description="Real (non-padding) tokens trained per second."
     )
+    gpu_memory_gib: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Peak GPU memory the trainer has allocated (rank 0, GiB); compare with "
+            "spec.resources.gpuMemoryBudget."
+        ),
+    )
     eta_seconds: int | None = Field(
         default=None, ge=0, description="Estimated seconds to finish training."
     )

@@ -78,6 +78,7 @@ def describe(job: dict[str, Any], pods: list[dict[str, Any]], events: list[dict[
             ("Eval loss", progress.get("evalLoss")),
             ("Learning rate", progress.get("learningRate")),
             ("Tokens/s", progress.get("tokensPerSecond")),
+            ("GPU memory (GiB)", progress.get("gpuMemoryGib")),
             ("ETA", progress.get("eta")),
             ("Updated", progress.get("updatedAt")),
         ],

@@ -88,6 +88,7 @@ class ProgressState:
     eval_loss: float | None = None
     learning_rate: float | None = None
     tokens_per_second: float | None = None
+    gpu_memory_gib: float | None = None
     eta_seconds: int | None = None
     resumed_from_step: int | None = None
     updated_at: str = field(default_factory=_now)
@@ -114,6 +115,7 @@ class ProgressState:
             "tokensPerSecond": (
                 None if self.tokens_per_second is None else round(self.tokens_per_second, 1)
             ),
+            "gpuMemoryGib": self.gpu_memory_gib,
             "etaSeconds": self.eta_seconds,
             "eta": None if self.eta_seconds is None else format_eta(self.eta_seconds),
             "updatedAt": self.updated_at,
@@ -132,6 +134,7 @@ class ProgressState:
             "eval_loss": ("Latest validation loss.", self.eval_loss),
             "learning_rate": ("Current learning rate.", self.learning_rate),
             "tokens_per_second": ("Real (non-padding) tokens per second.", self.tokens_per_second),
+            "gpu_memory_gib": ("Peak GPU memory allocated on this rank, GiB.", self.gpu_memory_gib),
             "eta_seconds": ("Estimated seconds until training ends.", self.eta_seconds),
             "resumed_from_step": ("Step restored from a checkpoint.", self.resumed_from_step),
         }
@@ -301,6 +304,7 @@ class ProgressReporter(TrainerCallback):  # type: ignore[misc]
                     s.tokens_per_second = new_tokens / (now - self._rate_mark[0])
                 if self._rate_mark is None or now - self._rate_mark[0] > 5.0:
                     self._rate_mark = (now, self.tokens.tokens)
+            s.gpu_memory_gib = peak_gpu_memory_gib()
             s.updated_at = _now()
 
     def on_log(
@@ -338,9 +342,21 @@ class ProgressReporter(TrainerCallback):  # type: ignore[misc]
             parts.append(f"lr {s.learning_rate:.2e}")
         if s.tokens_per_second is not None:
             parts.append(f"{s.tokens_per_second:,.0f} tok/s")
+        if s.gpu_memory_gib is not None:
+            parts.append(f"gpu {s.gpu_memory_gib:.1f}GiB")
         if s.eta_seconds is not None:
             parts.append(f"eta {format_eta(s.eta_seconds)}")
         return " ".join(parts)
+
+
+def peak_gpu_memory_gib() -> float | None:
+    """Peak memory this process's CUDA allocator has handed out, in GiB (``None`` on CPUs):
+    what ``resources.gpuMemoryBudget`` and the acceleration plan's estimate are compared with."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
 
 def termination_message(

@@ -155,6 +155,7 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
     mean_tokens = data.stats.train_tokens / max(data.stats.train, 1)
     set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
     model = build_model(model_dir, spec, precision, hw, mean_example_tokens=mean_tokens)
+    plan = getattr(model, "finetune_acceleration", None)
     before = generate_answers(model, tokenizer, data.test_prompts) if main else []
 
     # 5. Train, continuing from the newest complete checkpoint of this output.
@@ -213,6 +214,8 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         runtime_seconds=result.train_runtime_seconds,
         tokens_per_second=reporter.state.tokens_per_second,
         generations=pair_generations(before, after),
+        acceleration=plan,
+        gpu_memory_gib=reporter.state.gpu_memory_gib,
     )
     (local_root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     plot_losses(result.log_history, local_root / "loss.png", title=f"{job.metadata.name} loss")
@@ -259,6 +262,8 @@ def run_metrics(
     runtime_seconds: float,
     tokens_per_second: float | None,
     generations: list[dict[str, str]],
+    acceleration: Any = None,
+    gpu_memory_gib: float | None = None,
 ) -> dict[str, Any]:
     """The content of metrics.json: headline numbers first, the full history last."""
     train_losses = [e["loss"] for e in log_history if "loss" in e]
@@ -272,6 +277,9 @@ def run_metrics(
         "precision": precision,
         "trainRuntimeSeconds": runtime_seconds,
         "tokensPerSecond": tokens_per_second,
+        "gpuMemoryGib": gpu_memory_gib,
+        # How the run was made fast and how much memory that plan expected (acceleration.py).
+        "acceleration": None if acceleration is None else acceleration.describe(),
         "data": stats,
         "generations": generations,
         "logHistory": log_history,

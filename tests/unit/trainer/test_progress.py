@@ -26,7 +26,8 @@ pytestmark = pytest.mark.unit
 
 PROGRESS_KEYS = {
     "phase", "step", "totalSteps", "epoch", "percent", "summary", "loss", "evalLoss",
-    "learningRate", "tokensPerSecond", "etaSeconds", "eta", "updatedAt", "resumedFromStep",
+    "learningRate", "tokensPerSecond", "gpuMemoryGib", "etaSeconds", "eta", "updatedAt",
+    "resumedFromStep",
 }  # fmt: skip
 
 
@@ -54,6 +55,7 @@ def test_progress_json_has_exactly_the_status_keys_and_valid_values() -> None:
     state = ProgressState(
         phase="Training", step=120, total_steps=500, epoch=1.23456, loss=1.5, eval_loss=1.7,
         learning_rate=2e-4, tokens_per_second=1234.56, eta_seconds=3900, resumed_from_step=100,
+        gpu_memory_gib=71.33,
     )  # fmt: skip
     doc = state.to_json()
     assert set(doc) == PROGRESS_KEYS
@@ -63,6 +65,15 @@ def test_progress_json_has_exactly_the_status_keys_and_valid_values() -> None:
     # Everything but phase and resumedFromStep is exactly status.progress (camelCase, ranges).
     progress = {k: v for k, v in doc.items() if k not in ("phase", "resumedFromStep")}
     Progress.model_validate(progress)
+    # The operator keeps every one of them, the GPU memory included (status, ftj describe).
+    from finetune_operator.observe import progress_from
+
+    kept = progress_from(doc)
+    assert kept is not None and kept.gpu_memory_gib == 71.33
+    assert "finetune_trainer_gpu_memory_gib 71.33" in state.to_prometheus()
+    reporter = ProgressReporter(port=None)
+    reporter.state.gpu_memory_gib = 19.6
+    assert "gpu 19.6GiB" in reporter.progress_line()
 
 
 def test_unknown_values_are_left_out() -> None:
