@@ -224,20 +224,29 @@ def _fusable(module: Any) -> bool:
     return isinstance(dropout, torch.nn.Dropout | torch.nn.Identity)
 
 
-def _lora_arguments(module: Any, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...] | None:
-    """The fused functions' arguments after the input (W, bias, A, B, scale, p, seed), or
-    ``None`` when the call must go through peft (extra arguments, adapters off or merged)."""
-    if args or kwargs or module.disable_adapters or module.merged:
-        return None
-    if module.active_adapters != [name]:
-        return None
-    base = module.base_layer
+def _through_peft(module: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a call must take peft's own forward: extra arguments (e.g. mixed-adapter
+    batches), adapters disabled or merged, or another adapter made active since fusing."""
+    return bool(
+        args
+        or kwargs
+        or module.disable_adapters
+        or module.merged
+        or module.active_adapters != [name]
+    )
+
+
+def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
+    """The fused functions' arguments after their inputs: W, bias, A, B, scale, p, seed.
+
+    Draws the dropout seed (from torch's CPU generator) when dropout is on, so callers take it
+    in the order the model's own forward would have drawn its masks."""
     dropout = module.lora_dropout[name]
     p = float(dropout.p) if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
     seed = int(torch.randint(0, _SEED_BOUND, (1,)).item()) if p > 0.0 else 0
     return (
-        base.weight,
-        base.bias,
+        module.base_layer.weight,
+        module.base_layer.bias,
         module.lora_A[name].weight,
         module.lora_B[name].weight,
         float(module.scaling[name]),
@@ -251,12 +260,12 @@ def _fused_forward(module: Any) -> Any:
     name = module.active_adapters[0]
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        arguments = _lora_arguments(module, name, *args, **kwargs)
-        if arguments is None:
+        if _through_peft(module, name, args, kwargs):
             return peft_forward(x, *args, **kwargs)
-        weight = arguments[0]
+        arguments = _lora_arguments(module, name)
+        dtype = module.base_layer.weight.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return LoraLinearFunction.apply(x.to(weight.dtype), *arguments)
+            return LoraLinearFunction.apply(x.to(dtype), *arguments)
 
     return forward
 
@@ -267,15 +276,13 @@ def _fused_mlp_forward(mlp: Any) -> Any:
     name = down_proj.active_adapters[0]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if down_proj.disable_adapters or down_proj.merged or down_proj.active_adapters != [name]:
+        if _through_peft(down_proj, name, (), {}):
             return plain_forward(x)
         gate, up = mlp.gate_proj(x), mlp.up_proj(x)
-        # Drawn after gate/up, in the order the model's own forward draws its dropout seeds.
-        arguments = _lora_arguments(down_proj, name)
-        assert arguments is not None
-        weight = arguments[0]
+        arguments = _lora_arguments(down_proj, name)  # after gate's and up's seeds
+        dtype = down_proj.base_layer.weight.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return SwiGLUDownFunction.apply(gate.to(weight.dtype), up.to(weight.dtype), *arguments)
+            return SwiGLUDownFunction.apply(gate.to(dtype), up.to(dtype), *arguments)
 
     return forward
 
