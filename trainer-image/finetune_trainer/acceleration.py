@@ -217,9 +217,13 @@ class AccelerationPlan:
             f"accumulation={self.gradient_accumulation_steps} optimizer={self.optimizer} "
             f"dtype={self.dtype} compile={self.torch_compile} "
             + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
-            + f"fused_lora={self.fused_lora} "
-            + f"estimated_peak={self.estimated_peak_gib:.1f}GiB "
-            f"of {self.memory_budget_bytes / GiB:.1f}GiB"
+            + f"fused_lora={self.fused_lora}"
+            + (
+                f" estimated_peak={self.estimated_peak_gib:.1f}GiB"
+                f" of {self.memory_budget_bytes / GiB:.1f}GiB"
+                if self.memory_budget_bytes  # CPUs: no device memory to plan for
+                else ""
+            )
         )
 
 
