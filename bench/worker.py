@@ -114,6 +114,20 @@ def dataset(rows: list[dict[str, Any]], labels: bool = False) -> Any:
 # ------------------------------------------------------------------------------------------
 
 
+def shared_arguments(a: argparse.Namespace) -> dict[str, Any]:
+    """Trainer arguments the baseline and the peers share, so they differ only where they mean
+    to (padding, packing, kernels): precision, learning rate, steps, logging, seed."""
+    return {
+        "bf16": True,
+        "learning_rate": 2e-4,
+        "max_steps": a.steps,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "seed": 42,
+    }
+
+
 def build_baseline(ckpt: Path, tok: Any, rows: list[dict[str, Any]], a: argparse.Namespace) -> Any:
     """Tutorial style: HF Trainer, padded batches of 4, gradient checkpointing, no fused kernels."""
     import torch
@@ -132,13 +146,7 @@ def build_baseline(ckpt: Path, tok: Any, rows: list[dict[str, Any]], a: argparse
         per_device_train_batch_size=4,
         gradient_accumulation_steps=EXAMPLES_PER_STEP // 4,
         gradient_checkpointing=True,
-        bf16=True,
-        learning_rate=2e-4,
-        max_steps=a.steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
+        **shared_arguments(a),
     )
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     return Trainer(
@@ -164,13 +172,7 @@ def build_trl_peer(
         per_device_train_batch_size=8,
         gradient_accumulation_steps=1,
         use_liger_kernel=liger,
-        bf16=True,
-        learning_rate=2e-4,
-        max_steps=a.steps,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=42,
+        **shared_arguments(a),
     )
     return SFTTrainer(
         model=model,
