@@ -12,7 +12,7 @@ every thread of every transfer; its connection pool is sized for all of them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,16 @@ _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 def _is_missing(err: ClientError) -> bool:
     """Whether S3 answered "no such object" (HEAD gives a bare 404, GET a NoSuchKey)."""
     return str(err.response.get("Error", {}).get("Code")) in _MISSING_CODES
+
+
+def _unless_missing(request: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """S3's answer to ``request``, or None when it says there is no such object."""
+    try:
+        return request()
+    except ClientError as err:
+        if _is_missing(err):
+            return None
+        raise
 
 
 _DENIED_CODES = frozenset({"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
@@ -149,12 +159,9 @@ class S3Objects:
         uri = uri_of(bucket, key)
 
         def action() -> ObjectInfo | None:
-            try:
-                answer = self.client.head_object(Bucket=bucket, Key=key)
-            except ClientError as err:
-                if _is_missing(err):
-                    return None
-                raise
+            answer = _unless_missing(lambda: self.client.head_object(Bucket=bucket, Key=key))
+            if answer is None:
+                return None
             return ObjectInfo(key, int(answer["ContentLength"]), str(answer["ETag"]))
 
         result: ObjectInfo | None = self._call(action, "read", uri)
@@ -229,12 +236,9 @@ class S3Objects:
         """A small object's body; None when absent."""
 
         def action() -> bytes | None:
-            try:
-                answer = self.client.get_object(Bucket=bucket, Key=key)
-            except ClientError as err:
-                if _is_missing(err):
-                    return None
-                raise
+            answer = _unless_missing(lambda: self.client.get_object(Bucket=bucket, Key=key))
+            if answer is None:
+                return None
             body: bytes = answer["Body"].read()
             if len(body) != int(answer["ContentLength"]):
                 raise TruncatedTransfer(f"got {len(body)} of {answer['ContentLength']} bytes")
@@ -275,12 +279,9 @@ class S3Objects:
         """Size and sha256 of an object's bytes as stored (streamed, not saved)."""
 
         def action() -> FileEntry | None:
-            try:
-                answer = self.client.get_object(Bucket=bucket, Key=key)
-            except ClientError as err:
-                if _is_missing(err):
-                    return None
-                raise
+            answer = _unless_missing(lambda: self.client.get_object(Bucket=bucket, Key=key))
+            if answer is None:
+                return None
             size, sha = hash_stream(answer["Body"])
             if size != int(answer["ContentLength"]):
                 raise TruncatedTransfer(f"got {size} of {answer['ContentLength']} bytes")
