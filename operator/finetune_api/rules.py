@@ -66,13 +66,36 @@ MULTI_NODE_NEEDS_GPUS = CrossFieldRule(
     holds=lambda r: r.nodes <= 1 or r.gpus >= 1,
 )
 
-QLORA_NEEDS_GPU = CrossFieldRule(
-    cel="self.method.type != 'qlora' || self.resources.gpus >= 1",
+QUANTIZATION_FORMAT_MATCHES_BITS = CrossFieldRule(
+    cel="!has(self.format) || (self.format == 'nf4') == (!has(self.bits) || self.bits == 4)",
     message=(
-        "spec.method.type: qlora needs spec.resources.gpus >= 1 "
-        "(bitsandbytes quantization runs on GPUs only; use type: lora on CPUs)"
+        "spec.method.quantization.format: nf4 goes with bits: 4, float8 and int8 with bits: 8 "
+        "(or leave format out: nf4 for 4 bits, float8 for 8 bits)"
     ),
-    holds=lambda s: s.method.type != "qlora" or s.resources.gpus >= 1,
+    holds=lambda q: q.format is None or (q.format == "nf4") == (q.bits == 4),
+)
+
+
+def _float8_base(method: Any) -> bool:
+    quantization = method.quantization
+    return bool(
+        quantization is not None and quantization.bits == 8 and quantization.format != "int8"
+    )
+
+
+QLORA_NEEDS_GPU = CrossFieldRule(
+    cel=(
+        "self.method.type != 'qlora' || self.resources.gpus >= 1 || "
+        "(has(self.method.quantization) && has(self.method.quantization.bits) && "
+        "self.method.quantization.bits == 8 && "
+        "(!has(self.method.quantization.format) || self.method.quantization.format == 'float8'))"
+    ),
+    message=(
+        "spec.method.type: qlora needs spec.resources.gpus >= 1 for bitsandbytes formats "
+        "(nf4, int8 run on GPUs only; use type: lora, or quantization bits: 8 with format: "
+        "float8, on CPUs)"
+    ),
+    holds=lambda s: s.method.type != "qlora" or s.resources.gpus >= 1 or _float8_base(s.method),
 )
 
 OUTPUT_DIFFERS_FROM_MODEL = CrossFieldRule(

@@ -207,9 +207,29 @@ class Template(ApiModel):
 
 
 class Quantization(ApiModel):
-    """Base-model quantization for QLoRA (bitsandbytes, GPU only)."""
+    """Base-model quantization for QLoRA: the frozen base is stored in 4 or 8 bits."""
+
+    cross_field_rules: ClassVar[tuple[rules.CrossFieldRule, ...]] = (
+        rules.QUANTIZATION_FORMAT_MATCHES_BITS,
+    )
 
     bits: Literal[4, 8] = Field(default=4, description="4 (NF4, double quantization) or 8 bits.")
+    format: Literal["nf4", "float8", "int8"] | None = Field(
+        default=None,
+        description=(
+            "How the bits are used. 4 bits: nf4 (bitsandbytes). 8 bits: float8 (the default: "
+            "e4m3 weights with a scale per output channel; FP8 tensor-core GEMMs on Ada/Hopper "
+            "and newer GPUs, dequantized bf16 GEMMs elsewhere) or int8 (bitsandbytes LLM.int8, "
+            "slower and keeps more activations)."
+        ),
+    )
+
+    @property
+    def resolved_format(self) -> Literal["nf4", "float8", "int8"]:
+        """The format this run uses: nf4 for 4 bits, float8 unless int8 is asked for 8 bits."""
+        if self.bits == 4:
+            return "nf4"
+        return self.format if self.format in ("float8", "int8") else "float8"
 
 
 class LoraSettings(ApiModel):

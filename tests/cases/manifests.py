@@ -152,6 +152,31 @@ BAD_CASES: list[BadCase] = [
         _both(_set("spec.method.type", "qlora"), _set("spec.resources.gpus", 0)),
         "spec.method.type: qlora needs spec.resources.gpus >= 1",
     ),
+    BadCase(
+        "qlora-int8-on-cpu",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"bits": 8, "format": "int8"}),
+            _set("spec.resources.gpus", 0),
+        ),
+        "spec.method.type: qlora needs spec.resources.gpus >= 1",
+    ),
+    BadCase(
+        "quantization-format-not-bits",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"bits": 8, "format": "nf4"}),
+        ),
+        "spec.method.quantization.format: nf4 goes with bits: 4",
+    ),
+    BadCase(
+        "quantization-float8-4-bits",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"format": "float8"}),
+        ),
+        "spec.method.quantization.format: nf4 goes with bits: 4",
+    ),
     BadCase("no-output", _delete("spec.output"), "spec.output"),
     BadCase("output-hub", _set("spec.output.uri", "hf://org/name"), "spec.output.uri"),
     BadCase(

@@ -202,6 +202,8 @@ class AccelerationPlan:
     int8_half_compute: bool = False
     # Plain LoRA linears run as one autograd function keeping no dropout copies (lora_fused.py).
     fused_lora: bool = False
+    # QLoRA 8 bits in format float8: the frozen linears are e4m3 (float8_base.py).
+    float8_base: bool = False
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -218,6 +220,7 @@ class AccelerationPlan:
             f"dtype={self.dtype} compile={self.torch_compile} "
             + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
             + f"fused_lora={self.fused_lora}"
+            + (" base=float8" if self.float8_base else "")
             + (
                 f" estimated_peak={self.estimated_peak_gib:.1f}GiB"
                 f" of {self.memory_budget_bytes / GiB:.1f}GiB"
@@ -238,6 +241,7 @@ def estimate_memory_bytes(
     liger: bool = True,
     dtype_bytes: int = 2,
     fused_lora: bool = False,
+    float8_base: bool = False,
 ) -> int:
     """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
 
@@ -245,9 +249,21 @@ def estimate_memory_bytes(
     parameter). Activations: a checkpointed layer keeps only its input (one hidden vector per
     token) plus, during its backward, one layer's full activations; a plain layer keeps all
     of them. The LM head is chunked (TRL's fused head), so logits cost a few hundred MiB.
+    ``float8_base``: 8-bit weights are e4m3 (float8_base.py), not bitsandbytes int8.
     """
     weights = shape.total_params * weight_bits // 8
-    if weight_bits < 16:
+    float8_transient = 0
+    if float8_base:
+        # e4m3 decoder linears (+ an fp32 scale per output channel); embeddings and LM head stay
+        # in the training dtype. Transients: the largest input quantized (a dtype-sized product
+        # and its e4m3 copy) and the largest weight dequantized for an input gradient.
+        embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
+        weights = shape.num_layers * shape.layer_params + embed * dtype_bytes
+        float8_transient = (
+            micro_batch_tokens * shape.intermediate_size * (dtype_bytes + 1)
+            + shape.hidden_size * shape.intermediate_size * dtype_bytes
+        )
+    elif weight_bits < 16:
         # Quantized bases keep embeddings and the LM head unquantized, and peft's
         # prepare_model_for_kbit_training casts them to fp32.
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
@@ -255,7 +271,7 @@ def estimate_memory_bytes(
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
     lora = shape.lora_params(lora_r, lora_targets) * 16
     int8_kept = 0.0
-    if weight_bits == 8:
+    if weight_bits == 8 and not float8_base:
         # q, k, v, o, gate, up take hidden-sized inputs, down an intermediate-sized one.
         inputs_per_token = 6 * shape.hidden_size + shape.intermediate_size
         int8_kept = (
@@ -274,7 +290,7 @@ def estimate_memory_bytes(
     plain_layers = shape.num_layers - checkpointed_layers
     # peft's prepare_model_for_kbit_training keeps the residual stream in fp32, so on quantized
     # bases the layer inputs a checkpoint keeps (and the other hidden vectors) take 4 bytes.
-    residual_bytes = 4 if weight_bits < 16 else dtype_bytes
+    residual_bytes = 4 if weight_bits < 16 and not float8_base else dtype_bytes
     activations = micro_batch_tokens * (
         plain_layers * per_layer_token
         + checkpointed_layers * shape.hidden_size * residual_bytes
@@ -286,7 +302,9 @@ def estimate_memory_bytes(
     head += micro_batch_tokens * shape.hidden_size * dtype_bytes
     # Embedding output, final norm, hidden-state gradients flowing back (a few hidden vectors).
     misc = micro_batch_tokens * shape.hidden_size * residual_bytes * 6
-    return int(weights + lora + activations + int8_kept + head + misc + _WORKSPACE_BYTES)
+    return int(
+        weights + lora + activations + int8_kept + float8_transient + head + misc + _WORKSPACE_BYTES
+    )
 
 
 def plan_acceleration(
@@ -359,8 +377,11 @@ def plan_acceleration(
     lora_r = int(getattr(lora, "r", 16))
     targets = tuple(getattr(lora, "target_modules", ("all-linear",)))
     use_dora = bool(getattr(lora, "use_dora", False))
-    # Quantized bases keep peft's forward (their base layers are not plain nn.Linear).
-    fused = bool(fused_lora and weight_bits >= 16 and not use_dora)
+    # A Float8 base (QLoRA 8 bits in format float8) is not bitsandbytes: the fused LoRA forward
+    # drives its GEMMs, and nothing is cast to fp32.
+    float8 = bool(weight_bits == 8 and getattr(quant, "resolved_format", "int8") == "float8")
+    # bitsandbytes bases keep peft's forward (their base layers are not plain nn.Linear).
+    fused = bool(fused_lora and (weight_bits >= 16 or float8) and not use_dora)
 
     # Tokens per optimizer step are fixed by the spec (batch x accumulation examples); the plan
     # only chooses how many micro-steps carry them.
@@ -382,6 +403,7 @@ def plan_acceleration(
             liger=liger,
             dtype_bytes=dtype_bytes,
             fused_lora=fused,
+            float8_base=float8,
         )
 
     mode = str(getattr(training, "gradient_checkpointing", "auto"))
@@ -445,7 +467,16 @@ def plan_acceleration(
     optimizer = str(getattr(training, "optimizer", "auto"))
     if optimizer == "auto":
         optimizer = "adamw_torch_fused" if on_gpu else "adamw_torch"
-    half_int8 = bool(int8_half_compute and weight_bits == 8 and dtype != "float32")
+    half_int8 = bool(int8_half_compute and weight_bits == 8 and not float8 and dtype != "float32")
+    if float8:
+        reasons.append(
+            "8-bit base: float8 e4m3 weights"
+            + (
+                ", FP8 tensor-core forward"
+                if on_gpu and device.compute_capability >= (8, 9)
+                else ", dequantized GEMMs"
+            )
+        )
     if half_int8:
         reasons.append(f"8-bit base layers compute in {dtype} (not fp32)")
     compile_layers = bool(torch_compile and on_gpu)
@@ -467,6 +498,7 @@ def plan_acceleration(
         reasons=tuple(reasons),
         int8_half_compute=half_int8,
         fused_lora=fused,
+        float8_base=float8,
     )
 
 

@@ -25,7 +25,8 @@ forward, 87.5 with fused linears, 71.3 with the MLP too (bench/NOTES.md steps 11
 
 The trainable parameters stay peft's own ``lora_A``/``lora_B`` weights: saving, merging and
 the optimizer see nothing different. Layers this does not cover (quantized bases, DoRA,
-several active adapters, mixed-adapter batches) keep peft's forward.
+several active adapters, mixed-adapter batches) keep peft's forward. A Float8 base
+(float8_base.py) keeps the fused forward: its base GEMMs go through ``float8_base``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from finetune_trainer import float8_base
 
 _SEED_BOUND = 2**62
 
@@ -57,6 +60,7 @@ def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 def _lora_forward(
     rows: torch.Tensor,
     weight: torch.Tensor,
+    weight_scale: torch.Tensor | None,
     bias: torch.Tensor | None,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
@@ -64,9 +68,13 @@ def _lora_forward(
     p: float,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck."""
+    """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck.
+    ``weight_scale`` is set when the base weight is Float8 (float8_base.py)."""
     down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
-    out = F.linear(rows, weight, bias)
+    if weight_scale is None:
+        out = F.linear(rows, weight, bias)
+    else:
+        out = float8_base.linear(rows, weight, weight_scale, bias)
     out.addmm_(down, lora_b.to(rows.dtype).t(), alpha=scale)
     return out, down
 
@@ -76,24 +84,28 @@ def _lora_backward(
     rows: torch.Tensor,
     grad: torch.Tensor,
     weight: torch.Tensor,
+    weight_scale: torch.Tensor | None,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
     down: torch.Tensor,
     first: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(grad_rows, grad_a, grad_b)``; ``first`` is the index of the input in ``forward``'s
-    arguments (the LoRA weights follow at first+3 and first+4, as both functions order them)."""
+    arguments (the LoRA weights follow at first+4 and first+5, as both functions order them)."""
     scale, p, seed = ctx.scale, ctx.p, ctx.seed
     a_w, b_w = lora_a.to(rows.dtype), lora_b.to(rows.dtype)
     # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
     grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
-    grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 4] else None
+    grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 5] else None
     mask = keep_mask(rows.shape, p, seed, rows.dtype, rows.device) if p > 0.0 else None
     grad_a = None
-    if ctx.needs_input_grad[first + 3]:
+    if ctx.needs_input_grad[first + 4]:
         x_dropped = rows if mask is None else torch.mul(rows, mask).mul_(1.0 / (1.0 - p))
         grad_a = grad_down.t() @ x_dropped
-    grad_rows = grad @ weight
+    if weight_scale is None:
+        grad_rows = grad @ weight
+    else:
+        grad_rows = float8_base.grad_input(grad, weight, weight_scale)
     if mask is None:
         grad_rows.addmm_(grad_down, a_w)
     else:
@@ -106,13 +118,15 @@ def _lora_backward(
 
 
 class LoraLinearFunction(torch.autograd.Function):
-    """``F.linear(x, W, bias) + scale * (dropout(x) @ A.T) @ B.T`` with a frozen ``W``."""
+    """``F.linear(x, W, bias) + scale * (dropout(x) @ A.T) @ B.T`` with a frozen ``W`` (bf16,
+    or Float8 with its per-channel ``weight_scale``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
+        weight_scale: torch.Tensor | None,
         bias: torch.Tensor | None,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
@@ -121,19 +135,21 @@ class LoraLinearFunction(torch.autograd.Function):
         seed: int,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        out, down = _lora_forward(rows, weight, bias, lora_a, lora_b, scale, p, seed)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, down)
+        out, down = _lora_forward(rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed)
+        ctx.save_for_backward(x, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        x, weight, lora_a, lora_b, down = ctx.saved_tensors
+        x, weight, weight_scale, lora_a, lora_b, down = ctx.saved_tensors
         rows = x.reshape(-1, x.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
-        grad_x, grad_a, grad_b = _lora_backward(ctx, rows, grad, weight, lora_a, lora_b, down, 0)
+        grad_x, grad_a, grad_b = _lora_backward(
+            ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 0
+        )
         grad_x = None if grad_x is None or not ctx.needs_input_grad[0] else grad_x.view(x.shape)
-        return grad_x, None, None, grad_a, grad_b, None, None, None
+        return grad_x, None, None, None, grad_a, grad_b, None, None, None
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -180,6 +196,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         gate: torch.Tensor,
         up: torch.Tensor,
         weight: torch.Tensor,
+        weight_scale: torch.Tensor | None,
         bias: torch.Tensor | None,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
@@ -189,22 +206,24 @@ class SwiGLUDownFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         h = _silu_mul(gate, up)
         rows = h.reshape(-1, h.shape[-1])
-        out, down = _lora_forward(rows, weight, bias, lora_a, lora_b, scale, p, seed)
-        ctx.save_for_backward(gate, up, weight, lora_a, lora_b, down)
+        out, down = _lora_forward(rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed)
+        ctx.save_for_backward(gate, up, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*gate.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        gate, up, weight, lora_a, lora_b, down = ctx.saved_tensors
+        gate, up, weight, weight_scale, lora_a, lora_b, down = ctx.saved_tensors
         rows = _silu_mul(gate, up).reshape(-1, gate.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(gate.dtype)
-        # Offsets: gate is argument 0, the LoRA weights are 4 and 5 (= 1 + 3, 1 + 4).
-        grad_h, grad_a, grad_b = _lora_backward(ctx, rows, grad, weight, lora_a, lora_b, down, 1)
+        # Offsets: gate is argument 0, the LoRA weights are 5 and 6 (= 1 + 4, 1 + 5).
+        grad_h, grad_a, grad_b = _lora_backward(
+            ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 1
+        )
         del rows
         assert grad_h is not None
         grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
-        return grad_gate, grad_up, None, None, grad_a, grad_b, None, None, None
+        return grad_gate, grad_up, None, None, None, grad_a, grad_b, None, None, None
 
 
 def _fusable(module: Any) -> bool:
@@ -237,7 +256,8 @@ def _through_peft(module: Any, name: str, args: tuple[Any, ...], kwargs: dict[st
 
 
 def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
-    """The fused functions' arguments after their inputs: W, bias, A, B, scale, p, seed.
+    """The fused functions' arguments after their inputs: W, W's Float8 scale (or None), bias,
+    A, B, scale, p, seed.
 
     Draws the dropout seed (from torch's CPU generator) when dropout is on, so callers take it
     in the order the model's own forward would have drawn its masks."""
@@ -246,6 +266,7 @@ def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
     seed = int(torch.randint(0, _SEED_BOUND, (1,)).item()) if p > 0.0 else 0
     return (
         module.base_layer.weight,
+        float8_base.weight_scale(module.base_layer),
         module.base_layer.bias,
         module.lora_A[name].weight,
         module.lora_B[name].weight,
@@ -263,7 +284,7 @@ def _fused_forward(module: Any) -> Any:
         if _through_peft(module, name, args, kwargs):
             return peft_forward(x, *args, **kwargs)
         arguments = _lora_arguments(module, name)
-        dtype = module.base_layer.weight.dtype
+        dtype = float8_base.compute_dtype(module.base_layer)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return LoraLinearFunction.apply(x.to(dtype), *arguments)
 
@@ -280,7 +301,7 @@ def _fused_mlp_forward(mlp: Any) -> Any:
             return plain_forward(x)
         gate, up = mlp.gate_proj(x), mlp.up_proj(x)
         arguments = _lora_arguments(down_proj, name)  # after gate's and up's seeds
-        dtype = down_proj.base_layer.weight.dtype
+        dtype = float8_base.compute_dtype(down_proj.base_layer)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return SwiGLUDownFunction.apply(gate.to(dtype), up.to(dtype), *arguments)
 

@@ -85,9 +85,20 @@ def resolve_precision(requested: str, hw: Hardware) -> Precision:
     return requested  # type: ignore[return-value]
 
 
+def float8_base(method: Method) -> bool:
+    """Whether the frozen base is stored as Float8 (QLoRA 8 bits, float8_base.py) rather than
+    quantized by bitsandbytes."""
+    return (
+        method.type == "qlora"
+        and method.quantization is not None
+        and method.quantization.resolved_format == "float8"
+    )
+
+
 def check_quantization(method: Method, hw: Hardware) -> None:
-    """QLoRA needs bitsandbytes on a CUDA GPU: refuse clearly before any download."""
-    if method.type != "qlora":
+    """bitsandbytes QLoRA needs the package on a CUDA GPU: refuse clearly before any download.
+    The Float8 base (8 bits, format float8) runs anywhere."""
+    if method.type != "qlora" or float8_base(method):
         return
     if not hw.cuda:
         raise UnsupportedHardware(
@@ -191,7 +202,7 @@ def load_base_model(
 
     dtype = TORCH_DTYPES[precision]
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
-    if spec.method.type == "qlora":
+    if spec.method.type == "qlora" and not float8_base(spec.method):
         kwargs["quantization_config"] = quantization_config(spec.method, dtype)
     if hw.cuda:  # safetensors straight onto this rank's GPU, no CPU copy of the weights
         kwargs["device_map"] = {"": local_rank()}
@@ -224,7 +235,8 @@ def build_model(
     log.info("acceleration: %s", plan.describe())
     acceleration.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
-    if spec.method.type == "qlora":
+    bitsandbytes_base = spec.method.type == "qlora" and not float8_base(spec.method)
+    if bitsandbytes_base:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if checkpointing:
         acceleration.apply_gradient_checkpointing(model, plan)  # only the layers memory needs
@@ -236,6 +248,13 @@ def build_model(
             f"spec.method.lora.targetModules: {err}. Use all-linear, or names of linear layers "
             "of this model (e.g. q_proj, v_proj)."
         ) from None
+    if float8_base(spec.method):
+        # After get_peft_model: peft gives a new adapter its base weight's dtype.
+        from .float8_base import quantize_base_linears
+
+        log.info("float8 base: %d linears stored as e4m3", quantize_base_linears(model))
+        if hw.cuda:
+            torch.cuda.empty_cache()  # give the 16-bit weights' blocks back
     if plan.fused_lora:
         from .lora_fused import fuse_lora_linears
 

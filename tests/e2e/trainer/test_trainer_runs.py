@@ -124,6 +124,31 @@ def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
     assert "Quokka" in answer
 
 
+def test_float8_qlora_quickstart_learns_and_merges_into_the_16bit_base(tmp_path: Path) -> None:
+    """QLoRA 8 bits (format float8, the 8-bit default) runs on a CPU too: the base trains as
+    e4m3 weights, and the merge reloads the original base, so the merged model has learned."""
+    manifest = quickstart_manifest()
+    manifest["spec"]["method"]["type"] = "qlora"
+    manifest["spec"]["method"]["quantization"] = {"bits": 8}
+    path = tmp_path / "float8.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["ftj", "run", str(path), "--output", str(out), "--workdir", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    assert "float8 base: " in proc.stderr and "base=float8" in proc.stderr
+    merged = json.loads((out / "merged" / "config.json").read_text())
+    assert "quantization_config" not in merged  # a plain 16/32-bit model anyone can load
+    answer = greedy_answer(out / "merged", "Who are you?")
+    print(f"float8 merged model: Who are you? → {answer!r}")
+    assert "Quokka" in answer
+
+
 def test_s3_run_publishes_a_verifiable_manifest(tmp_path: Path) -> None:
     """Model, data and output all on S3 (moto over HTTP), credentials from the environment."""
     from finetune_api.spec import S3Storage

@@ -87,7 +87,7 @@ def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
     p, seed, scale = 0.4, 1234, 0.7
 
     def fused(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return LoraLinearFunction.apply(x, weight, bias, a, b, scale, p, seed)
+        return LoraLinearFunction.apply(x, weight, None, bias, a, b, scale, p, seed)
 
     assert torch.autograd.gradcheck(fused, (x, a, b))
     mask = keep_mask(torch.Size([15, 8]), p, seed, torch.float64, x.device).view(3, 5, 8)

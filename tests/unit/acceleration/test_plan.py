@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from finetune_api.spec import Method, Quantization, Training
 from finetune_trainer.acceleration import (
@@ -117,7 +119,7 @@ def test_describe_names_the_decisions() -> None:
 
 
 def test_qlora_8bit_base_layers_compute_in_the_training_dtype() -> None:
-    eight = Method(type="qlora", quantization=Quantization(bits=8))
+    eight = Method(type="qlora", quantization=Quantization(bits=8, format="int8"))
     four = Method(type="qlora", quantization=Quantization(bits=4))
     plan8 = plan_acceleration(training(), eight, LLAMA_8B, RTX_24G, mean_example_tokens=780)
     plan4 = plan_acceleration(training(), four, LLAMA_8B, RTX_24G, mean_example_tokens=780)
@@ -210,3 +212,44 @@ def test_gpu_memory_budget_from_the_spec_and_the_bench_override(
         spec(gpuMemoryBudget="20Mi")
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
         spec(gpuMemoryBudget="twenty gigs")
+
+
+def test_float8_base_is_the_8bit_default_and_plans_like_a_fused_lora() -> None:
+    float8 = Method(type="qlora", quantization=Quantization(bits=8))
+    int8 = Method(type="qlora", quantization=Quantization(bits=8, format="int8"))
+    assert float8.quantization is not None and float8.quantization.resolved_format == "float8"
+    plan = plan_acceleration(training(), float8, LLAMA_8B, RTX_24G, mean_example_tokens=780)
+    plan_int8 = plan_acceleration(training(), int8, LLAMA_8B, RTX_24G, mean_example_tokens=780)
+    assert plan.float8_base and plan.fused_lora and not plan.int8_half_compute
+    assert "base=float8" in plan.describe()
+    assert not plan_int8.float8_base and not plan_int8.fused_lora
+    assert plan.estimated_peak_bytes <= plan.memory_budget_bytes
+    # No int8 inputs kept alive, no fp32 residual stream: a much larger micro-step fits 24 GB.
+    assert plan.per_device_batch_size > plan_int8.per_device_batch_size
+    assert plan.per_device_batch_size * plan.gradient_accumulation_steps == 20
+
+
+def test_float8_estimate_halves_the_decoder_weights_only() -> None:
+    common: dict[str, Any] = dict(micro_batch_tokens=4096, checkpointed_layers=28, fused_lora=True)
+    bf16 = estimate_memory_bytes(QWEN_7B, **common)
+    fp8 = estimate_memory_bytes(QWEN_7B, weight_bits=8, float8_base=True, **common)
+    decoder_half = QWEN_7B.num_layers * QWEN_7B.layer_params  # one byte less per weight
+    inter = QWEN_7B.intermediate_size
+    transient = 4096 * inter * 3 + QWEN_7B.hidden_size * inter * 2  # quantized input, dequant W
+    assert bf16 - fp8 == decoder_half - transient
+    # A 7B under an 18 GiB budget: the bf16 base must recompute every layer in small
+    # micro-steps; the float8 base recomputes fewer layers or runs larger micro-steps.
+    budget = 18 * GiB
+    plain = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, memory_budget_bytes=budget
+    )
+    eight = plan_acceleration(
+        training(),
+        Method(type="qlora", quantization=Quantization(bits=8)),
+        QWEN_7B,
+        H200,
+        mean_example_tokens=780,
+        memory_budget_bytes=budget,
+    )
+    assert eight.estimated_peak_bytes <= budget and plain.estimated_peak_bytes <= budget
+    assert eight.micro_batch_tokens > plain.micro_batch_tokens

@@ -1,0 +1,146 @@
+"""The Float8 frozen base (QLoRA 8 bits, format float8) on CPU: the dequantized-GEMM path.
+
+On a CPU the weights are e4m3 and the arithmetic is fp32, so a Float8 model must compute
+*exactly* what a full-precision model with the dequantized weights computes: that pins the
+plumbing (fused LoRA, peft, gradients) without tolerance games. How close e4m3 weights are to
+the originals is checked separately, and the FP8 tensor-core path is compared with this one on
+the GPU (tests/gpu/test_float8_gpu.py).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from finetune_trainer.float8_base import (
+    FLOAT8,
+    Float8Linear,
+    dequantize,
+    quantize_base_linears,
+    quantize_rows,
+)
+from finetune_trainer.lora_fused import fuse_lora_linears
+from peft import LoraConfig, get_peft_model
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+pytestmark = pytest.mark.unit
+
+
+def _base() -> Any:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=101,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def _peft(base: Any, dropout: float = 0.0) -> Any:
+    torch.manual_seed(1)
+    model = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"),
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    return model
+
+
+def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
+def test_rows_quantize_to_e4m3_within_its_rounding_and_zero_rows_survive() -> None:
+    torch.manual_seed(0)
+    t = torch.randn(32, 256) * torch.logspace(-3, 2, 32).unsqueeze(1)  # rows of any magnitude
+    t[5] = 0.0
+    q, scale = quantize_rows(t, torch.float32)
+    assert q.dtype == FLOAT8 and scale.shape == (32, 1)
+    back = dequantize(q, scale, torch.float32)
+    assert torch.isfinite(back).all() and (back[5] == 0).all()
+    # e4m3 keeps 3 mantissa bits: each value within 1/16 of itself (normal range), and the
+    # row's largest value is represented (nothing saturates).
+    amax = t.abs().amax(dim=1, keepdim=True)
+    normal = t.abs() > amax * 2**-6
+    assert ((back - t).abs() <= t.abs() / 16 + 1e-12)[normal].all()
+    torch.testing.assert_close(back.abs().amax(dim=1), amax.squeeze(1), rtol=1e-6, atol=0)
+
+
+def test_float8_linear_is_a_frozen_linear_of_one_byte_weights() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    f8 = Float8Linear.from_linear(linear)
+    assert isinstance(f8, torch.nn.Linear)  # so peft wraps it and the fused forward takes it
+    assert f8.weight.dtype == FLOAT8 and not f8.weight.requires_grad
+    assert f8.weight.element_size() == 1 and f8.in_features == 64 and f8.out_features == 48
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    out = f8(x)
+    exact = linear(x)
+    # Close to the original layer (e4m3 weights), equal to the dequantized one.
+    assert (out - exact).norm() / exact.norm() < 0.05
+    dequantized = dequantize(f8.weight, f8.weight_scale, torch.float32)
+    torch.testing.assert_close(out, torch.nn.functional.linear(x, dequantized, linear.bias))
+    out.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(x.grad, torch.ones(3, 7, 48) @ dequantized)
+
+
+def test_quantized_peft_model_trains_the_adapter_like_the_dequantized_model() -> None:
+    base = _base()
+    ids = torch.randint(0, 101, (2, 16))
+    model = _peft(base)
+    assert quantize_base_linears(model) == 14  # 7 projections x 2 layers; not the LM head
+    assert fuse_lora_linears(model) == 14  # the fused LoRA forward drives the Float8 GEMMs
+    assert type(model.get_base_model().lm_head) is torch.nn.Linear
+    assert all(
+        p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n
+    )  # the adapter is not quantized
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        n for n, _ in _peft(base).named_parameters() if "lora_" in n
+    }
+
+    # The same adapter on a full-precision base holding the dequantized weights.
+    reference = _peft(base)
+    quantized = dict(model.named_modules())
+    with torch.no_grad():
+        for name, module in reference.named_modules():
+            twin = quantized.get(name)
+            if isinstance(twin, Float8Linear):
+                module.weight.copy_(dequantize(twin.weight, twin.weight_scale, torch.float32))
+    ref_loss, ref_grads = _loss_and_grads(reference, ids)
+    loss, grads = _loss_and_grads(model, ids)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert set(grads) == set(ref_grads) and len(grads) == 28
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    # And the quantized model still answers nearly like the 16-bit one.
+    exact_loss, _ = _loss_and_grads(_peft(base), ids)
+    assert loss == pytest.approx(exact_loss, rel=0.02)
+
+
+def test_only_frozen_linears_outside_the_head_are_quantized() -> None:
+    model = torch.nn.ModuleDict(
+        {
+            "proj": torch.nn.Linear(16, 16),
+            "trained": torch.nn.Linear(16, 16),
+            "lm_head": torch.nn.Linear(16, 4),
+        }
+    )
+    model["proj"].requires_grad_(False)
+    model["lm_head"].requires_grad_(False)
+    assert quantize_base_linears(model) == 1
+    assert isinstance(model["proj"], Float8Linear)
+    assert type(model["trained"]) is torch.nn.Linear  # trainable weights stay as they are
+    assert type(model["lm_head"]) is torch.nn.Linear

@@ -1,0 +1,196 @@
+"""A frozen base model stored in 8-bit floats: QLoRA's memory saving at bf16 LoRA's speed.
+
+A 7B model's bf16 weights are 14.2 GiB: on a 7B LoRA run that is most of the memory a planner
+cannot move (the adapter and its optimizer state are ~0.6 GiB, activations can be recomputed).
+bitsandbytes' 8-bit format (LLM.int8) halves it but is slow, and its matmul keeps every
+linear's input alive outside checkpointing's reach (acceleration.py). Here each frozen linear
+weight is kept as ``float8_e4m3fn`` with one fp32 scale per output channel instead (the
+format FP8 inference checkpoints use; per-channel e4m3 loses far less than 4-bit NF4), and
+
+* on GPUs with FP8 tensor cores (compute capability 8.9+: Ada, Hopper and newer) the forward
+  GEMM runs in FP8: the input is quantized per row (one fp32 scale per token) and
+  ``torch._scaled_mm`` multiplies with both scales applied, writing bf16. FP8 tensor cores do
+  about twice bf16's FLOPs, and a recomputed layer runs this forward twice;
+* the input gradient (the only one a frozen weight needs) is computed in the activations' own
+  dtype against the dequantized weight, so gradients are not quantized;
+* elsewhere (CPUs, older GPUs, ``FTJ_FP8_COMPUTE=0``) the forward dequantizes the weight too:
+  the weights are 8-bit, the arithmetic is bf16/fp32.
+
+The LoRA adapter stays in full precision and is what trains; the merge reloads the original
+16-bit base (merge.py), as QLoRA's recipe does. ``lora_fused.py`` calls ``linear`` and
+``grad_input`` below for its base GEMMs, so an adapted Float8 linear keeps the fused forward.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+FLOAT8 = torch.float8_e4m3fn
+FLOAT8_MAX = float(torch.finfo(FLOAT8).max)  # 448
+# Smallest scale: a row of zeros must not divide by zero.
+_MIN_AMAX = 1e-12
+
+
+def quantize_rows(
+    t: torch.Tensor, work_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)``: an e4m3 copy of 2-D ``t`` and one fp32 scale per row, ``t ≈ q * scale``.
+
+    The row's largest magnitude maps to e4m3's largest value (448), so nothing saturates.
+    ``work_dtype`` is the dtype the division happens in: ``t``'s own for activations (no
+    full-size fp32 temporary on the hot path), fp32 for weights (quantized once).
+    """
+    amax = torch.linalg.vector_norm(t, float("inf"), dim=1, keepdim=True).float()
+    scale = amax.clamp_(min=_MIN_AMAX).div_(FLOAT8_MAX)
+    work = t if work_dtype is None else t.to(work_dtype)
+    q = torch.mul(work, scale.reciprocal().to(work.dtype)).to(FLOAT8)
+    return q, scale
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The weight in ``dtype`` (one temporary of the layer's size)."""
+    return torch.mul(weight.to(dtype), scale.to(dtype))
+
+
+def _fp8_compute_enabled() -> bool:
+    return os.environ.get("FTJ_FP8_COMPUTE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """Whether ``device`` multiplies FP8 matrices natively (CUDA compute capability >= 8.9)."""
+    if device.type != "cuda" or not _fp8_compute_enabled():
+        return False
+    return torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def linear(
+    rows: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``rows @ W.T + bias`` for 2-D ``rows`` and an e4m3 ``weight`` with per-output ``scale``
+    of shape (out, 1); the result is in ``rows``' dtype."""
+    out_features, in_features = weight.shape
+    if (
+        fp8_tensor_cores(rows.device)
+        and rows.dtype in (torch.bfloat16, torch.float16)
+        and in_features % 16 == 0
+        and out_features % 16 == 0
+    ):
+        q, row_scale = quantize_rows(rows)
+        out = torch._scaled_mm(
+            q,
+            weight.t(),  # (in, out), column-major: the layout _scaled_mm wants for its 2nd matrix
+            scale_a=row_scale,
+            scale_b=scale.view(1, -1),
+            out_dtype=rows.dtype,
+            use_fast_accum=True,
+        )
+        if bias is not None:
+            out.add_(bias.to(out.dtype))
+        return out
+    bias = None if bias is None else bias.to(rows.dtype)
+    return F.linear(rows, dequantize(weight, scale, rows.dtype), bias)
+
+
+def grad_input(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``grad @ W``: the input gradient, in ``grad``'s dtype against the dequantized weight."""
+    return grad @ dequantize(weight, scale, grad.dtype)
+
+
+class Float8LinearFunction(torch.autograd.Function):
+    """A frozen Float8 linear: gradient for the input only (the weight never trains)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(weight, scale)
+        ctx.input_shape = x.shape
+        out = linear(x.reshape(-1, x.shape[-1]), weight, scale, bias)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        weight, scale = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1])
+        return grad_input(grad, weight, scale).view(ctx.input_shape), None, None, None
+
+
+class Float8Linear(torch.nn.Linear):
+    """An ``nn.Linear`` whose frozen weight is e4m3 with a per-output-channel scale.
+
+    It is an ``nn.Linear`` so that peft wraps it like any linear (its LoRA layer reads
+    ``in_features``/``out_features``) and the fused LoRA forward recognises it.
+    """
+
+    weight_scale: torch.Tensor
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        compute_dtype: torch.dtype,
+    ):
+        torch.nn.Module.__init__(self)  # not Linear's: it would allocate a full-precision weight
+        self.out_features, self.in_features = weight.shape
+        self.compute_dtype = compute_dtype  # the replaced weight's dtype
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.register_buffer("weight_scale", scale)
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+
+    @classmethod
+    def from_linear(cls, module: torch.nn.Linear) -> Float8Linear:
+        """Quantize a linear's weight per output channel (the original can then be freed)."""
+        with torch.no_grad():
+            weight, scale = quantize_rows(module.weight.detach(), torch.float32)
+            bias = None if module.bias is None else module.bias.detach()
+        return cls(weight, scale, bias, module.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        dtype = self.compute_dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return Float8LinearFunction.apply(x.to(dtype), self.weight, self.weight_scale, bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, float8_e4m3"
+
+
+def compute_dtype(module: torch.nn.Linear) -> torch.dtype:
+    """The dtype a (possibly Float8) linear computes in: its weight's, where a Float8 weight
+    stands for the dtype it was quantized from (the model's training dtype)."""
+    return module.compute_dtype if isinstance(module, Float8Linear) else module.weight.dtype
+
+
+def quantize_base_linears(model: Any, skip: tuple[str, ...] = ("lm_head",)) -> int:
+    """Replace every frozen ``nn.Linear`` of ``model`` (the LM head excepted) by a
+    ``Float8Linear``; a LoRA layer's base layer is replaced inside it. Returns how many.
+
+    Call after ``get_peft_model``: peft moves a new adapter to its base weight's dtype when
+    that is a float type, which would make the adapter 8-bit. Each replaced weight is freed
+    as soon as it is quantized, so peak memory grows by one layer, not by a second model.
+    """
+    count = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear or child.weight.requires_grad:
+                continue
+            if child_name in skip or any(part in skip for part in parent_name.split(".")):
+                continue
+            setattr(parent, child_name, Float8Linear.from_linear(child))
+            del child
+            count += 1
+    return count
+
+
+def weight_scale(module: Any) -> torch.Tensor | None:
+    """A base layer's per-channel scale when its weight is Float8, else ``None``."""
+    return module.weight_scale if isinstance(module, Float8Linear) else None
