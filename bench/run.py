@@ -115,8 +115,10 @@ def run_row(
         # leaves after the CUDA context: the H100 figure's memory side, on this GPU's compute.
         env["FTJ_MEMORY_BUDGET_GIB"] = "63.3"
         env["FTJ_BENCH_CAP_GIB"] = "74"
-    if config.endswith("-18g"):  # 60% of the tutorial baseline's 30.5 GiB on the 7B shape
+    if "-18g" in config:  # 60% of the tutorial baseline's 30.5 GiB on the 7B shape
         env["FTJ_MEMORY_BUDGET_GIB"] = "18"
+    if config.endswith("-nofp8"):  # ablation: Float8 weights, dequantized bf16 GEMMs
+        env["FTJ_FP8_COMPUTE"] = "0"
     if config == "default-unfused":
         env["FTJ_FUSED_LORA"] = "0"
     if config.endswith("-compile"):

@@ -275,6 +275,7 @@ def build_trainer_path(
     a: argparse.Namespace,
     gradient_checkpointing: str = "auto",
     qlora_bits: int | None = None,
+    qlora_format: str | None = None,
     activation_offloading: bool = False,
 ) -> Any:
     """The trainer's own code path (``finetune_trainer.run`` minus fetch/publish): spec →
@@ -289,7 +290,10 @@ def build_trainer_path(
 
     method: dict[str, Any] = {"type": "lora"}
     if qlora_bits:
-        method = {"type": "qlora", "quantization": {"bits": qlora_bits}}
+        quantization: dict[str, Any] = {"bits": qlora_bits}
+        if qlora_format:
+            quantization["format"] = qlora_format
+        method = {"type": "qlora", "quantization": quantization}
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"uri": str(ckpt)},
@@ -356,12 +360,22 @@ CONFIGS = {
         c, t, r, a, gradient_checkpointing="never", activation_offloading=True
     ),
     "qlora-4bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
+    # 8 bits in the default format, float8 (float8_base.py); -18g: the 18 GiB budget; -nofp8:
+    # dequantized bf16 GEMMs instead of FP8 tensor cores (run.py sets FTJ_FP8_COMPUTE=0).
     "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "qlora-8bit-18g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "qlora-8bit-18g-nofp8": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    # Ablation: without the plan's bf16 compute cast for the int8 layers (run.py sets the env).
-    "qlora-8bit-24g-nocast": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # bitsandbytes' LLM.int8 (format int8), and without the plan's bf16 compute cast for its
+    # layers (run.py sets the env): the 8-bit rows before the float8 format existed.
+    "qlora-int8-24g": lambda c, t, r, a: build_trainer_path(
+        c, t, r, a, qlora_bits=8, qlora_format="int8"
+    ),
+    "qlora-int8-24g-nocast": lambda c, t, r, a: build_trainer_path(
+        c, t, r, a, qlora_bits=8, qlora_format="int8"
+    ),
     # The default with its decoder layers under torch.compile (run.py sets FTJ_TORCH_COMPILE).
     "default-compile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # Ablations of the acceleration component outside the trainer (bench/NOTES.md).
