@@ -67,14 +67,16 @@ def _lora_forward(
     scale: float,
     p: float,
     seed: int,
+    shared_input: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck.
-    ``weight_scale`` is set when the base weight is Float8 (float8_base.py)."""
+    ``weight_scale`` is set when the base weight is Float8 (float8_base.py);
+    ``shared_input=False`` when no sibling projection reads ``rows``."""
     down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
     if weight_scale is None:
         out = F.linear(rows, weight, bias)
     else:
-        out = float8_base.linear(rows, weight, weight_scale, bias)
+        out = float8_base.linear(rows, weight, weight_scale, bias, share_input=shared_input)
     out.addmm_(down, lora_b.to(rows.dtype).t(), alpha=scale)
     return out, down
 
@@ -206,7 +208,10 @@ class SwiGLUDownFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         h = _silu_mul(gate, up)
         rows = h.reshape(-1, h.shape[-1])
-        out, down = _lora_forward(rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed)
+        out, down = _lora_forward(
+            rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed, shared_input=False
+        )
+        del h, rows  # the largest tensor of the layer: gone before the next one is made
         ctx.save_for_backward(gate, up, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*gate.shape[:-1], out.shape[-1])

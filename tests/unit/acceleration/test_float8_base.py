@@ -144,3 +144,31 @@ def test_only_frozen_linears_outside_the_head_are_quantized() -> None:
     assert isinstance(model["proj"], Float8Linear)
     assert type(model["trained"]) is torch.nn.Linear  # trainable weights stay as they are
     assert type(model["lm_head"]) is torch.nn.Linear
+
+
+def test_sibling_projections_share_one_quantized_input_and_changes_invalidate_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finetune_trainer import float8_base
+
+    calls: list[int] = []
+    real = float8_base.quantize_rows
+
+    def counting(t: torch.Tensor, work_dtype: Any = None) -> Any:
+        calls.append(t.shape[0])
+        return real(t, work_dtype)
+
+    monkeypatch.setattr(float8_base, "quantize_rows", counting)
+    cache = float8_base._SharedInput()
+    x = torch.randn(6, 32)
+    rows = x.reshape(-1, 32)  # q, k and v each reshape the same normed input
+    first = cache.quantize(rows, share=True)
+    again = cache.quantize(x.reshape(-1, 32), share=True)
+    assert len(calls) == 1 and again[0] is first[0]
+    x.mul_(2.0)  # an in-place change: the cached copy is stale
+    changed = cache.quantize(x.reshape(-1, 32), share=True)
+    assert len(calls) == 2
+    torch.testing.assert_close(changed[1], first[1] * 2.0)
+    other = torch.randn(6, 32)
+    cache.quantize(other, share=False)  # e.g. the down projection's input: not kept
+    assert cache.entry is None and len(calls) == 3
