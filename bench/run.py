@@ -119,6 +119,10 @@ def run_row(
         env["FTJ_MEMORY_BUDGET_GIB"] = "18"
     if config.endswith("-nofp8"):  # ablation: Float8 weights, dequantized bf16 GEMMs
         env["FTJ_FP8_COMPUTE"] = "0"
+    if config.endswith("-fp8bwd"):  # ablation: input gradients on FP8 tensor cores too
+        env["FTJ_FP8_BACKWARD"] = "1"
+    if config.endswith("-profile"):
+        env["FTJ_BENCH_PROFILE"] = "1"
     if config == "default-unfused":
         env["FTJ_FUSED_LORA"] = "0"
     if config.endswith("-compile"):

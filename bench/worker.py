@@ -57,10 +57,27 @@ class Meter:
 
         meter = self
 
+        profile_step = meter.warmup + 1 if os.environ.get("FTJ_BENCH_PROFILE") else None
+
         class StepTimer(TrainerCallback):
+            profiler: Any = None
+
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if profile_step is not None and state.global_step + 1 == profile_step:
+                    activity = torch.profiler.ProfilerActivity.CUDA
+                    self.profiler = torch.profiler.profile(activities=[activity])
+                    self.profiler.__enter__()
+
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
+                if self.profiler is not None:  # where one step's GPU time goes (-profile rows)
+                    self.profiler.__exit__(None, None, None)
+                    table = self.profiler.key_averages().table(
+                        sort_by="device_time_total", row_limit=30, max_name_column_width=70
+                    )
+                    print(table, file=sys.stderr, flush=True)
+                    self.profiler = None
                 now = time.perf_counter()
                 if meter.first_step_end is None:
                     meter.first_step_end = now
@@ -365,6 +382,10 @@ CONFIGS = {
     "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     "qlora-8bit-18g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     "qlora-8bit-18g-nofp8": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # Ablation: input gradients on FP8 tensor cores too (run.py sets FTJ_FP8_BACKWARD=1);
+    # -profile: prints where one step's GPU time goes (its tokens/s includes the profiler).
+    "qlora-8bit-18g-fp8bwd": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "qlora-8bit-18g-profile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),

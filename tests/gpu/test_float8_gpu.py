@@ -154,3 +154,24 @@ def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: No
         f"{fp8_ms:.3f} ms ({bf16_ms / fp8_ms:.2f}x), dequantized bf16 {dequantized_ms:.3f} ms"
     )
     assert fp8_ms < bf16_ms / 1.2
+
+
+def test_fp8_backward_ablation_matches_the_bf16_input_gradient() -> None:
+    from finetune_trainer import float8_base
+
+    torch.manual_seed(0)
+    f8 = float8_base.Float8Linear.from_linear(
+        torch.nn.Linear(3584, 18944, bias=False, device="cuda", dtype=torch.bfloat16)
+    )
+    grad = torch.randn(1003, 18944, device="cuda", dtype=torch.bfloat16)
+    exact = float8_base.grad_input(grad, f8.weight, f8.weight_scale)
+    os.environ["FTJ_FP8_BACKWARD"] = "1"
+    try:
+        fast = float8_base.grad_input(grad, f8.weight, f8.weight_scale)
+        grad8 = torch.randn(8192, 18944, device="cuda", dtype=torch.bfloat16)
+        fp8_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
+    finally:
+        del os.environ["FTJ_FP8_BACKWARD"]
+    bf16_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
+    print(f"\ninput gradient 8192x18944 @ 18944x3584: bf16 {bf16_ms:.3f} ms, fp8 {fp8_ms:.3f} ms")
+    assert fast.shape == exact.shape and _relative_error(fast, exact) < 0.04

@@ -89,8 +89,12 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return weight.to(dtype).mul_(scale.to(dtype))
 
 
+def _flag(name: str, default: str) -> bool:
+    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
+
+
 def _fp8_compute_enabled() -> bool:
-    return os.environ.get("FTJ_FP8_COMPUTE", "1").strip().lower() not in ("0", "false", "no", "off")
+    return _flag("FTJ_FP8_COMPUTE", "1")
 
 
 def fp8_tensor_cores(device: torch.device) -> bool:
@@ -110,13 +114,7 @@ def linear(
     """``rows @ W.T + bias`` for 2-D ``rows`` and an e4m3 ``weight`` with per-output ``scale``
     of shape (out, 1); the result is in ``rows``' dtype. ``share_input=False`` for an input
     no other projection reads (it is then not kept for reuse)."""
-    out_features, in_features = weight.shape
-    if (
-        fp8_tensor_cores(rows.device)
-        and rows.dtype in (torch.bfloat16, torch.float16)
-        and in_features % 16 == 0
-        and out_features % 16 == 0
-    ):
+    if _fp8_gemm_fits(rows, weight):
         q, row_scale = _shared_input.quantize(rows, share_input)
         out = torch._scaled_mm(
             q,
@@ -133,8 +131,34 @@ def linear(
     return F.linear(rows, dequantize(weight, scale, rows.dtype), bias)
 
 
+def _fp8_gemm_fits(rows: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``_scaled_mm`` takes these operands: FP8 tensor cores, half-precision rows,
+    both weight dimensions multiples of 16."""
+    return (
+        fp8_tensor_cores(rows.device)
+        and rows.dtype in (torch.bfloat16, torch.float16)
+        and weight.shape[0] % 16 == 0
+        and weight.shape[1] % 16 == 0
+    )
+
+
 def grad_input(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``grad @ W``: the input gradient, in ``grad``'s dtype against the dequantized weight."""
+    """``grad @ W``: the input gradient, in ``grad``'s dtype against the dequantized weight.
+
+    ``FTJ_FP8_BACKWARD=1`` (an ablation, off by default: it quantizes gradients) runs it on FP8
+    tensor cores instead: the weight's per-output scale lies along this product's reduction
+    axis, so it is folded into the gradient's columns before the gradient is quantized per row.
+    """
+    if _flag("FTJ_FP8_BACKWARD", "0") and _fp8_gemm_fits(grad, weight):
+        q, row_scale = quantize_rows(grad * scale.view(1, -1).to(grad.dtype))
+        ones = torch.ones(1, weight.shape[1], dtype=torch.float32, device=grad.device)
+        return torch._scaled_mm(
+            q,
+            weight.t().contiguous().t(),  # (out, in) column-major, as _scaled_mm wants it
+            scale_a=row_scale,
+            scale_b=ones,
+            out_dtype=grad.dtype,
+        )
     return grad @ dequantize(weight, scale, grad.dtype)
 
 
