@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from finetune_trainer import triton_kernels
+
 FLOAT8 = torch.float8_e4m3fn
 FLOAT8_MAX = float(torch.finfo(FLOAT8).max)  # 448
 # Smallest scale: a row of zeros must not divide by zero.
@@ -44,6 +46,8 @@ def quantize_rows(
     ``work_dtype`` is the dtype the division happens in: ``t``'s own for activations (no
     full-size fp32 temporary on the hot path), fp32 for weights (quantized once).
     """
+    if work_dtype is None and triton_kernels.available(t):
+        return triton_kernels.quantize_rows(t, FLOAT8, FLOAT8_MAX)  # one kernel, one pass
     amax = torch.linalg.vector_norm(t, float("inf"), dim=1, keepdim=True).float()
     scale = amax.clamp_(min=_MIN_AMAX).div_(FLOAT8_MAX)
     work = t if work_dtype is None else t.to(work_dtype)
@@ -85,7 +89,9 @@ _shared_input = _SharedInput()
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The weight in ``dtype`` (one temporary of the layer's size, scaled in place)."""
+    """The weight in ``dtype`` (one temporary of the layer's size)."""
+    if triton_kernels.available(weight):
+        return triton_kernels.dequantize_rows(weight, scale, dtype)
     return weight.to(dtype).mul_(scale.to(dtype))
 
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finetune_trainer import float8_base
+from finetune_trainer import float8_base, triton_kernels
 
 _SEED_BOUND = 2**62
 
@@ -51,9 +51,15 @@ def keep_mask(
 
 
 def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Inverted dropout of ``x`` with the mask ``seed`` stands for (``x`` itself when p=0)."""
+    """Inverted dropout of ``x`` with the mask ``seed`` stands for (``x`` itself when p=0).
+
+    On GPUs one Triton kernel draws the mask from ``(seed, position)`` and applies it in the
+    same pass (triton_kernels.py); elsewhere the mask comes from a seeded torch generator.
+    Either way the same seed and shape give the same mask, call after call."""
     if p <= 0.0:
         return x
+    if triton_kernels.available(x):
+        return triton_kernels.seeded_dropout(x, p, seed)
     return torch.mul(x, keep_mask(x.shape, p, seed, x.dtype, x.device)).mul_(1.0 / (1.0 - p))
 
 
@@ -99,19 +105,17 @@ def _lora_backward(
     # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
     grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
     grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 5] else None
-    mask = keep_mask(rows.shape, p, seed, rows.dtype, rows.device) if p > 0.0 else None
     grad_a = None
     if ctx.needs_input_grad[first + 4]:
-        x_dropped = rows if mask is None else torch.mul(rows, mask).mul_(1.0 / (1.0 - p))
-        grad_a = grad_down.t() @ x_dropped
+        grad_a = grad_down.t() @ dropped(rows, p, seed)  # the forward's mask, drawn again
     if weight_scale is None:
         grad_rows = grad @ weight
     else:
         grad_rows = float8_base.grad_input(grad, weight, weight_scale)
-    if mask is None:
+    if p <= 0.0:
         grad_rows.addmm_(grad_down, a_w)
-    else:
-        grad_rows.add_((grad_down @ a_w).mul_(mask), alpha=1.0 / (1.0 - p))
+    else:  # through the dropout: the same mask and 1/(1-p) scale, applied to the gradient
+        grad_rows.add_(dropped(grad_down @ a_w, p, seed))
     return (
         grad_rows,
         None if grad_a is None else grad_a.to(lora_a.dtype),

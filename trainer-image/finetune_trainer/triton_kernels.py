@@ -1,0 +1,125 @@
+"""One-pass GPU kernels for the elementwise work around the LoRA and Float8 GEMMs.
+
+A profile of a 7B step with a Float8 base (bench/NOTES.md step 17) spent a third of the GPU
+time outside GEMMs and attention: dropout masks drawn with torch's generator (one kernel to
+write a mask, one to multiply, three times per adapted linear: forward, recomputation,
+backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the dequantization
+(a cast, a scale). Each kernel here does its job in one pass over the data:
+
+* ``seeded_dropout``: inverted dropout whose mask is a pure function of ``(seed, position)``
+  (Triton's Philox ``tl.rand``): nothing is stored, and the backward pass gets the same mask by
+  calling it again with the same seed;
+* ``quantize_rows``: one row's max-abs and its e4m3 copy, read from memory twice per row
+  (the second read mostly hits L2), written once;
+* ``dequantize_rows``: e4m3 rows times their scale, into the training dtype.
+
+Callers use these only for CUDA tensors when Triton imports (``available``); the
+torch code next to each call stays the reference and the CPU path.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+_BLOCK = 1024
+_ROW_BLOCK = 2048
+_SEED_MODULUS = 2**31 - 1
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels() -> Any:
+    """Compile-on-first-use kernels, or ``None`` where Triton is unavailable."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def dropout_kernel(x_ptr, out_ptr, n, p, scale, seed, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        inside = offsets < n
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        keep = tl.rand(seed, offsets) >= p
+        out = tl.where(keep, x.to(tl.float32) * scale, 0.0)
+        tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
+
+    @triton.jit
+    def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        row = tl.program_id(0).to(tl.int64)
+        base = row * cols
+        amax = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, cols, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            x = tl.load(x_ptr + base + offsets, mask=offsets < cols, other=0.0)
+            amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+        largest = tl.maximum(tl.max(amax, 0), 1e-12)
+        tl.store(scale_ptr + row, largest / fp8_max)
+        inverse = fp8_max / largest
+        for start in range(0, cols, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            inside = offsets < cols
+            x = tl.load(x_ptr + base + offsets, mask=inside, other=0.0)
+            q = (x.to(tl.float32) * inverse).to(q_ptr.dtype.element_ty)
+            tl.store(q_ptr + base + offsets, q, mask=inside)
+
+    @triton.jit
+    def dequantize_kernel(q_ptr, scale_ptr, out_ptr, cols, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
+        row = tl.program_id(0).to(tl.int64)
+        base = row * cols
+        scale = tl.load(scale_ptr + row)
+        for start in range(0, cols, BLOCK):
+            offsets = start + tl.arange(0, BLOCK)
+            inside = offsets < cols
+            q = tl.load(q_ptr + base + offsets, mask=inside, other=0.0)
+            out = q.to(tl.float32) * scale
+            tl.store(out_ptr + base + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+    return triton, dropout_kernel, quantize_kernel, dequantize_kernel
+
+
+def available(t: torch.Tensor) -> bool:
+    """Whether the kernels can take ``t``: on a CUDA device, under 2**31 elements, Triton
+    importable. Only the device and the shape decide (never the layout: ``seeded_dropout``
+    must make the same choice in the forward and the backward pass for the same mask)."""
+    return t.is_cuda and t.numel() < 2**31 and _kernels() is not None
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Inverted dropout of ``x`` (zeroed with probability ``p``, the rest times 1/(1-p)); the
+    same ``seed`` and shape give the same mask on every call."""
+    triton, dropout_kernel, _, _ = _kernels()
+    x = x.contiguous()  # the mask is a function of the element's row-major position
+    out = torch.empty_like(x)
+    n = x.numel()
+    grid = (triton.cdiv(n, _BLOCK),)
+    dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % _SEED_MODULUS, BLOCK=_BLOCK)
+    return out
+
+
+def quantize_rows(
+    x: torch.Tensor, dtype: torch.dtype, fp8_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(q, scale)`` for 2-D ``x``: its ``dtype`` (e4m3) copy and one fp32 scale per row."""
+    _, _, quantize_kernel, _ = _kernels()
+    x = x.contiguous()
+    rows, cols = x.shape
+    q = torch.empty((rows, cols), dtype=dtype, device=x.device)
+    scale = torch.empty((rows, 1), dtype=torch.float32, device=x.device)
+    if rows:
+        quantize_kernel[(rows,)](x, q, scale, cols, fp8_max, BLOCK=_ROW_BLOCK)
+    return q, scale
+
+
+def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` (one fp32 scale per row) in ``dtype``."""
+    _, _, _, dequantize_kernel = _kernels()
+    q = q.contiguous()
+    rows, cols = q.shape
+    out = torch.empty((rows, cols), dtype=dtype, device=q.device)
+    if rows:
+        dequantize_kernel[(rows,)](q, scale.contiguous(), out, cols, BLOCK=_ROW_BLOCK)
+    return out
