@@ -7,8 +7,8 @@ backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the d
 (a cast, a scale). Each kernel here does its job in one pass over the data:
 
 * ``seeded_dropout``: inverted dropout whose mask is a pure function of ``(seed, position)``
-  (Triton's Philox ``tl.rand``): nothing is stored, and the backward pass gets the same mask by
-  calling it again with the same seed;
+  (Triton's Philox ``tl.rand4x``, four numbers per draw): nothing is stored, and the backward
+  pass gets the same mask by calling it again with the same seed;
 * ``quantize_rows``: one row's max-abs and its e4m3 copy, read from memory twice per row
   (the second read mostly hits L2), written once;
 * ``dequantize_rows``: e4m3 rows times their scale, into the training dtype.
@@ -19,33 +19,42 @@ torch code next to each call stays the reference and the CPU path.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
-_BLOCK = 1024
+_BLOCK = 512  # lanes per program; each program covers four blocks
 _ROW_BLOCK = 2048
 _SEED_MODULUS = 2**31 - 1
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels() -> Any:
-    """Compile-on-first-use kernels, or ``None`` where Triton is unavailable."""
-    try:
-        import triton
-        import triton.language as tl
-    except ImportError:
-        return None
+try:  # GPU images carry Triton (torch's CUDA wheels depend on it); CPU installs need not
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without Triton
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def dropout_quarter(x_ptr, out_ptr, n, p, scale, offsets, r):  # type: ignore[no-untyped-def]
+        inside = offsets < n
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        out = tl.where(r >= p, x.to(tl.float32) * scale, 0.0)
+        tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
 
     @triton.jit
     def dropout_kernel(x_ptr, out_ptr, n, p, scale, seed, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
-        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        inside = offsets < n
-        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-        keep = tl.rand(seed, offsets) >= p
-        out = tl.where(keep, x.to(tl.float32) * scale, 0.0)
-        tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
+        # One Philox draw gives four numbers: a program covers 4 x BLOCK elements, lane i of
+        # quarter k using the k-th number of counter (program x BLOCK + i). The RNG, not
+        # memory, bounded the one-number-per-element version (bench/NOTES.md step 17).
+        lanes = tl.arange(0, BLOCK)
+        start = tl.program_id(0).to(tl.int64) * 4 * BLOCK
+        r0, r1, r2, r3 = tl.rand4x(seed, tl.program_id(0) * BLOCK + lanes)
+        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + lanes, r0)
+        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + BLOCK + lanes, r1)
+        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 2 * BLOCK + lanes, r2)
+        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 3 * BLOCK + lanes, r3)
 
     @triton.jit
     def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
@@ -78,6 +87,11 @@ def _kernels() -> Any:
             out = q.to(tl.float32) * scale
             tl.store(out_ptr + base + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
 
+
+def _kernels() -> Any:
+    """The compiled-on-first-use kernels, or ``None`` where Triton is unavailable."""
+    if triton is None:
+        return None
     return triton, dropout_kernel, quantize_kernel, dequantize_kernel
 
 
@@ -95,7 +109,7 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     x = x.contiguous()  # the mask is a function of the element's row-major position
     out = torch.empty_like(x)
     n = x.numel()
-    grid = (triton.cdiv(n, _BLOCK),)
+    grid = (triton.cdiv(n, 4 * _BLOCK),)
     dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % _SEED_MODULUS, BLOCK=_BLOCK)
     return out
 
