@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cases.manifests import BAD_CASES, BadCase, minimal_manifest
+from tests.cases.manifests import BAD_CASES, GOOD_CASES, BadCase, GoodCase, minimal_manifest
 from tests.harness.apiserver import KubeApiServer
 
 pytestmark = pytest.mark.apiserver
@@ -204,3 +204,11 @@ def test_kubectl_get_prints_the_columns(api: KubeApiServer, kube_tools_bin: Path
     ]["training"]["properties"]
     assert "Recompute activations" in training["gradientCheckpointing"]["description"]
     _delete(api, "columns")
+
+
+@pytest.mark.parametrize("case", GOOD_CASES, ids=lambda c: c.id)
+def test_server_accepts_good_variation(api: KubeApiServer, case: GoodCase) -> None:
+    manifest = case.manifest()
+    code, body = _create(api, manifest)
+    assert code == 201, body.get("message", body)
+    _delete(api, manifest["metadata"]["name"])

@@ -193,3 +193,42 @@ BAD_CASES: list[BadCase] = [
     BadCase("queue-name", _set("spec.queueName", "Not_A_Queue"), "spec.queueName"),
     BadCase("typo-field", _set("spec.trainig", {"epochs": 1}), "trainig"),
 ]
+
+
+@dataclass(frozen=True)
+class GoodCase:
+    """A variation of the minimal manifest that both the client and the server must accept."""
+
+    id: str
+    mutate: Callable[[Manifest], None]
+
+    def manifest(self) -> Manifest:
+        data = copy.deepcopy(minimal_manifest(f"good-{self.id}"))
+        self.mutate(data)
+        return data
+
+
+GOOD_CASES: list[GoodCase] = [
+    GoodCase(  # the Float8 base runs on CPUs: no bitsandbytes involved
+        "qlora-float8-on-cpu",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"bits": 8}),
+            _set("spec.resources.gpus", 0),
+        ),
+    ),
+    GoodCase(
+        "qlora-int8-on-gpu",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"bits": 8, "format": "int8"}),
+        ),
+    ),
+    GoodCase(
+        "qlora-nf4-explicit",
+        _both(
+            _set("spec.method.type", "qlora"),
+            _set("spec.method.quantization", {"bits": 4, "format": "nf4"}),
+        ),
+    ),
+]

@@ -11,7 +11,7 @@ import yaml
 from finetune_api import ManifestError, load_manifest, parse_manifest
 from finetune_api.crd import build_crd, render_crd_yaml
 
-from tests.cases.manifests import BAD_CASES, BadCase, minimal_manifest
+from tests.cases.manifests import BAD_CASES, GOOD_CASES, BadCase, GoodCase, minimal_manifest
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,6 +57,19 @@ def test_bad_manifest_is_refused_naming_the_field(case: BadCase) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(case.manifest(), "bad.yaml")
     assert case.fragment in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("case", GOOD_CASES, ids=lambda c: c.id)
+def test_good_variation_is_accepted(case: GoodCase) -> None:
+    parse_manifest(case.manifest(), "good.yaml")
+
+
+def test_eight_bits_mean_float8_unless_int8_is_asked_for() -> None:
+    from finetune_api.spec import Quantization
+
+    assert Quantization(bits=8).resolved_format == "float8"
+    assert Quantization(bits=8, format="int8").resolved_format == "int8"
+    assert Quantization().resolved_format == "nf4"
 
 
 def test_there_are_at_least_twenty_bad_cases() -> None:
