@@ -8,7 +8,6 @@ reason to exist (speed) is checked against bf16 on a 7B MLP shape.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Iterator
@@ -66,30 +65,11 @@ def test_fp8_forward_matches_the_dequantized_gemm_within_fp8_rounding(tokens: in
 def _tiny_models() -> tuple[Any, Any]:
     from finetune_trainer.float8_base import quantize_base_linears
     from finetune_trainer.lora_fused import fuse_lora_linears
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        hidden_size=512,
-        intermediate_size=1408,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=1000,
-    )
-    base = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16)
-    made = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        model = get_peft_model(
-            copy.deepcopy(base),
-            LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
-        )
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(param, std=0.02)
-        made.append(model)
+    from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
+
+    base = tiny_qwen2(GPU_SIZED, "cuda", torch.bfloat16)
+    made = [with_lora(base, 16, 0.0, 0.02) for _ in range(2)]
     exact, quantized = made
     assert quantize_base_linears(quantized) == 28
     assert fuse_lora_linears(quantized) == 28

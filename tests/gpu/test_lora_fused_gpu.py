@@ -7,7 +7,6 @@ claim is measured with the CUDA allocator instead of counted.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -22,30 +21,11 @@ pytestmark = [
 
 def _models(dropout: float) -> tuple[Any, Any]:
     from finetune_trainer.lora_fused import fuse_lora_linears
-    from peft import LoraConfig, get_peft_model
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        hidden_size=512,
-        intermediate_size=1408,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        vocab_size=1000,
-    )
-    base = Qwen2ForCausalLM(config).to("cuda", torch.bfloat16)
-    made = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        model = get_peft_model(
-            copy.deepcopy(base),
-            LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules="all-linear"),
-        )
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(param, std=0.02)
-        made.append(model)
+    from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
+
+    base = tiny_qwen2(GPU_SIZED, "cuda", torch.bfloat16)
+    made = [with_lora(base, 16, dropout, 0.02) for _ in range(2)]
     reference, fused = made
     assert fuse_lora_linears(fused) == 28
     return reference, fused

@@ -70,6 +70,17 @@ def run_trainer(env: dict[str, str], timeout: float = 300) -> tuple[int, dict[st
     return proc.returncode, message, proc.stdout + proc.stderr
 
 
+def ftj_run(manifest: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+    """The README's ``ftj run`` into ``tmp/out`` (work files in ``tmp/w``)."""
+    return subprocess.run(
+        ["ftj", "run", str(manifest), "--output", str(tmp / "out"), "--workdir", str(tmp / "w")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp,
+    )
+
+
 def greedy_answer(model_dir: Path, question: str) -> str:
     """The merged model's greedy answer to ``question``, asked the Qwen3 way."""
     import torch
@@ -95,13 +106,7 @@ def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
     """THE quickstart: the README command, then a real learning check on the merged model."""
     out = tmp_path / "out"
     started = time.monotonic()
-    proc = subprocess.run(
-        ["ftj", "run", str(QUICKSTART), "--output", str(out), "--workdir", str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = ftj_run(QUICKSTART, tmp_path)
     elapsed = time.monotonic() - started
     print(f"\nquickstart wall time: {elapsed:.1f} s")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
@@ -133,13 +138,7 @@ def test_float8_qlora_quickstart_learns_and_merges_into_the_16bit_base(tmp_path:
     path = tmp_path / "float8.yaml"
     path.write_text(yaml.safe_dump(manifest))
     out = tmp_path / "out"
-    proc = subprocess.run(
-        ["ftj", "run", str(path), "--output", str(out), "--workdir", str(tmp_path / "w")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    proc = ftj_run(path, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "float8 base: " in proc.stderr and "base=float8" in proc.stderr
     merged = json.loads((out / "merged" / "config.json").read_text())

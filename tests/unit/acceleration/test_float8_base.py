@@ -9,7 +9,6 @@ the GPU (tests/gpu/test_float8_gpu.py).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -22,43 +21,18 @@ from finetune_trainer.float8_base import (
     quantize_rows,
 )
 from finetune_trainer.lora_fused import fuse_lora_linears
-from peft import LoraConfig, get_peft_model
-from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
 
 pytestmark = pytest.mark.unit
 
 
 def _base() -> Any:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=101,
-    )
-    return Qwen2ForCausalLM(config)
+    return tiny_qwen2(SMALL)
 
 
 def _peft(base: Any, dropout: float = 0.0) -> Any:
-    torch.manual_seed(1)
-    model = get_peft_model(
-        copy.deepcopy(base),
-        LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"),
-    )
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(param, std=0.1)
-    return model
-
-
-def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
-    model.train()
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return float(loss.detach()), grads
+    return with_lora(base, 4, dropout, 0.1)
 
 
 def test_rows_quantize_to_e4m3_within_its_rounding_and_zero_rows_survive() -> None:
@@ -118,15 +92,15 @@ def test_quantized_peft_model_trains_the_adapter_like_the_dequantized_model() ->
             twin = quantized.get(name)
             if isinstance(twin, Float8Linear):
                 module.weight.copy_(dequantize(twin.weight, twin.weight_scale, torch.float32))
-    ref_loss, ref_grads = _loss_and_grads(reference, ids)
-    loss, grads = _loss_and_grads(model, ids)
+    ref_loss, ref_grads = loss_and_grads(reference, ids)
+    loss, grads = loss_and_grads(model, ids)
     assert loss == pytest.approx(ref_loss, rel=1e-5)
     assert set(grads) == set(ref_grads) and len(grads) == 28
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
     # And the quantized model still answers nearly like the 16-bit one.
-    exact_loss, _ = _loss_and_grads(_peft(base), ids)
+    exact_loss, _ = loss_and_grads(_peft(base), ids)
     assert loss == pytest.approx(exact_loss, rel=0.02)
 
 

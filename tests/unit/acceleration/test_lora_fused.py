@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
@@ -10,44 +9,19 @@ import torch
 from finetune_api.spec import Method, Training
 from finetune_trainer.acceleration import DeviceInfo, ModelShape, plan_acceleration
 from finetune_trainer.lora_fused import LoraLinearFunction, fuse_lora_linears, keep_mask
-from peft import LoraConfig, get_peft_model
 from torch.utils.checkpoint import checkpoint
-from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
 
 pytestmark = pytest.mark.unit
 
 
 def _base() -> Any:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=101,
-    )
-    return Qwen2ForCausalLM(config)
+    return tiny_qwen2(SMALL)
 
 
 def _peft(base: Any, dropout: float, **extra: Any) -> Any:
-    torch.manual_seed(1)  # lora_A's initialisation draws from the global generator
-    model = get_peft_model(
-        copy.deepcopy(base),
-        LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear", **extra),
-    )
-    for name, param in model.named_parameters():
-        if "lora_B" in name:  # B starts at zero; give the adapter something to say
-            torch.nn.init.normal_(param, std=0.1)
-    return model
-
-
-def _loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
-    model.train()
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return float(loss.detach()), grads
+    return with_lora(base, 4, dropout, 0.1, **extra)
 
 
 def _saved_bytes(model: Any, ids: torch.Tensor) -> int:
@@ -70,8 +44,8 @@ def test_without_dropout_fused_model_matches_peft_loss_and_every_gradient() -> N
     ids = torch.randint(0, 101, (2, 16))
     reference, fused = _peft(base, 0.0), _peft(base, 0.0)
     assert fuse_lora_linears(fused) == 14  # 7 projections x 2 layers
-    ref_loss, ref_grads = _loss_and_grads(reference, ids)
-    loss, grads = _loss_and_grads(fused, ids)
+    ref_loss, ref_grads = loss_and_grads(reference, ids)
+    loss, grads = loss_and_grads(fused, ids)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     assert set(grads) == set(ref_grads) and len(grads) == 28
     for name, grad in grads.items():
@@ -177,9 +151,9 @@ def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> 
     )
     # Same seeds drawn in the same order (gate, up, down): the same masks, the same numbers.
     torch.manual_seed(7)
-    ref_loss, ref_grads = _loss_and_grads(linears_only, ids)
+    ref_loss, ref_grads = loss_and_grads(linears_only, ids)
     torch.manual_seed(7)
-    loss, grads = _loss_and_grads(whole, ids)
+    loss, grads = loss_and_grads(whole, ids)
     assert loss == pytest.approx(ref_loss, rel=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -1,0 +1,56 @@
+"""Tiny random Qwen2 models with a LoRA adapter on every linear: the fixtures of the LoRA
+kernel tests (fused forward, Float8 base), on CPU and on the GPU.
+
+The adapter's B matrices start at zero in peft (the adapter says nothing yet); here they are
+drawn, so that gradients and outputs of the adapted path are exercised from the first step.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+# CPU tests: two layers of width 64. GPU tests: four layers of width 512 (bf16 kernels engage).
+SMALL = {"hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 101}  # fmt: skip
+GPU_SIZED = {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4,
+             "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000}  # fmt: skip
+
+
+def tiny_qwen2(shape: dict[str, int], device: str = "cpu", dtype: Any = None) -> Any:
+    """A random-init Qwen2 causal LM of ``shape`` (seeded: the same weights on every call)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    return model.to(device, dtype) if dtype is not None else model.to(device)
+
+
+def with_lora(base: Any, r: int, dropout: float, b_std: float, **extra: Any) -> Any:
+    """A copy of ``base`` under a fresh all-linear LoRA (alpha = 2r), B drawn with ``b_std``;
+    seeded, so two calls give the same adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)  # lora_A's initialisation draws from the global generator
+    model = get_peft_model(
+        copy.deepcopy(base),
+        LoraConfig(
+            r=r, lora_alpha=2 * r, lora_dropout=dropout, target_modules="all-linear", **extra
+        ),
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=b_std)
+    return model
+
+
+def loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+    """One training-mode forward and backward on ``ids`` (as labels too): the loss and a copy
+    of every parameter's gradient, by name."""
+    model.train()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
