@@ -256,7 +256,30 @@ def quantize_base_linears(model: Any, skip: tuple[str, ...] = ("lm_head",)) -> i
             setattr(parent, child_name, Float8Linear.from_linear(child))
             del child
             count += 1
+    _keep_out_of_ddp_sync(model)
     return count
+
+
+def _keep_out_of_ddp_sync(model: Any) -> None:
+    """Tell DistributedDataParallel not to broadcast the Float8 tensors at start-up.
+
+    DDP broadcasts every parameter and buffer from rank 0 when it wraps a model; gloo (CPU
+    runs, the multi-node CPU test) has no float8 type and fails there ("Invalid scalar type").
+    Every rank loads the same checkpoint and quantizes it the same way, so the frozen tensors
+    are equal already; the adapter, which trains, is still broadcast and all-reduced.
+    """
+    names = [
+        f"{name}.{tensor}" if name else tensor
+        for name, module in model.named_modules()
+        if isinstance(module, Float8Linear)
+        for tensor, _ in (
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        )
+    ]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        model, names
+    )
 
 
 def weight_scale(module: Any) -> torch.Tensor | None:

@@ -146,3 +146,54 @@ def test_sibling_projections_share_one_quantized_input_and_changes_invalidate_it
     other = torch.randn(6, 32)
     cache.quantize(other, share=False)  # e.g. the down projection's input: not kept
     assert cache.entry is None and len(calls) == 3
+
+
+def _ddp_rank(rank: int, port: int, results: Any) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        model = with_lora(tiny_qwen2(SMALL), 4, 0.0, 0.1)
+        quantize_base_linears(model)
+        fuse_lora_linears(model)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)  # gloo has no float8 type
+        torch.manual_seed(100 + rank)  # each rank its own batch
+        ids = torch.randint(0, 101, (2, 16))
+        ddp(input_ids=ids, labels=ids).loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.put((rank, grads.tolist()))  # plain floats: no shared memory to outlive
+    finally:
+        dist.destroy_process_group()
+
+
+def test_float8_model_trains_under_ddp_on_gloo() -> None:
+    """Two CPU ranks (gloo, as the multi-node CPU test runs): DDP wraps the quantized model
+    and all-reduces the adapter's gradients, so both ranks end with the same ones."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    procs = [context.Process(target=_ddp_rank, args=(r, port, results)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    try:
+        # Read before joining: a child blocks on the pipe until its result is taken.
+        pairs = [results.get(timeout=120) for _ in range(2)]  # a crashed rank: queue.Empty
+        grads = {rank: torch.tensor(values) for rank, values in pairs}
+        for proc in procs:
+            proc.join(timeout=60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])
