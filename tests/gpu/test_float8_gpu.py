@@ -155,3 +155,21 @@ def test_fp8_backward_ablation_matches_the_bf16_input_gradient() -> None:
     bf16_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
     print(f"\ninput gradient 8192x18944 @ 18944x3584: bf16 {bf16_ms:.3f} ms, fp8 {fp8_ms:.3f} ms")
     assert fast.shape == exact.shape and _relative_error(fast, exact) < 0.04
+
+
+def test_a_model_in_host_memory_reaches_the_gpu_one_quantized_linear_at_a_time() -> None:
+    from finetune_trainer.float8_base import Float8Linear, quantize_base_linears
+
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(
+        *[torch.nn.Linear(4096, 4096, dtype=torch.bfloat16) for _ in range(16)]
+    ).requires_grad_(False)  # 512 MiB of bf16 weights in host memory
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    assert quantize_base_linears(layers, device=torch.device("cuda")) == 16
+    assert all(isinstance(m, Float8Linear) and m.weight.is_cuda for m in layers)
+    peak = torch.cuda.max_memory_allocated() - before
+    # The e4m3 weights (256 MiB) plus one layer in flight (its bf16 and fp32 copies, 96 MiB),
+    # well under the 512 MiB the 16-bit model alone would take on the GPU.
+    assert peak < 256 * 2**20 + 4 * 32 * 2**20, peak / 2**20

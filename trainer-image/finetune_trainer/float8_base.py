@@ -215,12 +215,19 @@ class Float8Linear(torch.nn.Linear):
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_linear(cls, module: torch.nn.Linear) -> Float8Linear:
-        """Quantize a linear's weight per output channel (the original can then be freed)."""
+    def from_linear(
+        cls, module: torch.nn.Linear, device: torch.device | None = None
+    ) -> Float8Linear:
+        """Quantize a linear's weight per output channel, on ``device`` (where the result
+        lives; default: where the weight is). The original can then be freed."""
         with torch.no_grad():
-            weight, scale = quantize_rows(module.weight.detach(), torch.float32)
+            weight = module.weight.detach()
             bias = None if module.bias is None else module.bias.detach()
-        return cls(weight, scale, bias, module.weight.dtype)
+            if device is not None:
+                weight = weight.to(device)
+                bias = None if bias is None else bias.to(device)
+            q, scale = quantize_rows(weight, torch.float32)
+        return cls(q, scale, bias, module.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
@@ -238,13 +245,17 @@ def compute_dtype(module: torch.nn.Linear) -> torch.dtype:
     return module.compute_dtype if isinstance(module, Float8Linear) else module.weight.dtype
 
 
-def quantize_base_linears(model: Any, skip: tuple[str, ...] = ("lm_head",)) -> int:
+def quantize_base_linears(
+    model: Any, skip: tuple[str, ...] = ("lm_head",), device: torch.device | None = None
+) -> int:
     """Replace every frozen ``nn.Linear`` of ``model`` (the LM head excepted) by a
     ``Float8Linear``; a LoRA layer's base layer is replaced inside it. Returns how many.
 
     Call after ``get_peft_model``: peft moves a new adapter to its base weight's dtype when
     that is a float type, which would make the adapter 8-bit. Each replaced weight is freed
     as soon as it is quantized, so peak memory grows by one layer, not by a second model.
+    ``device``: where the e4m3 weights go (a model loaded into host memory reaches the GPU
+    one quantized linear at a time).
     """
     count = 0
     for parent_name, parent in list(model.named_modules()):
@@ -253,7 +264,7 @@ def quantize_base_linears(model: Any, skip: tuple[str, ...] = ("lm_head",)) -> i
                 continue
             if child_name in skip or any(part in skip for part in parent_name.split(".")):
                 continue
-            setattr(parent, child_name, Float8Linear.from_linear(child))
+            setattr(parent, child_name, Float8Linear.from_linear(child, device))
             del child
             count += 1
     _keep_out_of_ddp_sync(model)

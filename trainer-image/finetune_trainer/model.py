@@ -190,13 +190,37 @@ def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
     )
 
 
+# A Float8 base is loaded straight onto the GPU in 16 bits and quantized there when the 16-bit
+# weights take at most this share of the memory the plan may use; above it the 16-bit weights
+# are read into host memory and go to the GPU one linear at a time, already quantized (a 14B
+# on a 24 GB card: 28 GB of bf16 weights would not load, 14 GB of e4m3 ones train).
+_FLOAT8_DIRECT_LOAD_SHARE = 0.6
+
+
+def float8_loads_through_host(model_dir: Path, spec: FineTuneJobSpec, hw: Hardware) -> bool:
+    """Whether a Float8 base must be quantized on its way to the GPU (see above)."""
+    if not (float8_base(spec.method) and hw.cuda and hw.device_memory_bytes):
+        return False
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
+    budget = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
+    return weights_16bit > _FLOAT8_DIRECT_LOAD_SHARE * budget
+
+
 def load_base_model(
-    model_dir: Path, spec: FineTuneJobSpec, precision: Precision, hw: Hardware
+    model_dir: Path,
+    spec: FineTuneJobSpec,
+    precision: Precision,
+    hw: Hardware,
+    through_host: bool = False,
 ) -> Any:
     """The base model in the training precision (or quantized for QLoRA).
 
     Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
+    ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
     """
     from transformers import AutoModelForCausalLM
 
@@ -204,7 +228,7 @@ def load_base_model(
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
     if spec.method.type == "qlora" and not float8_base(spec.method):
         kwargs["quantization_config"] = quantization_config(spec.method, dtype)
-    if hw.cuda:  # safetensors straight onto this rank's GPU, no CPU copy of the weights
+    if hw.cuda and not through_host:  # safetensors straight onto this rank's GPU
         kwargs["device_map"] = {"": local_rank()}
     try:
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -229,7 +253,8 @@ def build_model(
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    model = load_base_model(model_dir, spec, precision, hw)
+    through_host = float8_loads_through_host(model_dir, spec, hw)
+    model = load_base_model(model_dir, spec, precision, hw, through_host)
     # Attention kernel, fused kernels, checkpointing and micro-batch size: see acceleration.py.
     plan = acceleration.plan_for_model(model, spec, mean_example_tokens)
     log.info("acceleration: %s", plan.describe())
@@ -252,8 +277,16 @@ def build_model(
         # After get_peft_model: peft gives a new adapter its base weight's dtype.
         from .float8_base import quantize_base_linears
 
-        log.info("float8 base: %d linears stored as e4m3", quantize_base_linears(model))
-        if hw.cuda:
+        device = torch.device("cuda", local_rank()) if hw.cuda else None
+        count = quantize_base_linears(model, device=device)
+        log.info(
+            "float8 base: %d linears stored as e4m3%s",
+            count,
+            " (quantized on their way from host memory)" if through_host else "",
+        )
+        if through_host and device is not None:
+            model.to(device)  # the rest follows the quantized linears: embeddings, norms, adapter
+        if device is not None:
             torch.cuda.empty_cache()  # give the 16-bit weights' blocks back
     if plan.fused_lora:
         from .lora_fused import fuse_lora_linears

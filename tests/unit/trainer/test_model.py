@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from finetune_api.spec import LoraSettings, Method, Training
 from finetune_trainer.errors import EXIT_INVALID_INPUT, UnsupportedHardware
 from finetune_trainer.model import (
     Hardware,
     check_quantization,
+    float8_loads_through_host,
     lora_config,
     resolve_precision,
     wants_gradient_checkpointing,
@@ -55,6 +58,51 @@ def test_qlora_without_bitsandbytes_says_what_to_install() -> None:
     with pytest.raises(UnsupportedHardware, match="bitsandbytes package"):
         check_quantization(Method(type="qlora"), gpu)
     check_quantization(Method(type="lora"), CPU)  # plain LoRA needs nothing
+
+
+def test_float8_qlora_needs_neither_a_gpu_nor_bitsandbytes() -> None:
+    from finetune_api.spec import Quantization
+
+    float8 = Method(type="qlora", quantization=Quantization(bits=8))
+    check_quantization(float8, CPU)
+    check_quantization(float8, Hardware(cuda=True, bf16=True, bitsandbytes=False))
+    int8 = Method(type="qlora", quantization=Quantization(bits=8, format="int8"))
+    with pytest.raises(UnsupportedHardware, match="needs a CUDA GPU"):
+        check_quantization(int8, CPU)
+
+
+def test_a_float8_base_too_big_for_the_card_in_16_bits_loads_through_host_memory(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from finetune_api.spec import FineTuneJobSpec
+
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {"model_type": "qwen2", "hidden_size": 3584, "intermediate_size": 18944,
+             "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+             "vocab_size": 152064}  # the 7B: 15.2 GB of bf16 weights
+        )
+    )  # fmt: skip
+
+    def spec(method: dict[str, object], budget: str | None = None) -> FineTuneJobSpec:
+        resources: dict[str, object] = {"gpus": 1}
+        if budget:
+            resources["gpuMemoryBudget"] = budget
+        return FineTuneJobSpec.model_validate(
+            {"model": {"uri": str(tmp_path)}, "datasets": [{"uri": "d.jsonl"}],
+             "method": method, "training": {"maxSteps": 1}, "output": {"uri": "/tmp/o"},
+             "resources": resources}
+        )  # fmt: skip
+
+    float8 = {"type": "qlora", "quantization": {"bits": 8}}
+    card_24gb = Hardware(cuda=True, bf16=True, bitsandbytes=True, device_memory_bytes=24 * 10**9)
+    assert float8_loads_through_host(tmp_path, spec(float8), card_24gb)
+    assert not float8_loads_through_host(tmp_path, spec(float8), H200)  # fits: load directly
+    assert float8_loads_through_host(tmp_path, spec(float8, "18Gi"), H200)  # the budget rules
+    assert not float8_loads_through_host(tmp_path, spec({"type": "lora"}), card_24gb)
+    assert not float8_loads_through_host(tmp_path, spec(float8), CPU)
 
 
 def test_gradient_checkpointing_auto_turns_on_only_when_memory_needs_it() -> None:
