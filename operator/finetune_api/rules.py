@@ -76,13 +76,6 @@ QUANTIZATION_FORMAT_MATCHES_BITS = CrossFieldRule(
 )
 
 
-def _float8_base(method: Any) -> bool:
-    quantization = method.quantization
-    return bool(
-        quantization is not None and quantization.bits == 8 and quantization.format != "int8"
-    )
-
-
 QLORA_NEEDS_GPU = CrossFieldRule(
     cel=(
         "self.method.type != 'qlora' || self.resources.gpus >= 1 || "
@@ -95,7 +88,7 @@ QLORA_NEEDS_GPU = CrossFieldRule(
         "(nf4, int8 run on GPUs only; use type: lora, or quantization bits: 8 with format: "
         "float8, on CPUs)"
     ),
-    holds=lambda s: s.method.type != "qlora" or s.resources.gpus >= 1 or _float8_base(s.method),
+    holds=lambda s: s.method.type != "qlora" or s.resources.gpus >= 1 or s.method.float8_base,
 )
 
 OUTPUT_DIFFERS_FROM_MODEL = CrossFieldRule(

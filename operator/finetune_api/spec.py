@@ -269,6 +269,17 @@ class Method(ApiModel):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapter settings.")
 
+    @property
+    def float8_base(self) -> bool:
+        """QLoRA 8 bits in format float8: the frozen base is stored as e4m3 by the trainer
+        (float8_base.py), not quantized by bitsandbytes, so it needs neither a GPU nor that
+        package."""
+        return (
+            self.type == "qlora"
+            and self.quantization is not None
+            and self.quantization.resolved_format == "float8"
+        )
+
 
 class Training(ApiModel):
     """Hyper-parameters of the run."""

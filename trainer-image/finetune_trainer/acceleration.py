@@ -379,7 +379,7 @@ def plan_acceleration(
     use_dora = bool(getattr(lora, "use_dora", False))
     # A Float8 base (QLoRA 8 bits in format float8) is not bitsandbytes: the fused LoRA forward
     # drives its GEMMs, and nothing is cast to fp32.
-    float8 = bool(weight_bits == 8 and getattr(quant, "resolved_format", "int8") == "float8")
+    float8 = bool(getattr(method, "float8_base", False))
     # bitsandbytes bases keep peft's forward (their base layers are not plain nn.Linear).
     fused = bool(fused_lora and (weight_bits >= 16 or float8) and not use_dora)
 

@@ -85,20 +85,10 @@ def resolve_precision(requested: str, hw: Hardware) -> Precision:
     return requested  # type: ignore[return-value]
 
 
-def float8_base(method: Method) -> bool:
-    """Whether the frozen base is stored as Float8 (QLoRA 8 bits, float8_base.py) rather than
-    quantized by bitsandbytes."""
-    return (
-        method.type == "qlora"
-        and method.quantization is not None
-        and method.quantization.resolved_format == "float8"
-    )
-
-
 def check_quantization(method: Method, hw: Hardware) -> None:
     """bitsandbytes QLoRA needs the package on a CUDA GPU: refuse clearly before any download.
     The Float8 base (8 bits, format float8) runs anywhere."""
-    if method.type != "qlora" or float8_base(method):
+    if method.type != "qlora" or method.float8_base:
         return
     if not hw.cuda:
         raise UnsupportedHardware(
@@ -199,7 +189,7 @@ _FLOAT8_DIRECT_LOAD_SHARE = 0.6
 
 def float8_loads_through_host(model_dir: Path, spec: FineTuneJobSpec, hw: Hardware) -> bool:
     """Whether a Float8 base must be quantized on its way to the GPU (see above)."""
-    if not (float8_base(spec.method) and hw.cuda and hw.device_memory_bytes):
+    if not (spec.method.float8_base and hw.cuda and hw.device_memory_bytes):
         return False
     from transformers import AutoConfig
 
@@ -226,7 +216,7 @@ def load_base_model(
 
     dtype = TORCH_DTYPES[precision]
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
-    if spec.method.type == "qlora" and not float8_base(spec.method):
+    if spec.method.type == "qlora" and not spec.method.float8_base:
         kwargs["quantization_config"] = quantization_config(spec.method, dtype)
     if hw.cuda and not through_host:  # safetensors straight onto this rank's GPU
         kwargs["device_map"] = {"": local_rank()}
@@ -260,7 +250,7 @@ def build_model(
     log.info("acceleration: %s", plan.describe())
     acceleration.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
-    bitsandbytes_base = spec.method.type == "qlora" and not float8_base(spec.method)
+    bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base
     if bitsandbytes_base:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if checkpointing:
@@ -273,7 +263,7 @@ def build_model(
             f"spec.method.lora.targetModules: {err}. Use all-linear, or names of linear layers "
             "of this model (e.g. q_proj, v_proj)."
         ) from None
-    if float8_base(spec.method):
+    if spec.method.float8_base:
         # After get_peft_model: peft gives a new adapter its base weight's dtype.
         from .float8_base import quantize_base_linears
 
