@@ -31,6 +31,11 @@ Why these choices (measurements in ``bench/NOTES.md``):
   and a mask per adapted linear for the backward; the fused one redraws the mask from a seed,
   and a llama-style MLP recomputes ``silu(gate) * up`` instead of keeping it, so activations
   take ~40% of peft's memory and fewer layers need recomputing.
+* Sharded weights (``shard_ranks > 1``): a bf16/fp16 model whose weights, adapter state and
+  one example's activations do not fit one GPU trains under FSDP2 when the pod has several
+  GPUs: each rank keeps ``1/N`` of the frozen weights and of the adapter's optimizer state and
+  all-gathers one decoder layer at a time. A model that fits stays under DDP, which moves only
+  the adapter's gradients (docs/multi-gpu.md).
 * ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
   default; see bench/NOTES.md for what it measured.
 """
@@ -204,6 +209,10 @@ class AccelerationPlan:
     fused_lora: bool = False
     # QLoRA 8 bits in format float8: the frozen linears are e4m3 (float8_base.py).
     float8_base: bool = False
+    # Base weights sharded with FSDP2 over all ranks (otherwise every rank holds the whole
+    # model and DDP all-reduces the adapter's gradients). ``FTJ_SHARD_WEIGHTS=1`` forces it,
+    # even on one rank (how the path is tested on a single GPU).
+    fsdp: bool = False
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -221,6 +230,7 @@ class AccelerationPlan:
             + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
             + f"fused_lora={self.fused_lora}"
             + (" base=float8" if self.float8_base else "")
+            + (" fsdp=sharded" if self.fsdp else "")
             + (
                 f" estimated_peak={self.estimated_peak_gib:.1f}GiB"
                 f" of {self.memory_budget_bytes / GiB:.1f}GiB"
@@ -242,6 +252,7 @@ def estimate_memory_bytes(
     dtype_bytes: int = 2,
     fused_lora: bool = False,
     float8_base: bool = False,
+    shard_ranks: int = 1,
 ) -> int:
     """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
 
@@ -250,6 +261,9 @@ def estimate_memory_bytes(
     token) plus, during its backward, one layer's full activations; a plain layer keeps all
     of them. The LM head is chunked (TRL's fused head), so logits cost a few hundred MiB.
     ``float8_base``: 8-bit weights are e4m3 (float8_base.py), not bitsandbytes int8.
+    ``shard_ranks``: FSDP2 over that many ranks keeps 1/N of the weights and of the LoRA state
+    per rank, plus the all-gathered layers: the one computing and the one prefetched, and the
+    root's embeddings and LM head (gathered for the whole forward and backward).
     """
     weights = shape.total_params * weight_bits // 8
     float8_transient = 0
@@ -270,6 +284,11 @@ def estimate_memory_bytes(
         weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * 4
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
     lora = shape.lora_params(lora_r, lora_targets) * 16
+    if shard_ranks > 1:
+        embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
+        gathered = (2 * shape.layer_params + embed) * weight_bits // 8
+        weights = weights // shard_ranks + gathered
+        lora //= shard_ranks
     int8_kept = 0.0
     if weight_bits == 8 and not float8_base:
         # q, k, v, o, gate, up take hidden-sized inputs, down an intermediate-sized one.
@@ -320,6 +339,8 @@ def plan_acceleration(
     torch_compile: bool = False,
     int8_half_compute: bool = True,
     fused_lora: bool = True,
+    world_size: int = 1,
+    shard_weights: bool | None = None,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -329,7 +350,9 @@ def plan_acceleration(
     assumes half of ``cutoff_length``. ``torch_compile`` asks for the decoder layers to be
     compiled (GPU only); ``int8_half_compute=False`` leaves 8-bit base layers computing in the
     activations' dtype (an ablation, bench/NOTES.md); ``fused_lora=False`` keeps peft's own
-    LoRA forward (an ablation).
+    LoRA forward (an ablation). ``world_size`` ranks train together; ``shard_weights`` None
+    shards the base weights (FSDP2) only when no unsharded plan fits one GPU, True always
+    (where the base can be sharded), False never.
     """
     reasons: list[str] = []
     on_gpu = device.type == "cuda"
@@ -389,7 +412,7 @@ def plan_acceleration(
     if memory_budget_bytes is None:
         memory_budget_bytes = int(device.total_memory_bytes * memory_fraction) if on_gpu else 0
 
-    def cost(micro_examples: int, ckpt_layers: int) -> int:
+    def cost(micro_examples: int, ckpt_layers: int, ranks: int = 1) -> int:
         tokens = (
             int(math.ceil(micro_examples * mean_tokens)) if packing else micro_examples * cutoff
         )
@@ -404,6 +427,7 @@ def plan_acceleration(
             dtype_bytes=dtype_bytes,
             fused_lora=fused,
             float8_base=float8,
+            shard_ranks=ranks,
         )
 
     mode = str(getattr(training, "gradient_checkpointing", "auto"))
@@ -412,13 +436,10 @@ def plan_acceleration(
     if not on_gpu:
         candidates = [batch_size]
     max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
-
-    chosen: tuple[int, int] | None = None
     layers = shape.num_layers
-    if not on_gpu:
-        ckpt = {"always": layers, "never": 0}.get(mode, 0)
-        chosen = (batch_size, ckpt)
-    else:
+
+    def search(ranks: int) -> tuple[int, int] | None:
+        """The largest micro-step with the fewest recomputed layers that fits, or None."""
         for micro in candidates:
             if micro > max_micro_examples and micro != candidates[-1]:
                 continue
@@ -429,24 +450,48 @@ def plan_acceleration(
             else:
                 # Fewest recomputed layers that fit: each costs a third more matrix work.
                 options = list(range(0, layers + 1))
-            fitting = [c for c in options if cost(micro, c) <= memory_budget_bytes]
-            if fitting:
-                chosen = (micro, fitting[0])
-                # Prefer a smaller micro-step over recomputing many layers: when the largest
-                # micro-step needs most layers checkpointed, see whether half of it needs none.
-                if fitting[0] > 0 and mode == "auto":
-                    continue_search = fitting[0] > layers // 2
-                    if continue_search:
-                        smaller = [m for m in candidates if m < micro and m * 2 >= micro]
-                        for m in smaller:
-                            fit_small = [c for c in options if cost(m, c) <= memory_budget_bytes]
-                            if fit_small and fit_small[0] < fitting[0] // 2:
-                                chosen = (m, fit_small[0])
-                                break
-                break
+            fitting = [c for c in options if cost(micro, c, ranks) <= memory_budget_bytes]
+            if not fitting:
+                continue
+            chosen = (micro, fitting[0])
+            # Prefer a smaller micro-step over recomputing many layers: when the largest
+            # micro-step needs most layers checkpointed, see whether half of it needs none.
+            if fitting[0] > layers // 2 and mode == "auto":
+                for m in [m for m in candidates if m < micro and m * 2 >= micro]:
+                    small = [c for c in options if cost(m, c, ranks) <= memory_budget_bytes]
+                    if small and small[0] < fitting[0] // 2:
+                        return (m, small[0])
+            return chosen
+        return None
+
+    # Sharding needs plain 16/32-bit weights: bitsandbytes and e4m3 bases stay whole per rank.
+    shardable = weight_bits >= 16
+    fsdp = bool(shard_weights and shardable)
+    ranks = max(1, world_size) if fsdp else 1
+    chosen: tuple[int, int] | None
+    if not on_gpu:
+        chosen = (batch_size, {"always": layers, "never": 0}.get(mode, 0))
+    else:
+        chosen = search(ranks)
+        if chosen is None and shard_weights is None and shardable and world_size > 1:
+            sharded = search(world_size)
+            if sharded is not None:
+                chosen, fsdp, ranks = sharded, True, world_size
         if chosen is None:
             chosen = (candidates[-1], layers if mode != "never" else 0)
-            reasons.append("even one example per micro-step exceeds the memory estimate")
+            reasons.append(
+                "even one example per micro-step exceeds the memory estimate"
+                + ("" if ranks > 1 else _why_not_sharded(world_size, shardable, shard_weights))
+            )
+    if fsdp:
+        whole = shape.total_params * weight_bits // 8
+        reasons.append(
+            f"FSDP: base weights ({whole / GiB:.1f} GiB) sharded over {ranks} rank(s), "
+            "one decoder layer gathered at a time"
+            + ("" if shard_weights else " (the model does not fit one GPU)")
+        )
+    elif shard_weights and not shardable:
+        reasons.append("FSDP requested, but quantized bases are not sharded: DDP")
 
     micro, ckpt_layers = chosen
     grad_ckpt = ckpt_layers > 0
@@ -493,13 +538,25 @@ def plan_acceleration(
         optimizer=optimizer,
         dtype=dtype,
         torch_compile=compile_layers,
-        estimated_peak_bytes=cost(micro, ckpt_layers) if on_gpu else 0,
+        estimated_peak_bytes=cost(micro, ckpt_layers, ranks) if on_gpu else 0,
         memory_budget_bytes=memory_budget_bytes,
         reasons=tuple(reasons),
         int8_half_compute=half_int8,
         fused_lora=fused,
         float8_base=float8,
+        fsdp=fsdp,
     )
+
+
+def _why_not_sharded(world_size: int, shardable: bool, shard_weights: bool | None) -> str:
+    """The fix to suggest when even one example does not fit one rank."""
+    if not shardable:
+        return " (quantized bases are not sharded: a smaller model, 4 bits, or a larger GPU)"
+    if shard_weights is False:
+        return " (FTJ_SHARD_WEIGHTS=0 keeps the weights whole on every rank)"
+    if world_size > 1:
+        return " even with the weights sharded over every GPU"
+    return " (resources.gpus > 1 would shard the weights with FSDP, or use QLoRA)"
 
 
 def memory_budget_bytes(spec: Any) -> int | None:
@@ -517,18 +574,21 @@ def memory_budget_bytes(spec: Any) -> int | None:
 
 
 def plan_for_model(
-    model: Any, spec: Any, mean_example_tokens: float | None = None
+    model_config: Any, spec: Any, mean_example_tokens: float | None = None
 ) -> AccelerationPlan:
-    """The plan for a loaded model and a ``FineTuneJobSpec`` on this process's device.
+    """The plan for a model (its transformers config) and a ``FineTuneJobSpec`` on this
+    process's device, made before the weights are loaded (a sharded model loads differently).
 
     ``spec.resources.gpuMemoryBudget`` (or ``FTJ_MEMORY_BUDGET_GIB``) caps the memory the plan
     may use (a shared or time-sliced GPU, or proving that a run fits a smaller card).
-    ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0`` turns the
-    8-bit compute cast off and ``FTJ_FUSED_LORA=0`` the fused LoRA forward (bench ablations).
+    ``FTJ_SHARD_WEIGHTS=1``/``0`` forces FSDP on or off (auto: only when the model does not fit
+    one GPU). ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0``
+    turns the 8-bit compute cast off and ``FTJ_FUSED_LORA=0`` the fused LoRA forward (bench
+    ablations).
     """
     import os
 
-    def flag(name: str, default: bool) -> bool:
+    def flag(name: str, default: bool | None) -> bool | None:
         value = os.environ.get(name, "").strip().lower()
         if not value:
             return default
@@ -537,14 +597,16 @@ def plan_for_model(
     return plan_acceleration(
         spec.training,
         spec.method,
-        ModelShape.from_config(model.config),
+        ModelShape.from_config(model_config),
         DeviceInfo.detect(),
         mean_example_tokens=mean_example_tokens,
         liger_available=liger_available(),
         memory_budget_bytes=memory_budget_bytes(spec),
-        torch_compile=flag("FTJ_TORCH_COMPILE", False),
-        int8_half_compute=flag("FTJ_INT8_HALF_COMPUTE", True),
-        fused_lora=flag("FTJ_FUSED_LORA", True),
+        torch_compile=bool(flag("FTJ_TORCH_COMPILE", False)),
+        int8_half_compute=bool(flag("FTJ_INT8_HALF_COMPUTE", True)),
+        fused_lora=bool(flag("FTJ_FUSED_LORA", True)),
+        world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        shard_weights=flag("FTJ_SHARD_WEIGHTS", None),
     )
 
 

@@ -36,11 +36,14 @@ def generate_answers(
     prompts: list[Any],
     *,
     max_new_tokens: int = MAX_NEW_TOKENS,
+    synced: bool = False,
 ) -> list[dict[str, str]]:
     """Greedy answers to up to 8 held-out prompts: ``{"prompt", "expected", "answer"}``.
 
     Greedy, so that before and after are comparable and a rerun gives the same text. One
-    prompt at a time: no padding side effects, and eight prompts cost seconds.
+    prompt at a time: no padding side effects, and eight prompts cost seconds. ``synced``:
+    every rank calls this with the same prompts (weights sharded with FSDP: each forward needs
+    all ranks), and ranks keep stepping until all have finished.
     """
     was_training = model.training
     model.eval()
@@ -56,6 +59,7 @@ def generate_answers(
             eos_token_id=eos,
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
+            synced_gpus=synced,
         )
         answer = tokenizer.decode(
             output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True

@@ -191,9 +191,7 @@ def float8_loads_through_host(model_dir: Path, spec: FineTuneJobSpec, hw: Hardwa
     """Whether a Float8 base must be quantized on its way to the GPU (see above)."""
     if not (spec.method.float8_base and hw.cuda and hw.device_memory_bytes):
         return False
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    config = load_config(model_dir, spec)
     weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
     budget = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
     return weights_16bit > _FLOAT8_DIRECT_LOAD_SHARE * budget
@@ -205,12 +203,18 @@ def load_base_model(
     precision: Precision,
     hw: Hardware,
     through_host: bool = False,
+    sharded: bool = False,
 ) -> Any:
     """The base model in the training precision (or quantized for QLoRA).
 
     Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
     ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
+    ``sharded``: the model does not fit one GPU and FSDP will shard it across the ranks; only
+    rank 0 reads the weights (into host memory), the other ranks build the model with its
+    parameters on the meta device and receive their shards from rank 0 when the trainer wraps
+    it (accelerate's ``cpu_ram_efficient_loading``): one copy in host memory per job, not one
+    per GPU.
     """
     from transformers import AutoModelForCausalLM
 
@@ -218,14 +222,36 @@ def load_base_model(
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": spec.model.trust_remote_code}
     if spec.method.type == "qlora" and not spec.method.float8_base:
         kwargs["quantization_config"] = quantization_config(spec.method, dtype)
-    if hw.cuda and not through_host:  # safetensors straight onto this rank's GPU
+    if hw.cuda and not (through_host or sharded):  # safetensors straight onto this GPU
         kwargs["device_map"] = {"": local_rank()}
     try:
+        if sharded and int(os.environ.get("RANK", "0")) != 0:
+            from .sharding import empty_model
+
+            log.info("sharded base: not read here; the shards arrive from rank 0")
+            return empty_model(load_config(model_dir, spec), **kwargs)
+        if sharded:
+            log.info("sharded base: read into host memory, to be sharded over all ranks")
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as err:
         raise InvalidInput(
             f"spec.model.uri: {model_dir} is not a causal language model transformers can load "
             f"({err}). Point it at a Hugging Face model folder with config.json and weights."
+        ) from None
+
+
+def load_config(model_dir: Path, spec: FineTuneJobSpec) -> Any:
+    """The model's transformers config: the plan is made from it before any weight is read."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            model_dir, trust_remote_code=spec.model.trust_remote_code
+        )
+    except (OSError, ValueError) as err:
+        raise InvalidInput(
+            f"spec.model.uri: {model_dir} has no usable config.json ({err}). Point it at a "
+            "Hugging Face model folder with config.json and weights."
         ) from None
 
 
@@ -243,11 +269,12 @@ def build_model(
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    through_host = float8_loads_through_host(model_dir, spec, hw)
-    model = load_base_model(model_dir, spec, precision, hw, through_host)
-    # Attention kernel, fused kernels, checkpointing and micro-batch size: see acceleration.py.
-    plan = acceleration.plan_for_model(model, spec, mean_example_tokens)
+    # Attention kernel, fused kernels, checkpointing, micro-batch size and whether the weights
+    # are sharded: see acceleration.py. Planned before loading: a sharded model loads apart.
+    plan = acceleration.plan_for_model(load_config(model_dir, spec), spec, mean_example_tokens)
     log.info("acceleration: %s", plan.describe())
+    through_host = float8_loads_through_host(model_dir, spec, hw)
+    model = load_base_model(model_dir, spec, precision, hw, through_host, sharded=plan.fsdp)
     acceleration.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
     bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base

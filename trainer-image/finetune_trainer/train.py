@@ -48,8 +48,12 @@ def sft_config(
     hw: Hardware,
     has_validation: bool,
     gradient_checkpointing: bool,
+    sharding: dict[str, Any] | None = None,
 ) -> Any:
-    """The ``SFTConfig`` for ``spec.training``: one place maps our fields to TRL's."""
+    """The ``SFTConfig`` for ``spec.training``: one place maps our fields to TRL's.
+
+    ``sharding``: FSDP keywords (``sharding.fsdp_arguments``) when the plan shards the weights.
+    """
     from trl import SFTConfig
 
     duration: dict[str, Any] = (
@@ -97,6 +101,7 @@ def sft_config(
         dataloader_num_workers=0,
         dataloader_pin_memory=hw.cuda,
         ddp_find_unused_parameters=False,
+        **(sharding or {}),
     )
 
 
@@ -217,9 +222,16 @@ def _load_finished(trainer: Any, checkpoint: Path) -> None:
         handler.on_log(args, state, control, logs=logged[-1])
 
 
-def run_training(trainer: Any, resume_from: Path | None, resumed_step: int | None) -> TrainResult:
-    """Train (continuing from ``resume_from`` when given) and collect the history."""
-    if resume_from is not None and finished_checkpoint(resume_from):
+def run_training(
+    trainer: Any, resume_from: Path | None, resumed_step: int | None, *, sharded: bool = False
+) -> TrainResult:
+    """Train (continuing from ``resume_from`` when given) and collect the history.
+
+    A finished checkpoint is loaded without a step, except under FSDP (``sharded``): its
+    checkpoints hold sharded adapter state that only the Trainer's own resume can load, so a
+    sharded run resumes through ``Trainer.train`` even then.
+    """
+    if resume_from is not None and finished_checkpoint(resume_from) and not sharded:
         log.info(
             "checkpoint %s already holds every planned step: nothing left to train", resumed_step
         )

@@ -253,3 +253,61 @@ def test_float8_estimate_halves_the_decoder_weights_only() -> None:
     )
     assert eight.estimated_peak_bytes <= budget and plain.estimated_peak_bytes <= budget
     assert eight.micro_batch_tokens > plain.micro_batch_tokens
+
+
+LLAMA_70B = ModelShape(8192, 28672, 80, 64, 8, 128256, False, "llama")
+H100_80G = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 81559 * 2**20, True, (9, 0))
+
+
+def test_a_model_too_big_for_one_gpu_is_sharded_over_the_pods_gpus() -> None:
+    one = plan_acceleration(training(), Method(), LLAMA_70B, H100_80G, mean_example_tokens=780)
+    assert not one.fsdp
+    assert any("resources.gpus > 1" in r for r in one.reasons)  # the fix is named
+    eight = plan_acceleration(
+        training(), Method(), LLAMA_70B, H100_80G, mean_example_tokens=780, world_size=8
+    )
+    assert eight.fsdp and "fsdp=sharded" in eight.describe()
+    assert eight.estimated_peak_bytes <= eight.memory_budget_bytes
+    assert any("sharded over 8 rank(s)" in r for r in eight.reasons)
+    # The 70B's 131 GiB of bf16 weights over 8 ranks: 16.4 GiB each, plus two gathered layers
+    # (3 GiB) and the root's embeddings and LM head (3.9 GiB), plus workspace.
+    weights_only = estimate_memory_bytes(
+        LLAMA_70B, micro_batch_tokens=0, checkpointed_layers=0, shard_ranks=8
+    )
+    whole = estimate_memory_bytes(LLAMA_70B, micro_batch_tokens=0, checkpointed_layers=0)
+    assert 23 * GiB < weights_only < 26 * GiB < 131 * GiB < whole
+
+
+def test_a_model_that_fits_stays_under_ddp_unless_sharding_is_forced() -> None:
+    plain = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, world_size=2
+    )
+    assert not plain.fsdp  # DDP moves only the adapter's gradients
+    forced = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, world_size=2,
+        shard_weights=True,
+    )  # fmt: skip
+    assert forced.fsdp
+    assert forced.estimated_peak_bytes < plain.estimated_peak_bytes
+    never = plan_acceleration(
+        training(), Method(), LLAMA_70B, H100_80G, mean_example_tokens=780, world_size=8,
+        shard_weights=False,
+    )  # fmt: skip
+    assert not never.fsdp
+    assert any("even with" not in r and "exceeds" in r for r in never.reasons)
+
+
+def test_quantized_bases_are_never_sharded() -> None:
+    for bits in (4, 8):
+        method = Method(type="qlora", quantization=Quantization(bits=bits))
+        plan = plan_acceleration(
+            training(), method, LLAMA_70B, RTX_24G, mean_example_tokens=780, world_size=8,
+        )  # fmt: skip
+        assert not plan.fsdp
+        assert any("quantized bases are not sharded" in r for r in plan.reasons)
+        forced = plan_acceleration(
+            training(), method, QWEN_7B, H200, mean_example_tokens=780, world_size=2,
+            shard_weights=True,
+        )  # fmt: skip
+        assert not forced.fsdp
+        assert any("FSDP requested" in r for r in forced.reasons)
