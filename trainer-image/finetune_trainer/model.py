@@ -245,9 +245,7 @@ def load_config(model_dir: Path, spec: FineTuneJobSpec) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(
-            model_dir, trust_remote_code=spec.model.trust_remote_code
-        )
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
     except (OSError, ValueError) as err:
         raise InvalidInput(
             f"spec.model.uri: {model_dir} has no usable config.json ({err}). Point it at a "

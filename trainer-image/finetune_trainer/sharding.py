@@ -59,7 +59,6 @@ def gathered_adapter_state(model: Any) -> dict[str, Any]:
     }
 
 
-
 def empty_model(config: Any, **kwargs: Any) -> Any:
     """The model of ``config`` with uninitialised parameters, for the ranks that receive their
     shards from rank 0 (accelerate's ``cpu_ram_efficient_loading``).

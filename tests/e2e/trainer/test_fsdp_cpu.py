@@ -94,5 +94,7 @@ def test_sharded_weights_publish_what_ddp_publishes(tmp_path: Path) -> None:
     # Sharded checkpoints (adapter and optimizer state, never the frozen base) were uploaded,
     # and the merged model was written from the gathered adapter.
     checkpoint = tmp_path / "fsdp" / "out" / "checkpoints" / f"checkpoint-{STEPS}"
-    assert (checkpoint / "pytorch_model_fsdp_0").is_dir(), sorted(p.name for p in checkpoint.iterdir())
+    assert (checkpoint / "pytorch_model_fsdp_0").is_dir(), sorted(
+        p.name for p in checkpoint.iterdir()
+    )
     assert (tmp_path / "fsdp" / "out" / "merged" / "config.json").is_file()
