@@ -34,6 +34,7 @@ def _train(model_dir: Path, out: Path) -> None:
     from finetune_api.spec import FineTuneJobSpec
     from finetune_trainer.data import make_collator
     from finetune_trainer.model import Hardware, build_model, load_tokenizer, resolve_precision
+    from finetune_trainer.sharding import fsdp_arguments
     from finetune_trainer.train import build_trainer, sft_config
     from transformers import TrainerCallback, set_seed
 
@@ -74,6 +75,7 @@ def _train(model_dir: Path, out: Path) -> None:
         hw=hw,
         has_validation=False,
         gradient_checkpointing=False,
+        sharding=fsdp_arguments(model) if model.finetune_acceleration.fsdp else None,
     )
     config.save_strategy = "no"
     marks: list[float] = []
@@ -105,6 +107,7 @@ def _train(model_dir: Path, out: Path) -> None:
                     "step_seconds": timed / (STEPS - WARMUP),
                     "tokens_per_s": tokens / timed,
                     "plan": model.finetune_acceleration.describe(),
+                    "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                 }
             )
         )
@@ -139,12 +142,15 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(model_dir: Path, out: Path, gpus: int) -> dict[str, object]:
+def _run(
+    model_dir: Path, out: Path, gpus: int, env: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The worker under ``torchrun --nproc-per-node gpus`` (``env``: extra variables)."""
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc-per-node", str(gpus), str(Path(__file__).resolve()), str(model_dir), str(out),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, cwd=REPO, env=_env(), timeout=900)
+    subprocess.run(cmd, check=True, cwd=REPO, env={**_env(), **(env or {})}, timeout=900)
     result: dict[str, object] = json.loads(out.read_text())
     print(json.dumps(result), flush=True)
     return result
