@@ -113,9 +113,10 @@ def _train(model_dir: Path, out: Path) -> None:
         )
 
 
-def _model(root: Path) -> Path:
-    """A random-init Qwen2.5-1.5B-shaped checkpoint with the bench's tokenizer."""
-    path = root / "qwen2.5-1.5b"
+def _model(root: Path, tied: bool = True) -> Path:
+    """A random-init Qwen2.5-1.5B-shaped checkpoint with the bench's tokenizer (``tied``: input
+    and output embeddings shared, as Qwen2.5-1.5B has them)."""
+    path = root / ("qwen2.5-1.5b" if tied else "qwen2.5-1.5b-untied")
     code = (
         "import torch\n"
         "from pathlib import Path\n"
@@ -125,6 +126,7 @@ def _model(root: Path) -> Path:
         "torch.manual_seed(0)\n"
         "with torch.device('cuda'):\n"
         "    cfg = make_config('qwen2.5-1.5b')\n"
+        f"    cfg.tie_word_embeddings = {tied}\n"
         "    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
         f"m.save_pretrained({str(path)!r})\n"
         f"synthetic.save_tokenizer(Path({str(path)!r}))\n"

@@ -465,7 +465,10 @@ def plan_acceleration(
         return None
 
     # Sharding needs plain 16/32-bit weights: bitsandbytes and e4m3 bases stay whole per rank.
-    shardable = weight_bits >= 16
+    # Tied input/output embeddings are not sharded on GPUs either: under FSDP2 (torch 2.11) the
+    # embedding met a still-sharded weight (TRL's fused LM head reads the tied weight directly);
+    # only small models tie them, and those fit one GPU.
+    shardable = weight_bits >= 16 and not (on_gpu and shape.tie_word_embeddings)
     fsdp = bool(shard_weights and shardable)
     ranks = max(1, world_size) if fsdp else 1
     chosen: tuple[int, int] | None
@@ -491,7 +494,8 @@ def plan_acceleration(
             + ("" if shard_weights else " (the model does not fit one GPU)")
         )
     elif shard_weights and not shardable:
-        reasons.append("FSDP requested, but quantized bases are not sharded: DDP")
+        why = "quantized bases" if weight_bits < 16 else "models with tied embeddings"
+        reasons.append(f"FSDP requested, but {why} are not sharded: DDP")
 
     micro, ckpt_layers = chosen
     grad_ckpt = ckpt_layers > 0
@@ -551,7 +555,7 @@ def plan_acceleration(
 def _why_not_sharded(world_size: int, shardable: bool, shard_weights: bool | None) -> str:
     """The fix to suggest when even one example does not fit one rank."""
     if not shardable:
-        return " (quantized bases are not sharded: a smaller model, 4 bits, or a larger GPU)"
+        return " (this base is not sharded: a smaller model, 4 bits, or a larger GPU)"
     if shard_weights is False:
         return " (FTJ_SHARD_WEIGHTS=0 keeps the weights whole on every rank)"
     if world_size > 1:
@@ -760,9 +764,20 @@ def _varlen_attention_forward(
     dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[Any, None]:
-    """transformers attention interface: (B, H, S, D) in, (B, S, H, D) out."""
+    """transformers attention interface: (B, H, S, D) in, (B, S, H, D) out.
+
+    Generation with a KV cache (new tokens against more cached keys, as the sample answers
+    before and after training are made) goes to SDPA: there is no packing to respect there,
+    and one prompt at a time needs no mask (``_no_mask`` refuses padded batches).
+    """
     import torch
 
+    if key.shape[2] != query.shape[2]:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(  # type: ignore[no-any-return]
+            module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
+        )
     batch, heads, seq, dim = query.shape
     cu, max_len = _cu_seqlens(batch, seq, query.device, kwargs)
     q = query.transpose(1, 2).reshape(batch * seq, heads, dim)

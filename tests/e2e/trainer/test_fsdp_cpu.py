@@ -8,7 +8,7 @@ before rank 0 writes it. Here the quickstart runs twice under ``torchrun --nproc
 CPUs (gloo), once with ``FTJ_SHARD_WEIGHTS=1`` and once with ``=0`` (DDP), and both must
 publish the same adapter, losses and answers. accelerate shards on CPUs only with the test
 switch in ``tests/harness/fsdp_on_cpu`` (its docstring says why); the GPU side is
-``tests/gpu/test_fsdp_gpu.py``.
+``tests/gpu/test_trainer_gpu.py``.
 """
 
 from __future__ import annotations

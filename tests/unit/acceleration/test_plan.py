@@ -304,10 +304,22 @@ def test_quantized_bases_are_never_sharded() -> None:
             training(), method, LLAMA_70B, RTX_24G, mean_example_tokens=780, world_size=8,
         )  # fmt: skip
         assert not plan.fsdp
-        assert any("quantized bases are not sharded" in r for r in plan.reasons)
+        assert any("this base is not sharded" in r for r in plan.reasons)
         forced = plan_acceleration(
             training(), method, QWEN_7B, H200, mean_example_tokens=780, world_size=2,
             shard_weights=True,
         )  # fmt: skip
         assert not forced.fsdp
         assert any("FSDP requested" in r for r in forced.reasons)
+
+
+def test_tied_embeddings_are_not_sharded_on_gpus() -> None:
+    tied = ModelShape(1536, 8960, 28, 12, 2, 151936, True, "qwen2")  # Qwen2.5-1.5B
+    forced = plan_acceleration(
+        training(), Method(), tied, H200, mean_example_tokens=780, world_size=2,
+        shard_weights=True,
+    )  # fmt: skip
+    assert not forced.fsdp
+    assert any("models with tied embeddings are not sharded" in r for r in forced.reasons)
+    on_cpu = plan_acceleration(training(), Method(), tied, CPU, world_size=2, shard_weights=True)
+    assert on_cpu.fsdp  # the CPU test of the sharded path runs on a tied tiny model
