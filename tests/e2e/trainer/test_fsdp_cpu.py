@@ -13,9 +13,12 @@ switch in ``tests/harness/fsdp_on_cpu`` (its docstring says why); the GPU side i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +31,19 @@ pytestmark = pytest.mark.e2e
 STEPS = 12
 
 
-def torchrun_trainer(tmp: Path, shard: bool) -> tuple[dict[str, Any], str]:
-    """``torchrun --nproc-per-node 2 -m finetune_trainer`` on the quickstart → metrics, log."""
+def sharded_manifest(out: Path) -> dict[str, Any]:
     manifest = quickstart_manifest(
         maxSteps=STEPS, saveSteps=6, evalSteps=6, loggingSteps=2, batchSize=4
     )
-    manifest["spec"]["output"]["uri"] = str(tmp / "out")
+    manifest["metadata"]["uid"] = "uid-fsdp"
+    manifest["spec"]["output"]["uri"] = str(out)
+    return manifest
+
+
+def torchrun_command(
+    tmp: Path, manifest: dict[str, Any], shard: bool
+) -> tuple[list[str], dict[str, str]]:
+    """``torchrun --nproc-per-node 2 -m finetune_trainer`` and its environment, on CPUs."""
     env = trainer_env(
         tmp,
         manifest,
@@ -44,14 +54,40 @@ def torchrun_trainer(tmp: Path, shard: bool) -> tuple[dict[str, Any], str]:
         OMP_NUM_THREADS="1",
     )
     env["PYTHONPATH"] = str(REPO / "tests" / "harness" / "fsdp_on_cpu") + ":" + env["PYTHONPATH"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "finetune_trainer"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "finetune_trainer"]  # fmt: skip
+    return command, env
+
+
+def torchrun_trainer(tmp: Path, shard: bool) -> tuple[dict[str, Any], str]:
+    """The quickstart on two ranks into ``tmp/out`` → its metrics.json and log."""
+    command, env = torchrun_command(tmp, sharded_manifest(tmp / "out"), shard)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
     return json.loads((tmp / "out" / "metrics.json").read_text()), log
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict[str, Any], str, Path]]:
+    """The same job sharded and under DDP: (metrics, log, output folder) each."""
+    root = tmp_path_factory.mktemp("fsdp")
+    result = {}
+    for name, shard in (("fsdp", True), ("ddp", False)):
+        metrics, log = torchrun_trainer(root / name, shard)
+        result[name] = (metrics, log, root / name / "out")
+    return result
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and its workers at once, as a node failure would (the workers run in
+    process groups of their own, so killing the launcher's group is not enough)."""
+    import psutil
+
+    launcher = psutil.Process(pid)
+    for process in [*launcher.children(recursive=True), launcher]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
 
 
 def adapter(out: Path) -> dict[str, Any]:
@@ -60,11 +96,11 @@ def adapter(out: Path) -> dict[str, Any]:
     return load_file(str(out / "adapter" / "adapter_model.safetensors"))
 
 
-def test_sharded_weights_publish_what_ddp_publishes(tmp_path: Path) -> None:
+def test_sharded_weights_publish_what_ddp_publishes(runs: dict[str, Any]) -> None:
     import torch
 
-    sharded, sharded_log = torchrun_trainer(tmp_path / "fsdp", shard=True)
-    plain, plain_log = torchrun_trainer(tmp_path / "ddp", shard=False)
+    sharded, sharded_log, sharded_out = runs["fsdp"]
+    plain, plain_log, plain_out = runs["ddp"]
     assert "fsdp=sharded" in sharded["acceleration"], sharded["acceleration"]
     assert "fsdp" not in plain["acceleration"]
     assert sharded["steps"] == plain["steps"] == STEPS
@@ -79,7 +115,7 @@ def test_sharded_weights_publish_what_ddp_publishes(tmp_path: Path) -> None:
     assert sharded["evalLoss"] == pytest.approx(plain["evalLoss"], rel=1e-4)
 
     # The adapter written by rank 0 was gathered whole from both ranks' shards.
-    a, b = adapter(tmp_path / "fsdp" / "out"), adapter(tmp_path / "ddp" / "out")
+    a, b = adapter(sharded_out), adapter(plain_out)
     assert a.keys() == b.keys() and len(a) > 0
     for name in a:
         assert a[name].shape == b[name].shape, name
@@ -93,8 +129,49 @@ def test_sharded_weights_publish_what_ddp_publishes(tmp_path: Path) -> None:
 
     # Sharded checkpoints (adapter and optimizer state, never the frozen base) were uploaded,
     # and the merged model was written from the gathered adapter.
-    checkpoint = tmp_path / "fsdp" / "out" / "checkpoints" / f"checkpoint-{STEPS}"
+    checkpoint = sharded_out / "checkpoints" / f"checkpoint-{STEPS}"
     assert (checkpoint / "pytorch_model_fsdp_0").is_dir(), sorted(
         p.name for p in checkpoint.iterdir()
     )
-    assert (tmp_path / "fsdp" / "out" / "merged" / "config.json").is_file()
+    assert (sharded_out / "merged" / "config.json").is_file()
+
+
+def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
+    tmp_path: Path, runs: dict[str, Any]
+) -> None:
+    """Both ranks killed after the first complete checkpoint; a new pod (fresh scratch space,
+    same output) loads the sharded adapter and optimizer state and ends where an uninterrupted
+    run ends."""
+    import torch
+    from finetune_trainer.storage import CheckpointStore, Storage
+
+    out = tmp_path / "out"
+    manifest = sharded_manifest(out)
+    store = CheckpointStore(Storage(), str(out))
+    command, env = torchrun_command(tmp_path / "attempt1", manifest, shard=True)
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while (step := store.latest_complete()) is None:
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint became complete"
+            time.sleep(0.05)
+        kill_tree(proc.pid)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc.pid)
+    assert step < STEPS and not (out / "MANIFEST.json").exists()
+
+    command, env = torchrun_command(tmp_path / "attempt2", manifest, shard=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumedFromStep"] == step and metrics["steps"] == STEPS
+    uninterrupted, _, uninterrupted_out = runs["fsdp"]
+    assert metrics["trainLoss"] == pytest.approx(uninterrupted["trainLoss"], rel=1e-4)
+    a, b = adapter(out), adapter(uninterrupted_out)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
