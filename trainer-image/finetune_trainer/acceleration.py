@@ -512,6 +512,32 @@ def plan_acceleration(
             + (f"{ckpt_layers} of {layers} layers" if grad_ckpt else "off (memory allows)")
             + f" [{mode}]"
         )
+        if grad_ckpt and weight_bits == 16 and not fsdp and device.compute_capability >= (8, 9):
+            tokens = int(math.ceil(micro * mean_tokens)) if packing else micro * cutoff
+            with_float8 = [
+                c
+                for c in range(ckpt_layers)
+                if estimate_memory_bytes(
+                    shape,
+                    micro_batch_tokens=tokens,
+                    checkpointed_layers=c,
+                    weight_bits=8,
+                    lora_r=lora_r,
+                    lora_targets=targets,
+                    liger=liger,
+                    dtype_bytes=dtype_bytes,
+                    fused_lora=True,
+                    float8_base=True,
+                )
+                <= memory_budget_bytes
+            ]
+            if with_float8:
+                reasons.append(
+                    f"hint: a Float8 base (method: {{type: qlora, quantization: {{bits: 8}}}}) "
+                    f"would recompute {with_float8[0]} of {layers} layers here instead of "
+                    f"{ckpt_layers} (7B under 18 GiB: 8.4k -> 13.1k tok/s, bench/NOTES.md); it "
+                    "stores the frozen base as FP8, so it is yours to choose"
+                )
 
     optimizer = str(getattr(training, "optimizer", "auto"))
     if optimizer == "auto":

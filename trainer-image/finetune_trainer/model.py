@@ -271,6 +271,8 @@ def build_model(
     # are sharded: see acceleration.py. Planned before loading: a sharded model loads apart.
     plan = acceleration.plan_for_model(load_config(model_dir, spec), spec, mean_example_tokens)
     log.info("acceleration: %s", plan.describe())
+    for reason in plan.reasons:  # why: what the user can change is named here
+        (log.warning if "exceeds" in reason else log.info)("  because %s", reason)
     through_host = float8_loads_through_host(model_dir, spec, hw)
     model = load_base_model(model_dir, spec, precision, hw, through_host, sharded=plan.fsdp)
     acceleration.apply_acceleration(model, plan)

@@ -323,3 +323,20 @@ def test_tied_embeddings_are_not_sharded_on_gpus() -> None:
     assert any("models with tied embeddings are not sharded" in r for r in forced.reasons)
     on_cpu = plan_acceleration(training(), Method(), tied, CPU, world_size=2, shard_weights=True)
     assert on_cpu.fsdp  # the CPU test of the sharded path runs on a tied tiny model
+
+
+def test_a_memory_bound_bf16_plan_on_an_fp8_gpu_names_the_float8_base() -> None:
+    """Under 18 GiB the 7B in bf16 recomputes every layer; the plan says what would not."""
+    budget = 18 * GiB
+    bf16 = plan_acceleration(
+        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, memory_budget_bytes=budget
+    )
+    assert bf16.checkpointed_layers == QWEN_7B.num_layers
+    hint = [r for r in bf16.reasons if r.startswith("hint: a Float8 base")]
+    assert len(hint) == 1 and "quantization: {bits: 8}" in hint[0]
+    roomy = plan_acceleration(training(), Method(), QWEN_7B, H200, mean_example_tokens=780)
+    assert not any(r.startswith("hint:") for r in roomy.reasons)  # nothing recomputed
+    on_v100 = plan_acceleration(
+        training(), Method(), QWEN_7B, V100, mean_example_tokens=780, memory_budget_bytes=budget
+    )
+    assert not any(r.startswith("hint:") for r in on_v100.reasons)  # no FP8 tensor cores
