@@ -40,13 +40,6 @@ def fsdp_arguments(model: Any) -> dict[str, Any]:
     }
 
 
-def is_sharded(model: Any) -> bool:
-    """Whether ``model``'s parameters are FSDP2 shards (DTensors)."""
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
-
-
 def gathered_adapter_state(model: Any) -> dict[str, Any]:
     """The adapter's weights, whole and on the CPU; every rank must call it (all-gathers)."""
     from peft import get_peft_model_state_dict
