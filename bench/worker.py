@@ -106,6 +106,13 @@ class Meter:
             "timed_tokens": tokens,
             "tokens_per_s": round(tokens / seconds, 1),
             "tokens_per_step": round(tokens / (len(self.marks) - self.warmup)),
+            # Each timed step on its own: one slow step (allocator, host sync) shows here.
+            "step_seconds": [
+                round(b[0] - a[0], 3)
+                for a, b in zip(
+                    self.marks[self.warmup - 1 :], self.marks[self.warmup :], strict=False
+                )
+            ],
         }
 
 
@@ -389,6 +396,7 @@ CONFIGS = {
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "qlora-8bit-24g-profile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     # bitsandbytes' LLM.int8 (format int8), and without the plan's bf16 compute cast for its
     # layers (run.py sets the env): the 8-bit rows before the float8 format existed.
     "qlora-int8-24g": lambda c, t, r, a: build_trainer_path(
@@ -449,6 +457,10 @@ def main() -> None:
             round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else 0.0
         )
         row["losses"] = [round(x, 4) for x in meter.losses]
+        if cuda:  # near a memory cap the caching allocator frees and retries (a device sync)
+            stats = torch.cuda.memory_stats()
+            row["alloc_retries"] = int(stats.get("num_alloc_retries", 0))
+            row["device_mallocs"] = int(stats.get("num_device_alloc", 0))
         plan = getattr(trainer, "_ftj_plan", None)
         if plan is not None:
             row["plan"] = plan.describe()
