@@ -3,6 +3,9 @@
 Nothing here trains: it sets the environment a trainer pod gets (docs/internals.md) and calls
 the pod's own entry point in this process, so a job that works under ``ftj run`` works in the
 cluster, with the same exit codes (0, 1, 42), the same progress lines and the same outputs.
+``spec.resources.gpus: N > 1`` starts the entry point on N of this machine's GPUs under
+``torchrun --standalone``, as the operator's pod command does; a spec asking for more GPUs than
+the machine has, or for several nodes, is refused with the field to change.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -57,11 +61,49 @@ def _absolute_output(uri: str) -> str:
     return str(Path(uri).expanduser().resolve())
 
 
+def visible_gpus() -> int:
+    """CUDA GPUs this process may use (``CUDA_VISIBLE_DEVICES`` respected)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+def launcher(gpus: int, nodes: int) -> list[str] | None:
+    """How to start the trainer for ``resources`` here: None (in this process) or torchrun's
+    command line. Raises ``ValueError`` with the fix when this machine can't run the spec."""
+    if nodes > 1:
+        raise ValueError(
+            f"spec.resources.nodes: {nodes} needs a cluster (one pod per node); ftj run trains "
+            "on this machine only. Apply the job with kubectl, or set nodes: 1 to use this "
+            "machine's GPUs."
+        )
+    if gpus <= 1:
+        return None
+    have = visible_gpus()
+    if have < gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else ""
+        raise ValueError(
+            f"spec.resources.gpus: {gpus}, but this machine has {have} CUDA GPU(s){where}. "
+            f"Set gpus: {have} to train here, or apply the job to a "
+            "cluster."
+        )
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={gpus}", "-m", "finetune_trainer"]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the job in this process and print where its artifacts went."""
     try:
         job = load_manifest(args.file)
     except ManifestError as err:
+        print(f"{err}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+
+    resources = job.spec.resources
+    try:
+        command = launcher(resources.gpus, resources.nodes)
+    except ValueError as err:
         print(f"{err}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
@@ -78,9 +120,12 @@ def run(args: argparse.Namespace) -> int:
         os.environ["FTJ_OUTPUT_URI"] = _absolute_output(args.output)
 
     print(f"running {job.metadata.name or args.file} (scratch: {workdir})", file=sys.stderr)
-    from finetune_trainer.__main__ import main as trainer_main
+    if command is None:
+        from finetune_trainer.__main__ import main as trainer_main
 
-    code = trainer_main()
+        code = int(trainer_main())
+    else:  # rank 0 writes the termination log, as in a pod
+        code = subprocess.run(command, check=False).returncode
     summary = json.loads(termination_log.read_text()) if termination_log.is_file() else {}
     if code == 0:
         print(f"succeeded: {summary.get('progress', {}).get('summary', '')}")
