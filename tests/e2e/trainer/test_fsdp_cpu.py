@@ -18,13 +18,17 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.trainer.test_trainer_runs import REPO, quickstart_manifest, trainer_env
+from tests.e2e.trainer.test_trainer_runs import (
+    REPO,
+    kill_after_first_checkpoint,
+    quickstart_manifest,
+    trainer_env,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -149,20 +153,7 @@ def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
     manifest = sharded_manifest(out)
     store = CheckpointStore(Storage(), str(out))
     command, env = torchrun_command(tmp_path / "attempt1", manifest, shard=True)
-    proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while (step := store.latest_complete()) is None:
-            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "no checkpoint became complete"
-            time.sleep(0.05)
-        kill_tree(proc.pid)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            kill_tree(proc.pid)
+    step = kill_after_first_checkpoint(command, env, store, kill=kill_tree)
     assert step < STEPS and not (out / "MANIFEST.json").exists()
 
     command, env = torchrun_command(tmp_path / "attempt2", manifest, shard=True)

@@ -187,6 +187,30 @@ def test_s3_run_publishes_a_verifiable_manifest(tmp_path: Path) -> None:
         assert "AWS_SECRET" not in log and s3.env()["AWS_SECRET_ACCESS_KEY"] not in log
 
 
+def kill_after_first_checkpoint(
+    command: list[str], env: dict[str, str], store: Any, kill: Any = None
+) -> int:
+    """Start ``command``, SIGKILL it (``kill(pid)``, default the process alone) as soon as a
+    checkpoint of ``store`` is complete, and return that checkpoint's step."""
+    kill = kill or (lambda pid: os.kill(pid, signal.SIGKILL))
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while (step := store.latest_complete()) is None:
+            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "no checkpoint became complete"
+            time.sleep(0.05)
+        kill(proc.pid)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            kill(proc.pid)
+    assert proc.returncode == -signal.SIGKILL
+    return int(step)
+
+
 def test_sigkilled_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     """Kill -9 right after a checkpoint is complete; the next attempt continues from it."""
     from finetune_trainer.storage import CheckpointStore, Storage
@@ -198,25 +222,7 @@ def test_sigkilled_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
     env = trainer_env(tmp_path / "attempt1", manifest)
     store = CheckpointStore(Storage(), str(out))
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "finetune_trainer"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while (step := store.latest_complete()) is None:
-            assert proc.poll() is None, f"trainer exited early: {proc.stderr.read()[-3000:]}"  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "no checkpoint became complete"
-            time.sleep(0.1)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    step = kill_after_first_checkpoint([sys.executable, "-m", "finetune_trainer"], env, store)
     assert step < 60, "training finished before it could be killed"
     assert not (out / "MANIFEST.json").exists()
 
