@@ -62,6 +62,10 @@ def test_gpus_2_starts_two_trainer_processes(
     from finetune_cli.main import main
 
     monkeypatch.setattr(cmd_run, "visible_gpus", lambda: 2)
+    # ftj run sets the pod's FTJ_* variables in its own process; give them back afterwards.
+    for name in ("MANIFEST", "WORKDIR", "PROGRESS_PORT", "PROGRESS_HOST", "TERMINATION_LOG",
+                 "OUTPUT_URI"):  # fmt: skip
+        monkeypatch.setenv(f"FTJ_{name}", "")
     for name, value in {
         "ACCELERATE_USE_CPU": "true", "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(
