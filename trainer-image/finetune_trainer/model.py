@@ -211,10 +211,10 @@ def load_base_model(
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
     ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
     ``sharded``: the model does not fit one GPU and FSDP will shard it across the ranks; only
-    rank 0 reads the weights (into host memory), the other ranks build the model with its
-    parameters on the meta device and receive their shards from rank 0 when the trainer wraps
-    it (accelerate's ``cpu_ram_efficient_loading``): one copy in host memory per job, not one
-    per GPU.
+    rank 0 reads the weights (into host memory), the other ranks build the model with
+    uninitialised parameters (``sharding.empty_model``) and receive their shards from rank 0
+    when the trainer wraps it (accelerate's ``cpu_ram_efficient_loading``): one copy in host
+    memory per job, not one per GPU.
     """
     from transformers import AutoModelForCausalLM
 
