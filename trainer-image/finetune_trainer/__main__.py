@@ -60,6 +60,23 @@ def classify(err: BaseException) -> tuple[int, str, str]:
     return EXIT_FAILED, "TrainerFailed", f"{type(err).__name__}: {err}"
 
 
+def leave_process_group() -> None:
+    """Leave the torch.distributed group before the process exits.
+
+    A rank that exits with the group still open can abort at interpreter shutdown (gloo's
+    threads: "terminate called without an active exception", SIGABRT); torchrun then stops
+    every other rank, rank 0's merge and upload included. Ranks other than 0 finish first, so
+    this happened to finished runs (seen in the two-rank CPU tests).
+    """
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as err:  # leaving must never turn a result into a failure
+        log.warning("could not leave the process group: %s", err)
+
+
 def main() -> int:
     """Run the job named by ``FTJ_MANIFEST`` and return the process exit code."""
     configure_logging()
@@ -91,6 +108,7 @@ def main() -> int:
         )
         write_termination_message(settings.termination_log, text)
         reporter.stop()
+        leave_process_group()
         return code
 
     reporter.set_phase("Succeeded")
@@ -105,6 +123,7 @@ def main() -> int:
     )
     write_termination_message(settings.termination_log, text)
     reporter.stop()
+    leave_process_group()
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ holds the whole model any more:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -77,3 +78,32 @@ def empty_model(config: Any, **kwargs: Any) -> Any:
                 storage[id(param)] = torch.nn.Parameter(empty, requires_grad=param.requires_grad)
             module._parameters[name] = storage[id(param)]
     return model
+
+
+def load_sharded_adapter(model: Any, checkpoint: Path) -> dict[str, Any]:
+    """The adapter of a sharded checkpoint (``pytorch_model_fsdp_0/``, written by the Trainer
+    under FSDP), whole, into ``model``'s unsharded shapes. Every rank must call it (DCP plans
+    the read together)."""
+    import torch.distributed.checkpoint as dcp
+    from peft import get_peft_model_state_dict
+
+    state = {
+        name: value.detach().clone() for name, value in get_peft_model_state_dict(model).items()
+    }
+    holder = {"model": state}  # how accelerate nests it when it saves
+    dcp.load(holder, checkpoint_id=str(checkpoint / "pytorch_model_fsdp_0"))
+    return holder["model"]
+
+
+def shard_untrained(trainer: Any) -> None:
+    """Shard a model that skips training (its checkpoint is finished) as ``Trainer.train``
+    would: evaluation, lock-step generation and the adapter's gathering expect FSDP modules.
+    Rank 0's weights are broadcast, so its loaded adapter is what every rank ends with."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    # accelerate shards a model under FSDP2 only together with its optimizer (whose parameters
+    # it swaps for the shards); the optimizer is never stepped here.
+    trainer.create_optimizer()
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model = trainer.model_wrapped = model
+    register_fsdp_forward_method(model, "generate")  # generate() outside forward: gather too

@@ -199,14 +199,25 @@ def finished_checkpoint(checkpoint: Path | None) -> bool:
     return planned > 0 and int(saved.get("global_step", 0)) >= planned
 
 
-def _load_finished(trainer: Any, checkpoint: Path) -> None:
-    """Put a finished checkpoint's adapter weights and state into ``trainer`` without a step."""
+def _load_finished(trainer: Any, checkpoint: Path, sharded: bool = False) -> None:
+    """Put a finished checkpoint's adapter weights and state into ``trainer`` without a step.
+
+    ``sharded``: the checkpoint holds the adapter as FSDP shards; every rank reads it whole,
+    then the model is sharded as training would have done (``sharding.shard_untrained``).
+    """
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
     from transformers import TrainerState
 
-    weights = load_file(str(checkpoint / "adapter_model.safetensors"))
-    set_peft_model_state_dict(trainer.model, weights)
+    if sharded:
+        from .sharding import load_sharded_adapter, shard_untrained
+
+        set_peft_model_state_dict(trainer.model, load_sharded_adapter(trainer.model, checkpoint))
+        shard_untrained(trainer)
+    else:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(checkpoint / "adapter_model.safetensors"))
+        set_peft_model_state_dict(trainer.model, weights)
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     # Tell the callbacks (progress reporting) where the run stands, as a resumed run would.
     handler, args, state, control = (
@@ -227,15 +238,14 @@ def run_training(
 ) -> TrainResult:
     """Train (continuing from ``resume_from`` when given) and collect the history.
 
-    A finished checkpoint is loaded without a step, except under FSDP (``sharded``): its
-    checkpoints hold sharded adapter state that only the Trainer's own resume can load, so a
-    sharded run resumes through ``Trainer.train`` even then.
+    A finished checkpoint is loaded without a step (``Trainer.train`` would take one more);
+    ``sharded``: its adapter is in FSDP shards (FSDP runs).
     """
-    if resume_from is not None and finished_checkpoint(resume_from) and not sharded:
+    if resume_from is not None and finished_checkpoint(resume_from):
         log.info(
             "checkpoint %s already holds every planned step: nothing left to train", resumed_step
         )
-        _load_finished(trainer, resume_from)
+        _load_finished(trainer, resume_from, sharded)
         state = trainer.state
         return TrainResult(
             global_step=state.global_step,

@@ -166,3 +166,23 @@ def test_a_killed_sharded_run_resumes_from_its_sharded_checkpoint(
     a, b = adapter(out), adapter(uninterrupted_out)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+
+
+def test_a_sharded_rerun_after_the_last_checkpoint_trains_no_extra_step(
+    tmp_path: Path, runs: dict[str, Any]
+) -> None:
+    """The pod died after its final (sharded) checkpoint, before publishing: the next attempt
+    publishes that checkpoint's adapter with the step count exactly as planned."""
+    import shutil
+
+    _, _, finished = runs["fsdp"]
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    (out / "MANIFEST.json").unlink()  # as if the first pod died before publishing
+    command, env = torchrun_command(tmp_path / "again", sharded_manifest(out), shard=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumedFromStep"] == STEPS and metrics["steps"] == STEPS
+    a, b = adapter(out), adapter(finished)
+    assert all(a[name].equal(b[name]) for name in a)
