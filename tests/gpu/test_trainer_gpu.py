@@ -79,7 +79,7 @@ def test_quickstart_trains_answers_merges_and_publishes(tmp_path: Path, sharded:
 
 def test_sharded_training_follows_the_unsharded_losses_on_a_1_5b_shape(tmp_path: Path) -> None:
     """Same data, same global batch: FSDP's losses stay within bf16 noise of DDP's."""
-    model_dir = _model(tmp_path, tied=False)
+    model_dir = _model(tmp_path, tied=False, shape="qwen2.5-1.5b")
     whole = _run(model_dir, tmp_path / "whole.json", 1, {"FTJ_SHARD_WEIGHTS": "0"})
     sharded = _run(model_dir, tmp_path / "sharded.json", 1, {"FTJ_SHARD_WEIGHTS": "1"})
     runs = {"whole, 1 GPU": whole, "sharded, 1 GPU": sharded}

@@ -3,7 +3,8 @@
 Issue 6's multi-GPU test, for a machine with two GPUs (``nvidia-h200-x2``). Both runs start
 the trainer's own code path (``build_model`` -> ``make_collator`` -> ``sft_config`` ->
 ``build_trainer``) under ``torchrun --nproc-per-node N``, as the operator's pod command does,
-on a random-init Qwen2.5-1.5B-shaped model and the bench's CoT-like synthetic data: 32
+on a random-init Qwen2.5-7B-shaped model (the issue's shape; ``FTJ_TWO_GPU_SHAPE`` names
+another bench shape) and the bench's CoT-like synthetic data: 32
 examples per optimizer step, split 16 + 16 over two ranks by the Trainer's distributed sampler
 (DDP, NCCL). Rank 0 writes the per-step losses and the time of the steps after warm-up.
 
@@ -113,10 +114,11 @@ def _train(model_dir: Path, out: Path) -> None:
         )
 
 
-def _model(root: Path, tied: bool = True) -> Path:
-    """A random-init Qwen2.5-1.5B-shaped checkpoint with the bench's tokenizer (``tied``: input
-    and output embeddings shared, as Qwen2.5-1.5B has them)."""
-    path = root / ("qwen2.5-1.5b" if tied else "qwen2.5-1.5b-untied")
+def _model(root: Path, tied: bool | None = None, shape: str | None = None) -> Path:
+    """A random-init checkpoint of a bench shape with the bench's tokenizer (``tied``: input and
+    output embeddings shared or not; None: as the shape has them)."""
+    shape = shape or os.environ.get("FTJ_TWO_GPU_SHAPE", "qwen2.5-7b")
+    path = root / (shape if tied is None else f"{shape}-tied-{tied}")
     code = (
         "import torch\n"
         "from pathlib import Path\n"
@@ -125,9 +127,9 @@ def _model(root: Path, tied: bool = True) -> Path:
         "from bench import synthetic\n"
         "torch.manual_seed(0)\n"
         "with torch.device('cuda'):\n"
-        "    cfg = make_config('qwen2.5-1.5b')\n"
-        f"    cfg.tie_word_embeddings = {tied}\n"
-        "    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
+        f"    cfg = make_config({shape!r})\n"
+        + (f"    cfg.tie_word_embeddings = {tied}\n" if tied is not None else "")
+        + "    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
         f"m.save_pretrained({str(path)!r})\n"
         f"synthetic.save_tokenizer(Path({str(path)!r}))\n"
     )
@@ -189,3 +191,6 @@ except ImportError:  # pragma: no cover - the worker process needs no pytest
 
 if __name__ == "__main__":
     _train(Path(sys.argv[1]), Path(sys.argv[2]))
+    from finetune_trainer.__main__ import leave_process_group
+
+    leave_process_group()  # a rank exiting with gloo still open can abort (SIGABRT)
