@@ -191,6 +191,7 @@ except ImportError:  # pragma: no cover - the worker process needs no pytest
 
 if __name__ == "__main__":
     _train(Path(sys.argv[1]), Path(sys.argv[2]))
-    from finetune_trainer.__main__ import leave_process_group
+    from finetune_trainer.__main__ import exit_rank, leave_process_group
 
-    leave_process_group()  # a rank exiting with gloo still open can abort (SIGABRT)
+    leave_process_group()  # as the trainer's entry point ends a rank
+    exit_rank(0)
