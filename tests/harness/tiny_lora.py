@@ -54,3 +54,19 @@ def loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torc
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), grads
+
+
+def assert_trains_like(
+    model: Any, reference: Any, ids: torch.Tensor, *, loss_rel: float, grads: int
+) -> float:
+    """``model``'s loss and every LoRA gradient equal ``reference``'s on ``ids`` (the fused and
+    Float8 paths against peft's own forward); returns ``model``'s loss."""
+    import pytest
+
+    ref_loss, ref_grads = loss_and_grads(reference, ids)
+    loss, got = loss_and_grads(model, ids)
+    assert loss == pytest.approx(ref_loss, rel=loss_rel)
+    assert set(got) == set(ref_grads) and len(got) == grads
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    return loss

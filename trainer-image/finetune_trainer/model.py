@@ -187,11 +187,14 @@ def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
 _FLOAT8_DIRECT_LOAD_SHARE = 0.6
 
 
-def float8_loads_through_host(model_dir: Path, spec: FineTuneJobSpec, hw: Hardware) -> bool:
-    """Whether a Float8 base must be quantized on its way to the GPU (see above)."""
+def float8_loads_through_host(
+    model_dir: Path, spec: FineTuneJobSpec, hw: Hardware, config: Any = None
+) -> bool:
+    """Whether a Float8 base must be quantized on its way to the GPU (see above); ``config``:
+    the model's config when the caller has read it already."""
     if not (spec.method.float8_base and hw.cuda and hw.device_memory_bytes):
         return False
-    config = load_config(model_dir, spec)
+    config = config or load_config(model_dir, spec)
     weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
     budget = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
     return weights_16bit > _FLOAT8_DIRECT_LOAD_SHARE * budget
@@ -204,12 +207,14 @@ def load_base_model(
     hw: Hardware,
     through_host: bool = False,
     sharded: bool = False,
+    config: Any = None,
 ) -> Any:
     """The base model in the training precision (or quantized for QLoRA).
 
     Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
     ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
+    ``config``: the model's config, already read by the caller.
     ``sharded``: the model does not fit one GPU and FSDP will shard it across the ranks; only
     rank 0 reads the weights (into host memory), the other ranks build the model with
     uninitialised parameters (``sharding.empty_model``) and receive their shards from rank 0
@@ -229,7 +234,7 @@ def load_base_model(
             from .sharding import empty_model
 
             log.info("sharded base: not read here; the shards arrive from rank 0")
-            return empty_model(load_config(model_dir, spec), **kwargs)
+            return empty_model(config or load_config(model_dir, spec), **kwargs)
         if sharded:
             log.info("sharded base: read into host memory, to be sharded over all ranks")
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
@@ -269,12 +274,15 @@ def build_model(
 
     # Attention kernel, fused kernels, checkpointing, micro-batch size and whether the weights
     # are sharded: see acceleration.py. Planned before loading: a sharded model loads apart.
-    plan = acceleration.plan_for_model(load_config(model_dir, spec), spec, mean_example_tokens)
+    config = load_config(model_dir, spec)
+    plan = acceleration.plan_for_model(config, spec, mean_example_tokens)
     log.info("acceleration: %s", plan.describe())
     for reason in plan.reasons:  # why: what the user can change is named here
         (log.warning if "exceeds" in reason else log.info)("  because %s", reason)
-    through_host = float8_loads_through_host(model_dir, spec, hw)
-    model = load_base_model(model_dir, spec, precision, hw, through_host, sharded=plan.fsdp)
+    through_host = float8_loads_through_host(model_dir, spec, hw, config)
+    model = load_base_model(
+        model_dir, spec, precision, hw, through_host, sharded=plan.fsdp, config=config
+    )
     acceleration.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
     bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base

@@ -11,7 +11,7 @@ from finetune_trainer.acceleration import DeviceInfo, ModelShape, plan_accelerat
 from finetune_trainer.lora_fused import LoraLinearFunction, fuse_lora_linears, keep_mask
 from torch.utils.checkpoint import checkpoint
 
-from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
+from tests.harness.tiny_lora import SMALL, assert_trains_like, loss_and_grads, tiny_qwen2, with_lora
 
 pytestmark = pytest.mark.unit
 
@@ -44,12 +44,7 @@ def test_without_dropout_fused_model_matches_peft_loss_and_every_gradient() -> N
     ids = torch.randint(0, 101, (2, 16))
     reference, fused = _peft(base, 0.0), _peft(base, 0.0)
     assert fuse_lora_linears(fused) == 14  # 7 projections x 2 layers
-    ref_loss, ref_grads = loss_and_grads(reference, ids)
-    loss, grads = loss_and_grads(fused, ids)
-    assert loss == pytest.approx(ref_loss, rel=1e-6)
-    assert set(grads) == set(ref_grads) and len(grads) == 28
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert_trains_like(fused, reference, ids, loss_rel=1e-6, grads=28)
 
 
 def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
