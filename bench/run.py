@@ -100,8 +100,11 @@ def run_row(
     timeout: float,
     warmup: int = 3,
     full_merge: bool = False,
+    micro_examples: int | None = None,
 ) -> dict[str, Any]:
     env = dict(os.environ)
+    if micro_examples:  # the plan's micro-step pinned (row flag micro=N)
+        env["FTJ_MICRO_EXAMPLES"] = str(micro_examples)
     env["PYTHONUNBUFFERED"] = "1"
     if config.startswith(("default", "qlora")):
         # The trainer's entry point sets this too: packed rows vary in length every step.
@@ -209,7 +212,11 @@ def main() -> None:
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS))
     p.add_argument("--steps", type=int, default=11, help="optimizer steps per row")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps per row")
-    p.add_argument("--rows", default="", help="model:config[:merge],... instead of the product")
+    p.add_argument(
+        "--rows",
+        default="",
+        help="model:config[:merge][:steps=N][:micro=N],... instead of the product",
+    )
     p.add_argument("--deadline-s", type=float, default=0.0, help="bound on the whole run")
     p.add_argument("--ckpt-root", type=Path, default=Path("/tmp/ftj-bench-models"))
     p.add_argument("--row-timeout", type=int, default=300)
@@ -224,20 +231,29 @@ def main() -> None:
     results_dir = REPO / "bench" / "results"
     results_dir.mkdir(parents=True, exist_ok=True)
     jsonl = Path(os.environ.get("OUT", "/tmp")) / "rows.jsonl"
-    plan: list[tuple[str, str, bool, int]] = []
+    plan: list[tuple[str, str, bool, int, int | None]] = []
     if a.rows:
         for item in a.rows.split(","):
             model, config, *flags = item.split(":")
             steps = [int(f[6:]) for f in flags if f.startswith("steps=")]
-            plan.append((model, config, "merge" in flags, steps[0] if steps else a.steps))
+            micro = [int(f[6:]) for f in flags if f.startswith("micro=")]
+            plan.append(
+                (
+                    model,
+                    config,
+                    "merge" in flags,
+                    steps[0] if steps else a.steps,
+                    micro[0] if micro else None,
+                )
+            )
     else:
         for model in a.models.split(","):
             for config in a.configs.split(","):
                 if model != "llama-3.1-8b" and config.startswith("qlora"):
                     continue  # the QLoRA rows answer "does 8B fit a 24 GB card"
-                plan.append((model, config, False, a.steps))
+                plan.append((model, config, False, a.steps, None))
     rows: list[dict[str, Any]] = []
-    for model, config, full_merge, steps in plan:
+    for model, config, full_merge, steps, micro in plan:
         timeout: float = a.row_timeout
         if a.deadline_s:
             timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
@@ -247,7 +263,9 @@ def main() -> None:
             ckpt = prepare_checkpoint(model, a.ckpt_root)
             if a.deadline_s:
                 timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
-            row = run_row(model, config, ckpt, jsonl, steps, timeout, a.warmup, full_merge)
+            row = run_row(model, config, ckpt, jsonl, steps, timeout, a.warmup, full_merge, micro)
+            if micro:
+                row["config"] = f"{config}:micro={micro}"  # the row names its pinned plan
         rows.append(row)
         print(f"[bench] {json.dumps(row)}", flush=True)
     enrich(rows, peak)

@@ -85,6 +85,18 @@ _DEFAULT_MEMORY_FRACTION = 0.85
 # Largest micro-step in tokens: past this, throughput no longer rises (matrices are large
 # enough at a few thousand rows) while peak memory does.
 _MAX_MICRO_TOKENS = 32_768
+# What a micro-step costs besides its matrix work, per decoder layer: kernel launches, the
+# Python of the autograd functions, gradient accumulation. Measured on the H200 (7B, 28 layers,
+# bench/NOTES.md step 25): splitting a 15k-token step into 2, 4 micro-steps added ~0.06 s each
+# with 16-bit weights; a Float8 base (more kernels per linear) added ~0.18 s each, so that a
+# micro-step of 1.5k tokens took 0.26 s whatever its size.
+_MICRO_STEP_S_PER_LAYER = 0.0021
+_MICRO_STEP_S_PER_LAYER_QUANTIZED = 0.0064
+# Dense bf16 matmul rate per SM (TFLOP/s) by compute capability major.minor, times the share the
+# trainer reaches (~0.55 at 4N on the H200): only the ratio of matrix work to the per-micro-step
+# cost above depends on it.
+_BF16_TFLOPS_PER_SM = {(10, 0): 15.2, (9, 0): 7.5, (8, 0): 2.9, (8, 9): 2.3, (8, 6): 1.7}
+_REACHED_SHARE = 0.55
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,7 @@ class DeviceInfo:
     total_memory_bytes: int = 0
     bf16: bool = False
     compute_capability: tuple[int, int] = (0, 0)
+    sm_count: int = 0  # streaming multiprocessors (0: unknown)
 
     @classmethod
     def detect(cls) -> DeviceInfo:
@@ -181,6 +194,7 @@ class DeviceInfo:
                 total_memory_bytes=int(props.total_memory),
                 bf16=bool(torch.cuda.is_bf16_supported()),
                 compute_capability=(int(props.major), int(props.minor)),
+                sm_count=int(getattr(props, "multi_processor_count", 0)),
             )
         return cls()
 
@@ -341,6 +355,7 @@ def plan_acceleration(
     fused_lora: bool = True,
     world_size: int = 1,
     shard_weights: bool | None = None,
+    micro_examples: int | None = None,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -352,7 +367,8 @@ def plan_acceleration(
     activations' dtype (an ablation, bench/NOTES.md); ``fused_lora=False`` keeps peft's own
     LoRA forward (an ablation). ``world_size`` ranks train together; ``shard_weights`` None
     shards the base weights (FSDP2) only when no unsharded plan fits one GPU, True always
-    (where the base can be sharded), False never.
+    (where the base can be sharded), False never. ``micro_examples`` pins the examples per
+    micro-step (a divisor of the examples per optimizer step; a bench ablation).
     """
     reasons: list[str] = []
     on_gpu = device.type == "cuda"
@@ -435,11 +451,21 @@ def plan_acceleration(
     candidates = [d for d in range(examples_per_step, 0, -1) if examples_per_step % d == 0]
     if not on_gpu:
         candidates = [batch_size]
+    elif micro_examples and examples_per_step % micro_examples == 0:
+        candidates = [micro_examples]
     max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
     layers = shape.num_layers
 
     def search(ranks: int) -> tuple[int, int] | None:
-        """The largest micro-step with the fewest recomputed layers that fits, or None."""
+        """The fitting (micro-step, recomputed layers) pair predicted fastest, or None.
+
+        For each micro-step size, the fewest recomputed layers that fit; then the pair with the
+        least predicted step time: recomputing a layer costs half its forward-and-input-gradient
+        matrix work again, while every extra micro-step costs a fixed per-layer overhead
+        (``_MICRO_STEP_S_PER_LAYER``). Larger micro-steps win ties.
+        """
+        best: tuple[float, int, int] | None = None
+        fitting_plans = 0
         for micro in candidates:
             if micro > max_micro_examples and micro != candidates[-1]:
                 continue
@@ -448,21 +474,40 @@ def plan_acceleration(
             elif mode == "never":
                 options = [0]
             else:
-                # Fewest recomputed layers that fit: each costs a third more matrix work.
                 options = list(range(0, layers + 1))
-            fitting = [c for c in options if cost(micro, c, ranks) <= memory_budget_bytes]
-            if not fitting:
+            fitting = next(
+                (c for c in options if cost(micro, c, ranks) <= memory_budget_bytes), None
+            )
+            if fitting is None:
                 continue
-            chosen = (micro, fitting[0])
-            # Prefer a smaller micro-step over recomputing many layers: when the largest
-            # micro-step needs most layers checkpointed, see whether half of it needs none.
-            if fitting[0] > layers // 2 and mode == "auto":
-                for m in [m for m in candidates if m < micro and m * 2 >= micro]:
-                    small = [c for c in options if cost(m, c, ranks) <= memory_budget_bytes]
-                    if small and small[0] < fitting[0] // 2:
-                        return (m, small[0])
-            return chosen
-        return None
+            fitting_plans += 1
+            seconds = predicted_step_seconds(micro, fitting)
+            if best is None or seconds < best[0] * 0.995:
+                best = (seconds, micro, fitting)
+        if best is None:
+            return None
+        predictions.append(
+            f"predicted {best[0]:.2f} s per optimizer step, the fastest of {fitting_plans} "
+            "micro-step sizes that fit (recomputed layers against per-micro-step overhead)"
+        )
+        return (best[1], best[2])
+
+    predictions: list[str] = []  # the chosen search's prediction, for the reasons
+    per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
+    matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
+    quantized_base = weight_bits < 16 or float8
+    micro_step_s = layers * (
+        _MICRO_STEP_S_PER_LAYER_QUANTIZED if quantized_base else _MICRO_STEP_S_PER_LAYER
+    )
+
+    def predicted_step_seconds(micro: int, ckpt_layers: int) -> float:
+        """Matrix work of one optimizer step (forward 2N and input gradients 2N per token, plus
+        2N per token for each recomputed layer's share) at the device's reachable rate, plus
+        the fixed cost of each micro-step."""
+        per_example = mean_tokens if packing else cutoff
+        tokens = examples_per_step * per_example
+        flops = tokens * shape.matmul_params * (4 + 2 * ckpt_layers / max(1, layers))
+        return flops / matmul_rate + (examples_per_step // micro) * micro_step_s
 
     # Sharding needs plain 16/32-bit weights: bitsandbytes and e4m3 bases stay whole per rank.
     # Tied input/output embeddings are not sharded on GPUs either: under FSDP2 (torch 2.11) the
@@ -499,6 +544,8 @@ def plan_acceleration(
 
     micro, ckpt_layers = chosen
     grad_ckpt = ckpt_layers > 0
+    if on_gpu and predictions and "exceeds" not in " ".join(reasons):
+        reasons.append(predictions[-1])
     accumulation_out = examples_per_step // micro
     micro_tokens = int(micro * mean_tokens) if packing else micro * cutoff
     if on_gpu:
@@ -612,7 +659,8 @@ def plan_for_model(
     ``spec.resources.gpuMemoryBudget`` (or ``FTJ_MEMORY_BUDGET_GIB``) caps the memory the plan
     may use (a shared or time-sliced GPU, or proving that a run fits a smaller card).
     ``FTJ_SHARD_WEIGHTS=1``/``0`` forces FSDP on or off (auto: only when the model does not fit
-    one GPU). ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0``
+    one GPU). ``FTJ_MICRO_EXAMPLES=N`` pins the examples per micro-step (bench ablation).
+    ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0``
     turns the 8-bit compute cast off and ``FTJ_FUSED_LORA=0`` the fused LoRA forward (bench
     ablations).
     """
@@ -637,6 +685,7 @@ def plan_for_model(
         fused_lora=bool(flag("FTJ_FUSED_LORA", True)),
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         shard_weights=flag("FTJ_SHARD_WEIGHTS", None),
+        micro_examples=int(os.environ.get("FTJ_MICRO_EXAMPLES") or 0) or None,
     )
 
 
