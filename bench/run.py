@@ -126,6 +126,8 @@ def run_row(
         env["FTJ_FP8_BACKWARD"] = "1"
     if config.endswith("-profile"):
         env["FTJ_BENCH_PROFILE"] = "1"
+    if config.endswith("-hostprofile"):
+        env["FTJ_BENCH_PROFILE"] = "host"
     if config == "default-unfused":
         env["FTJ_FUSED_LORA"] = "0"
     if config.endswith("-compile"):

@@ -58,14 +58,17 @@ class Meter:
         meter = self
 
         profile_step = meter.warmup + 1 if os.environ.get("FTJ_BENCH_PROFILE") else None
+        host_profile = os.environ.get("FTJ_BENCH_PROFILE") == "host"
 
         class StepTimer(TrainerCallback):
             profiler: Any = None
 
             def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 if profile_step is not None and state.global_step + 1 == profile_step:
-                    activity = torch.profiler.ProfilerActivity.CUDA
-                    self.profiler = torch.profiler.profile(activities=[activity])
+                    activities = [torch.profiler.ProfilerActivity.CUDA]
+                    if host_profile:  # where the host's time goes too (-hostprofile rows)
+                        activities.append(torch.profiler.ProfilerActivity.CPU)
+                    self.profiler = torch.profiler.profile(activities=activities)
                     self.profiler.__enter__()
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -74,7 +77,9 @@ class Meter:
                 if self.profiler is not None:  # where one step's GPU time goes (-profile rows)
                     self.profiler.__exit__(None, None, None)
                     table = self.profiler.key_averages().table(
-                        sort_by="device_time_total", row_limit=30, max_name_column_width=70
+                        sort_by="self_cpu_time_total" if host_profile else "device_time_total",
+                        row_limit=30,
+                        max_name_column_width=70,
                     )
                     print(table, file=sys.stderr, flush=True)
                     self.profiler = None
@@ -393,6 +398,9 @@ CONFIGS = {
     # -profile: prints where one step's GPU time goes (its tokens/s includes the profiler).
     "qlora-8bit-18g-fp8bwd": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     "qlora-8bit-18g-profile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    # -hostprofile: the same with the host's (CPU) time per op, for micro-steps the host bounds.
+    "qlora-8bit-18g-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "default-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),

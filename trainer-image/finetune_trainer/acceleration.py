@@ -85,23 +85,29 @@ _DEFAULT_MEMORY_FRACTION = 0.85
 # Largest micro-step in tokens: past this, throughput no longer rises (matrices are large
 # enough at a few thousand rows) while peak memory does.
 _MAX_MICRO_TOKENS = 32_768
-# What a micro-step costs besides its matrix work, per decoder layer: kernel launches, the
-# Python of the autograd functions, gradient accumulation. Measured on the H200 (7B, 28 layers,
-# bench/NOTES.md step 25): splitting a 15k-token step into 2, 4 micro-steps added ~0.06 s each
-# with 16-bit weights; a Float8 base (more kernels per linear) added ~0.18 s each, so that a
-# micro-step of 1.5k tokens took 0.26 s whatever its size.
+# The host's side of a micro-step, per decoder layer: kernel launches and the Python of the
+# autograd functions, forward and backward. The GPU hides it only while its own work for the
+# micro-step takes longer. Measured on the H200's host (bench/NOTES.md step 25): 7B micro-steps
+# of 1.5k tokens took 0.29 s (16-bit) and 0.26 s (Float8) each with the GPU 40% busy: ~10 ms
+# per layer, the same op count for any layer width. A recomputed layer runs its forward twice:
+# 40% more host work.
+_HOST_S_PER_LAYER = 0.010
+_HOST_RECOMPUTE_SHARE = 0.4
+# Exposed at every micro-step even when the GPU bounds it (splitting a 15k-token 7B step in 2
+# and 4 added ~0.06 s per micro-step): per layer.
 _MICRO_STEP_S_PER_LAYER = 0.0021
-_MICRO_STEP_S_PER_LAYER_QUANTIZED = 0.0064
-# Dense bf16 matmul rate per SM (TFLOP/s) by compute capability major.minor, times the share the
-# trainer reaches (~0.55 at 4N on the H200): only the ratio of matrix work to the per-micro-step
-# cost above depends on it.
 # A plan that splits the step into more micro-steps than the largest that fits must leave this
 # much of the budget free: the memory model under-estimates small micro-steps without
 # recomputation (7B, 1.5k tokens, Float8: 16.5 GiB estimated, 19.7 measured; bf16 at 3.8k
 # and 7.5k tokens: 1.6-1.7 GiB low), while it over-estimates the large ones it was fitted on.
 _SPLIT_STEP_MARGIN_BYTES = int(3.5 * GiB)
+# Dense bf16 matmul rate per SM (TFLOP/s) by compute capability, times the share the trainer
+# reaches (0.45: the 7B's one-micro-step bf16 rate on the H200 fits 440 TFLOP/s of 4N work).
+# A Float8 base's forward GEMMs on FP8 tensor cores, quantization included, against bf16
+# (bench/NOTES.md step 16: 0.88 ms against 1.39 ms for 8192 x 3584 @ 3584 x 18944).
+_FP8_FORWARD_SPEEDUP = 1.58
 _BF16_TFLOPS_PER_SM = {(10, 0): 15.2, (9, 0): 7.5, (8, 0): 2.9, (8, 9): 2.3, (8, 6): 1.7}
-_REACHED_SHARE = 0.55
+_REACHED_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -232,6 +238,8 @@ class AccelerationPlan:
     # model and DDP all-reduces the adapter's gradients). ``FTJ_SHARD_WEIGHTS=1`` forces it,
     # even on one rank (how the path is tested on a single GPU).
     fsdp: bool = False
+    # The planner's prediction for one optimizer step on this device (0: CPUs, not predicted).
+    predicted_step_s: float = 0.0
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -466,8 +474,8 @@ def plan_acceleration(
 
         For each micro-step size, the fewest recomputed layers that fit; then the pair with the
         least predicted step time: recomputing a layer costs half its forward-and-input-gradient
-        matrix work again, while every extra micro-step costs a fixed per-layer overhead
-        (``_MICRO_STEP_S_PER_LAYER``). Larger micro-steps win ties.
+        matrix work again, while a micro-step too small to hide the host's work runs at the
+        host's pace (``_HOST_S_PER_LAYER``). Larger micro-steps win ties.
         """
         best: tuple[float, int, int] | None = None
         fitting_plans = 0
@@ -500,19 +508,21 @@ def plan_acceleration(
     predictions: list[str] = []  # the chosen search's prediction, for the reasons
     per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
     matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
-    quantized_base = weight_bits < 16 or float8
-    micro_step_s = layers * (
-        _MICRO_STEP_S_PER_LAYER_QUANTIZED if quantized_base else _MICRO_STEP_S_PER_LAYER
-    )
+
+    fp8_forward = float8 and on_gpu and device.compute_capability >= (8, 9)
 
     def predicted_step_seconds(micro: int, ckpt_layers: int) -> float:
-        """Matrix work of one optimizer step (forward 2N and input gradients 2N per token, plus
-        2N per token for each recomputed layer's share) at the device's reachable rate, plus
-        the fixed cost of each micro-step."""
+        """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
+        and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
+        a Float8 forward runs faster) and the host's work for it, plus what each micro-step
+        boundary exposes."""
         per_example = mean_tokens if packing else cutoff
-        tokens = examples_per_step * per_example
-        flops = tokens * shape.matmul_params * (4 + 2 * ckpt_layers / max(1, layers))
-        return flops / matmul_rate + (examples_per_step // micro) * micro_step_s
+        recomputed = ckpt_layers / max(1, layers)
+        forward = 2 * (1 + recomputed) / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
+        gpu = micro * per_example * shape.matmul_params * (forward + 2) / matmul_rate
+        host = layers * _HOST_S_PER_LAYER * (1 + _HOST_RECOMPUTE_SHARE * recomputed)
+        per_micro_step = max(gpu, host) + layers * _MICRO_STEP_S_PER_LAYER
+        return (examples_per_step // micro) * per_micro_step
 
     # Sharding needs plain 16/32-bit weights: bitsandbytes and e4m3 bases stay whole per rank.
     # Tied input/output embeddings are not sharded on GPUs either: under FSDP2 (torch 2.11) the
@@ -627,6 +637,7 @@ def plan_acceleration(
         fused_lora=fused,
         float8_base=float8,
         fsdp=fsdp,
+        predicted_step_s=round(predicted_step_seconds(micro, ckpt_layers), 3) if on_gpu else 0.0,
     )
 
 
