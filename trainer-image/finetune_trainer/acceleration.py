@@ -17,11 +17,14 @@ Why these choices (measurements in ``bench/NOTES.md``):
 * Fused kernels: Liger's RMSNorm, SwiGLU and RoPE (fewer saved activations, fewer launches)
   where liger-kernel is installed; the LM head + cross-entropy is already chunked by TRL's fused
   LM head, so the (tokens x vocab) logits never exist.
-* Gradient checkpointing ``auto``: from a memory estimate, recompute only as many decoder layers
-  as needed to fit the micro-step in the memory budget (none on a large card): recomputation
-  costs a third more matrix work per checkpointed layer.
-* Larger micro-batches: gradient accumulation is folded into the micro-step when memory allows;
-  the tokens per optimizer step (and so the maths) stay the same.
+* Micro-step size and gradient checkpointing ``auto``, chosen together: for each micro-step
+  size, the fewest recomputed decoder layers that fit the memory budget (none on a large card),
+  then the size with the least predicted step time. Recomputation costs a third more matrix
+  work per checkpointed layer; a micro-step too small to keep the GPU busier than the host
+  (~10 ms of launches and Python per layer) runs at the host's pace. On an 80 GB card the 7B's
+  step runs as two micro-steps without recomputation rather than one with 8 layers recomputed.
+  Gradient accumulation is folded into the micro-step where that is fastest; the tokens per
+  optimizer step (and so the maths) stay the same.
 * QLoRA 8-bit: ``prepare_model_for_kbit_training`` leaves the residual stream in fp32, and
   bitsandbytes' int8 matmul computes its input gradient in its input's dtype, so without help
   the backward pass runs fp32 GEMMs (no tensor cores). The 8-bit base layers take their input
