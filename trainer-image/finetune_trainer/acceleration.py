@@ -106,11 +106,11 @@ _MICRO_STEP_S_PER_LAYER = 0.0021
 _SPLIT_STEP_MARGIN_BYTES = int(3.5 * GiB)
 # Dense bf16 matmul rate per SM (TFLOP/s) by compute capability, times the share the trainer
 # reaches (0.45: the 7B's one-micro-step bf16 rate on the H200 fits 440 TFLOP/s of 4N work).
+_BF16_TFLOPS_PER_SM = {(10, 0): 15.2, (9, 0): 7.5, (8, 0): 2.9, (8, 9): 2.3, (8, 6): 1.7}
+_REACHED_SHARE = 0.45
 # A Float8 base's forward GEMMs on FP8 tensor cores, quantization included, against bf16
 # (bench/NOTES.md step 16: 0.88 ms against 1.39 ms for 8192 x 3584 @ 3584 x 18944).
 _FP8_FORWARD_SPEEDUP = 1.58
-_BF16_TFLOPS_PER_SM = {(10, 0): 15.2, (9, 0): 7.5, (8, 0): 2.9, (8, 9): 2.3, (8, 6): 1.7}
-_REACHED_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -481,7 +481,6 @@ def plan_acceleration(
         host's pace (``_HOST_S_PER_LAYER``). Larger micro-steps win ties.
         """
         best: tuple[float, int, int] | None = None
-        fitting_plans = 0
         for micro in candidates:
             if micro > max_micro_examples and micro != candidates[-1]:
                 continue
@@ -496,19 +495,11 @@ def plan_acceleration(
             fitting = next((c for c in options if cost(micro, c, ranks) <= limit), None)
             if fitting is None:
                 continue
-            fitting_plans += 1
             seconds = predicted_step_seconds(micro, fitting)
             if best is None or seconds < best[0] * 0.995:
                 best = (seconds, micro, fitting)
-        if best is None:
-            return None
-        predictions.append(
-            f"predicted {best[0]:.2f} s per optimizer step, the fastest of {fitting_plans} "
-            "micro-step sizes that fit (recomputed layers against per-micro-step overhead)"
-        )
-        return (best[1], best[2])
+        return None if best is None else (best[1], best[2])
 
-    predictions: list[str] = []  # the chosen search's prediction, for the reasons
     per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
     matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
 
@@ -543,7 +534,12 @@ def plan_acceleration(
             sharded = search(world_size)
             if sharded is not None:
                 chosen, fsdp, ranks = sharded, True, world_size
-        if chosen is None:
+        if chosen is not None:
+            reasons.append(
+                f"predicted {predicted_step_seconds(*chosen):.2f} s per optimizer step: the "
+                "fastest micro-step size that fits (recomputation against per-micro-step cost)"
+            )
+        else:
             chosen = (candidates[-1], layers if mode != "never" else 0)
             reasons.append(
                 "even one example per micro-step exceeds the memory estimate"
@@ -562,8 +558,6 @@ def plan_acceleration(
 
     micro, ckpt_layers = chosen
     grad_ckpt = ckpt_layers > 0
-    if on_gpu and predictions and "exceeds" not in " ".join(reasons):
-        reasons.append(predictions[-1])
     accumulation_out = examples_per_step // micro
     micro_tokens = int(micro * mean_tokens) if packing else micro * cutoff
     if on_gpu:
