@@ -88,8 +88,10 @@ def launcher(gpus: int, nodes: int) -> list[str] | None:
             f"Set gpus: {have} to train here, or apply the job to a "
             "cluster."
         )
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={gpus}", "-m", "finetune_trainer"]  # fmt: skip
+    from finetune_operator.contract import standalone_torchrun_args
+
+    # torchrun as a module of this interpreter: the same program, whatever PATH holds.
+    return [sys.executable, "-m", "torch.distributed.run", *standalone_torchrun_args(gpus)]
 
 
 def run(args: argparse.Namespace) -> int:

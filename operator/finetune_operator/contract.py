@@ -32,3 +32,9 @@ TERMINATION_LOG: Final = "/dev/termination-log"
 TRAINER_PHASES: Final = frozenset(
     {"Initializing", "Training", "Merging", "Uploading", "Succeeded", "Failed"}
 )
+
+
+def standalone_torchrun_args(gpus: int) -> list[str]:
+    """torchrun's arguments (after the program) that start ``gpus`` trainer workers on one
+    node: a one-pod multi-GPU job's command, and ``ftj run``'s on a multi-GPU machine."""
+    return ["--standalone", f"--nproc-per-node={gpus}", "-m", "finetune_trainer"]

@@ -158,13 +158,7 @@ def _command(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
     if res.gpus <= 1 and res.nodes <= 1:
         return ["python", "-m", "finetune_trainer"]
     if res.nodes <= 1:
-        return [
-            "torchrun",
-            "--standalone",
-            f"--nproc-per-node={res.gpus}",
-            "-m",
-            "finetune_trainer",
-        ]
+        return ["torchrun", *contract.standalone_torchrun_args(res.gpus)]
     name = naming.resource_name(job.metadata.name)
     # Pod 0 of the Indexed Job is <job>-0.<service> (the Service name is the pods' subdomain).
     endpoint = f"{name}-0.{name}:{contract.RENDEZVOUS_PORT}"

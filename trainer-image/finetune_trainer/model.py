@@ -207,14 +207,15 @@ def load_base_model(
     hw: Hardware,
     through_host: bool = False,
     sharded: bool = False,
-    config: Any = None,
+    *,
+    config: Any,
 ) -> Any:
     """The base model in the training precision (or quantized for QLoRA).
 
     Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
     ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
-    ``config``: the model's config, already read by the caller.
+    ``config``: the model's config (``load_config``), already read by the caller.
     ``sharded``: the model does not fit one GPU and FSDP will shard it across the ranks; only
     rank 0 reads the weights (into host memory), the other ranks build the model with
     uninitialised parameters (``sharding.empty_model``) and receive their shards from rank 0
@@ -234,7 +235,7 @@ def load_base_model(
             from .sharding import empty_model
 
             log.info("sharded base: not read here; the shards arrive from rank 0")
-            return empty_model(config or load_config(model_dir, spec), **kwargs)
+            return empty_model(config, **kwargs)
         if sharded:
             log.info("sharded base: read into host memory, to be sharded over all ranks")
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
