@@ -128,6 +128,8 @@ def run_row(
         env["FTJ_BENCH_PROFILE"] = "1"
     if config.endswith("-hostprofile"):
         env["FTJ_BENCH_PROFILE"] = "host"
+    if config.endswith("-maskscan"):  # ablation: transformers' packed-sequence scan (a sync)
+        env["FTJ_PACKED_MASK_SCAN"] = "1"
     if config == "default-unfused":
         env["FTJ_FUSED_LORA"] = "0"
     if config.endswith("-compile"):

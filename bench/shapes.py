@@ -82,10 +82,20 @@ SHAPES["tiny-qwen2"] = {
 }
 
 
+def shape(name: str) -> dict[str, Any]:
+    """The named shape; ``<shape>-<N>layers`` is that shape cut to N decoder layers (the host
+    cost per layer is measured on two such cuts: bench/hostcost.py)."""
+    if name not in SHAPES:
+        base, _, layers = name.rpartition("-")
+        if base in SHAPES and layers.endswith("layers") and layers[: -len("layers")].isdigit():
+            return {**SHAPES[base], "num_hidden_layers": int(layers[: -len("layers")])}
+    return SHAPES[name]
+
+
 def make_config(name: str) -> Any:
     """A transformers config of the named shape."""
     from transformers import AutoConfig
 
-    values = dict(SHAPES[name])
+    values = dict(shape(name))
     model_type = values.pop("model_type")
     return AutoConfig.for_model(model_type, **values)

@@ -306,6 +306,7 @@ def build_trainer_path(
     qlora_bits: int | None = None,
     qlora_format: str | None = None,
     activation_offloading: bool = False,
+    dropout: float | None = None,
 ) -> Any:
     """The trainer's own code path (``finetune_trainer.run`` minus fetch/publish): spec →
     ``build_model`` (loading + acceleration plan) → ``make_collator`` → ``sft_config`` →
@@ -323,6 +324,8 @@ def build_trainer_path(
         if qlora_format:
             quantization["format"] = qlora_format
         method = {"type": "qlora", "quantization": quantization}
+    if dropout is not None:  # the spec's default LoRA dropout (0.05) unless a row says
+        method["lora"] = {"dropout": dropout}
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"uri": str(ckpt)},
@@ -401,6 +404,10 @@ CONFIGS = {
     # -hostprofile: the same with the host's (CPU) time per op, for micro-steps the host bounds.
     "qlora-8bit-18g-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     "default-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    # -maskscan: transformers' packed-sequence scan at every forward, as before step 26.
+    "default-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a),
+    "qlora-8bit-18g-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
+    "default-24g-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),

@@ -674,8 +674,8 @@ def plan_for_model(
     ``FTJ_SHARD_WEIGHTS=1``/``0`` forces FSDP on or off (auto: only when the model does not fit
     one GPU). ``FTJ_MICRO_EXAMPLES=N`` pins the examples per micro-step (bench ablation).
     ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0``
-    turns the 8-bit compute cast off and ``FTJ_FUSED_LORA=0`` the fused LoRA forward (bench
-    ablations).
+    turns the 8-bit compute cast off, ``FTJ_FUSED_LORA=0`` the fused LoRA forward and
+    ``FTJ_LIGER=0`` Liger's kernels (bench ablations).
     """
     import os
 
@@ -691,7 +691,7 @@ def plan_for_model(
         ModelShape.from_config(model_config),
         DeviceInfo.detect(),
         mean_example_tokens=mean_example_tokens,
-        liger_available=liger_available(),
+        liger_available=bool(flag("FTJ_LIGER", True)) and liger_available(),
         memory_budget_bytes=memory_budget_bytes(spec),
         torch_compile=bool(flag("FTJ_TORCH_COMPILE", False)),
         int8_half_compute=bool(flag("FTJ_INT8_HALF_COMPUTE", True)),
@@ -722,12 +722,21 @@ VARLEN_ATTENTION = "ftj_varlen"
 
 
 def register_varlen_attention(compiled: bool = False) -> None:
-    """Register ``ftj_varlen`` with transformers' attention and mask interfaces (idempotent).
+    """Register ``ftj_varlen`` with transformers' attention interface (idempotent).
+
+    It is deliberately not registered as a mask function: for an attention with none,
+    transformers builds no mask and skips its packed-sequence detection, which reads the
+    position ids back to the host (a device sync) at the start of every forward and so kept
+    the GPU idle at every micro-step's start (bench/NOTES.md step 26). The varlen kernel takes
+    the example borders from ``cu_seq_lens_*`` or the position ids; padded batches are refused
+    by ``refuse_padding_masks`` instead.
 
     ``compiled``: the layers around it are compiled; the attention (a host sync for the
     sequence lengths, a cache keyed on tensor identity, FlashAttention's own kernels) stays
     outside the graph, which is then split in two around it.
     """
+    import os
+
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -737,18 +746,20 @@ def register_varlen_attention(compiled: bool = False) -> None:
 
         forward = torch.compiler.disable(_varlen_attention_forward)
     AttentionInterface.register(VARLEN_ATTENTION, forward)
-    AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
+    if os.environ.get("FTJ_PACKED_MASK_SCAN") == "1":  # bench ablation: the scan (and sync) back
+        AttentionMaskInterface.register(VARLEN_ATTENTION, lambda *args, **kwargs: None)
 
 
-def _no_mask(*args: Any, **kwargs: Any) -> None:
-    """The varlen kernel takes example borders from position ids, so no mask is built."""
+def refuse_padding_masks(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Forward pre-hook of a model on ``ftj_varlen``: a padding mask is an error, not ignored
+    (the kernel would attend across the padding). Packed training batches carry no mask, so
+    this costs them nothing; a mask of ones (one prompt being generated) passes."""
     attention_mask = kwargs.get("attention_mask")
     if attention_mask is not None and not bool(attention_mask.all()):
         raise ValueError(
             "ftj_varlen attention needs padding-free packed rows (position_ids restarting per "
             "example) and no padding mask; use sdpa for padded batches"
         )
-    return None
 
 
 class _SeqLensCache:
@@ -856,7 +867,7 @@ def _varlen_attention_forward(
 
     Generation with a KV cache (new tokens against more cached keys, as the sample answers
     before and after training are made) goes to SDPA: there is no packing to respect there,
-    and one prompt at a time needs no mask (``_no_mask`` refuses padded batches).
+    and one prompt at a time needs no mask (``refuse_padding_masks`` refuses padded batches).
     """
     import torch
 
@@ -892,6 +903,7 @@ def apply_acceleration(model: Any, plan: AccelerationPlan) -> list[str]:
     if plan.attn_implementation == VARLEN_ATTENTION:
         register_varlen_attention(compiled=plan.torch_compile)
         _set_attn_implementation(model, VARLEN_ATTENTION)
+        model.register_forward_pre_hook(refuse_padding_masks, with_kwargs=True)
         done.append("attention: ftj_varlen")
     if plan.liger:
         applied = _apply_liger(model)

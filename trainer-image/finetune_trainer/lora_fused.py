@@ -31,6 +31,7 @@ several active adapters, mixed-adapter batches) keep peft's forward. A Float8 ba
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from finetune_trainer import float8_base, triton_kernels
 
 _SEED_BOUND = 2**62
+# Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
+_TRITON_DROPOUT = os.environ.get("FTJ_TRITON_DROPOUT", "1") != "0"
 
 
 def keep_mask(
@@ -58,7 +61,7 @@ def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     Either way the same seed and shape give the same mask, call after call."""
     if p <= 0.0:
         return x
-    if triton_kernels.available(x):
+    if _TRITON_DROPOUT and triton_kernels.available(x):
         return triton_kernels.seeded_dropout(x, p, seed)
     return torch.mul(x, keep_mask(x.shape, p, seed, x.dtype, x.device)).mul_(1.0 / (1.0 - p))
 
