@@ -52,10 +52,9 @@ def _tiny_qwen2() -> torch.nn.Module:
 def test_a_packed_forward_never_scans_position_ids_on_the_host(monkeypatch) -> None:
     """transformers finds packed sequences by reading position ids back to the host (a device
     sync at every forward) for attentions that build masks; ftj_varlen builds none, so the
-    scan must not run (bench/NOTES.md step 26: the sync idled the GPU at each micro-step)."""
-    from transformers import masking_utils
-
+    scan must not run (bench/NOTES.md step 26)."""
     from finetune_trainer import acceleration
+    from transformers import masking_utils
 
     acceleration.register_varlen_attention()
 
