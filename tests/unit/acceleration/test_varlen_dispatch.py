@@ -9,8 +9,9 @@ GPU job crashed there ("shape '[1, 2, 32]' is invalid") before this dispatch exi
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from tests.harness.tiny_lora import SMALL, tiny_qwen2
 
 pytestmark = pytest.mark.unit
 
@@ -35,20 +36,6 @@ def test_a_decode_step_against_cached_keys_is_plain_attention_over_all_of_them()
     torch.testing.assert_close(out, expected)
 
 
-def _tiny_qwen2() -> torch.nn.Module:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    return Qwen2ForCausalLM(config)
-
-
 def test_a_packed_forward_never_scans_position_ids_on_the_host(monkeypatch) -> None:
     """transformers finds packed sequences by reading position ids back to the host (a device
     sync at every forward) for attentions that build masks; ftj_varlen builds none, so the
@@ -62,12 +49,12 @@ def test_a_packed_forward_never_scans_position_ids_on_the_host(monkeypatch) -> N
         raise AssertionError("packed-sequence scan ran: a host sync per forward")
 
     monkeypatch.setattr(masking_utils, "find_packed_sequence_indices", scan)
-    config = _tiny_qwen2().config
+    config = tiny_qwen2(SMALL).config
     config._attn_implementation = acceleration.VARLEN_ATTENTION
     positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])  # two examples packed in one row
     mask = masking_utils.create_causal_mask(
         config=config,
-        inputs_embeds=torch.zeros(1, 7, 32),
+        inputs_embeds=torch.zeros(1, 7, SMALL["hidden_size"]),
         attention_mask=None,
         past_key_values=None,
         position_ids=positions,
@@ -80,7 +67,7 @@ def test_a_padded_batch_on_varlen_attention_is_refused_naming_the_fix() -> None:
     refuses it instead of letting the kernel attend across the padding."""
     from finetune_trainer import acceleration
 
-    model = _tiny_qwen2()
+    model = tiny_qwen2(SMALL)
     acceleration.register_varlen_attention()
     acceleration._set_attn_implementation(model, acceleration.VARLEN_ATTENTION)
     model.register_forward_pre_hook(acceleration.refuse_padding_masks, with_kwargs=True)
