@@ -726,10 +726,11 @@ def register_varlen_attention(compiled: bool = False) -> None:
 
     It is deliberately not registered as a mask function: for an attention with none,
     transformers builds no mask and skips its packed-sequence detection, which reads the
-    position ids back to the host (a device sync) at the start of every forward and so kept
-    the GPU idle at every micro-step's start (bench/NOTES.md step 26). The varlen kernel takes
-    the example borders from ``cu_seq_lens_*`` or the position ids; padded batches are refused
-    by ``refuse_padding_masks`` instead.
+    position ids back to the host (a device sync) at the start of every forward for a mask
+    nobody uses (measured as no speed change either way: host-bound plans have an empty GPU
+    queue there anyway, bench/NOTES.md step 26). The varlen kernel takes the example borders
+    from ``cu_seq_lens_*`` or the position ids; padded batches are refused by
+    ``refuse_padding_masks`` instead.
 
     ``compiled``: the layers around it are compiled; the attention (a host sync for the
     sequence lengths, a cache keyed on tensor identity, FlashAttention's own kernels) stays
