@@ -366,6 +366,29 @@ def build_trainer_path(
     return trainer
 
 
+# Suffixes that only change the environment (run.py sets it): the row builds as its base config.
+#   -nofp8: dequantized bf16 GEMMs instead of FP8 tensor cores (FTJ_FP8_COMPUTE=0)
+#   -fp8bwd: input gradients on FP8 tensor cores too (FTJ_FP8_BACKWARD=1)
+#   -profile: where one step's GPU time goes (its tokens/s includes the profiler)
+#   -hostprofile: the same with the host's (CPU) time per op
+#   -maskscan: transformers' packed-sequence scan at every forward, as before step 26
+#   -nocast: 8-bit bitsandbytes layers without the plan's bf16 compute cast
+#   -compile: decoder layers under torch.compile (FTJ_TORCH_COMPILE=1)
+ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
+                        "-compile")  # fmt: skip
+
+
+def builder(config: str) -> Any:
+    """The function that builds ``config``'s trainer: its own, or its base config's when the
+    name only adds an environment suffix."""
+    if config in CONFIGS:
+        return CONFIGS[config]
+    for suffix in ENVIRONMENT_SUFFIXES:
+        if config.endswith(suffix) and config.removesuffix(suffix) in CONFIGS:
+            return CONFIGS[config.removesuffix(suffix)]
+    raise KeyError(f"unknown bench config {config!r}")
+
+
 CONFIGS = {
     "baseline": lambda c, t, r, a: build_baseline(c, t, r, a),
     "trl-packing-liger": lambda c, t, r, a: build_trl_peer(c, t, r, a, "sdpa", True),
@@ -392,36 +415,16 @@ CONFIGS = {
         c, t, r, a, gradient_checkpointing="never", activation_offloading=True
     ),
     "qlora-4bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
-    # 8 bits in the default format, float8 (float8_base.py); -18g: the 18 GiB budget; -nofp8:
-    # dequantized bf16 GEMMs instead of FP8 tensor cores (run.py sets FTJ_FP8_COMPUTE=0).
+    # 8 bits in the default format, float8 (float8_base.py); -18g: the 18 GiB budget.
     "qlora-8bit": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
     "qlora-8bit-18g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    "qlora-8bit-18g-nofp8": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    # Ablation: input gradients on FP8 tensor cores too (run.py sets FTJ_FP8_BACKWARD=1);
-    # -profile: prints where one step's GPU time goes (its tokens/s includes the profiler).
-    "qlora-8bit-18g-fp8bwd": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    "qlora-8bit-18g-profile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    # -hostprofile: the same with the host's (CPU) time per op, for micro-steps the host bounds.
-    "qlora-8bit-18g-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    "default-hostprofile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
-    # -maskscan: transformers' packed-sequence scan at every forward, as before step 26.
-    "default-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a),
-    "qlora-8bit-18g-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    "default-24g-maskscan": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # QLoRA as planned for a 24 GB card, with the allocator capped to prove it fits (run.py).
     "qlora-4bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=4),
     "qlora-8bit-24g": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    "qlora-8bit-24g-profile": lambda c, t, r, a: build_trainer_path(c, t, r, a, qlora_bits=8),
-    # bitsandbytes' LLM.int8 (format int8), and without the plan's bf16 compute cast for its
-    # layers (run.py sets the env): the 8-bit rows before the float8 format existed.
+    # bitsandbytes' LLM.int8 (format int8): the 8-bit rows before the float8 format existed.
     "qlora-int8-24g": lambda c, t, r, a: build_trainer_path(
         c, t, r, a, qlora_bits=8, qlora_format="int8"
     ),
-    "qlora-int8-24g-nocast": lambda c, t, r, a: build_trainer_path(
-        c, t, r, a, qlora_bits=8, qlora_format="int8"
-    ),
-    # The default with its decoder layers under torch.compile (run.py sets FTJ_TORCH_COMPILE).
-    "default-compile": lambda c, t, r, a: build_trainer_path(c, t, r, a),
     # Ablations of the acceleration component outside the trainer (bench/NOTES.md).
     "proto-noliger": lambda c, t, r, a: build_default_prototype(c, t, r, a, liger=False),
 }
@@ -452,7 +455,7 @@ def main() -> None:
         rows = synthetic.examples(
             a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2, vocab, seed=1
         )
-        trainer = CONFIGS[a.config](a.ckpt, tok, rows, a)
+        trainer = builder(a.config)(a.ckpt, tok, rows, a)
         meter = Meter(a.warmup)
         meter.attach(trainer.model)
         trainer.add_callback(meter.callback())
