@@ -38,6 +38,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "noliger": {"env": {"FTJ_LIGER": "0"}, "build": {}},
     "float8": {"env": {}, "build": {"qlora_bits": 8}},
     "torchdrop": {"env": {"FTJ_TRITON_DROPOUT": "0"}, "build": {}},
+    "compile": {"env": {"FTJ_TORCH_COMPILE": "1"}, "build": {}},
+    "compile0": {"env": {"FTJ_TORCH_COMPILE": "1"}, "build": {"dropout": 0.0}},
 }
 
 

@@ -414,8 +414,14 @@ def plan_acceleration(
                 "packed rows: SDPA with a dense per-example mask (no varlen kernel here)"
             )
 
+    compile_layers = bool(torch_compile and on_gpu)
     liger = bool(on_gpu and liger_available and shape.model_type in _LIGER_MODEL_TYPES)
-    if on_gpu and not liger:
+    if compile_layers:
+        # Dynamo cannot trace Liger's Triton wrappers (bench/NOTES.md step 21); Inductor
+        # generates the same fusions (norms, RoPE, SwiGLU) from the model's own torch code.
+        liger = False
+        reasons.append("torch.compile: decoder layers compiled (dynamic shapes), no Liger")
+    elif on_gpu and not liger:
         reasons.append("liger-kernel unavailable for this model/device: plain kernels")
 
     quant = (
@@ -613,9 +619,6 @@ def plan_acceleration(
         )
     if half_int8:
         reasons.append(f"8-bit base layers compute in {dtype} (not fp32)")
-    compile_layers = bool(torch_compile and on_gpu)
-    if compile_layers:
-        reasons.append("torch.compile: decoder layers compiled (dynamic shapes)")
     return AccelerationPlan(
         attn_implementation=attn,
         liger=liger,
@@ -952,6 +955,15 @@ def compile_decoder_layers(model: Any) -> int:
     """``torch.compile`` each decoder layer in place (lazily: compiled at its first call, after
     peft has put its LoRA layers in). Layers share one graph; shapes are dynamic from the
     start because packed rows change length every step. Returns how many layers."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    # The fused LoRA forward draws each dropout seed as a host scalar (``.item()`` of a CPU
+    # tensor, no device sync); captured, it is an input of the graph, not a graph break. With
+    # torch's own random ops kept, the seeds are the ones eager draws: a compiled run
+    # reproduces from the same ``torch.manual_seed``.
+    torch._dynamo.config.capture_scalar_outputs = True
+    torch._inductor.config.fallback_random = True
     layers = _decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)

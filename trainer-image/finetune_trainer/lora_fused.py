@@ -42,6 +42,8 @@ from finetune_trainer import float8_base, triton_kernels
 _SEED_BOUND = 2**62
 # Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
 _TRITON_DROPOUT = os.environ.get("FTJ_TRITON_DROPOUT", "1") != "0"
+# Hashed masks outside torch.compile too (tests: the eager reference of a compiled run).
+_HASHED_DROPOUT = False
 
 
 def keep_mask(
@@ -53,16 +55,58 @@ def keep_mask(
     return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1.0 - p, generator=generator)
 
 
+# The "lowbias32" integer hash's multipliers, as signed int32 (its second is above 2**31).
+_HASH_1 = 0x7FEB352D
+_HASH_2 = 0x846CA68B - 2**32
+_SEED_MODULUS = 2**31 - 1
+
+
+def _shift_right(h: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int32 ``h`` (torch's ``>>`` is arithmetic: it copies the sign)."""
+    return (h >> bits) & ((1 << (32 - bits)) - 1)
+
+
+def _mix(h: torch.Tensor) -> torch.Tensor:
+    """lowbias32: an int32 -> int32 hash whose output bits each flip with any input bit."""
+    h = (h ^ _shift_right(h, 16)) * _HASH_1
+    h = (h ^ _shift_right(h, 15)) * _HASH_2
+    return h ^ _shift_right(h, 16)
+
+
+def hashed_keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """The keep-mask (1 = kept, in ``x``'s dtype) as a pure function of ``(seed, position)``:
+    a 32-bit integer hash of the element's row-major index, made of plain tensor ops.
+
+    This is the mask under ``torch.compile``: a generator object cannot enter a graph, a
+    counter hash can, and Inductor fuses it with the multiply into one kernel (what the eager
+    Triton kernel does by hand). The same seed and shape give the same mask on every call.
+    The seed enters by xor, before and between two rounds: Inductor folds arithmetic on the
+    index into its own index expressions (64-bit, not wrapping like the tensor maths), but
+    not a bitwise op, and the second xor keeps two seeds' masks from being shuffles of one
+    another. 32-bit arithmetic because 64-bit multiplies are emulated on GPUs."""
+    s = seed % _SEED_MODULUS
+    h = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
+    h = _mix(_mix(h ^ s) ^ s)
+    uniform = _shift_right(h, 8).to(torch.float32) * (1.0 / 2**24)  # top 24 bits, in [0, 1)
+    return (uniform >= p).to(x.dtype)
+
+
 def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """Inverted dropout of ``x`` with the mask ``seed`` stands for (``x`` itself when p=0).
 
     On GPUs one Triton kernel draws the mask from ``(seed, position)`` and applies it in the
-    same pass (triton_kernels.py); elsewhere the mask comes from a seeded torch generator.
-    Either way the same seed and shape give the same mask, call after call."""
+    same pass (triton_kernels.py; under ``torch.compile`` through its operator, so the masks do
+    not change); elsewhere the mask comes from a seeded torch generator, or under
+    ``torch.compile`` from a counter hash of plain tensor ops (``hashed_keep``). Each way the
+    same seed and shape give the same mask, call after call."""
     if p <= 0.0:
         return x
     if _TRITON_DROPOUT and triton_kernels.available(x):
+        if torch.compiler.is_compiling():
+            return triton_kernels.seeded_dropout_op(x, p, seed)
         return triton_kernels.seeded_dropout(x, p, seed)
+    if _HASHED_DROPOUT or torch.compiler.is_compiling():
+        return x * hashed_keep(x, p, seed) * (1.0 / (1.0 - p))
     return torch.mul(x, keep_mask(x.shape, p, seed, x.dtype, x.device)).mul_(1.0 / (1.0 - p))
 
 
@@ -126,6 +170,18 @@ def _lora_backward(
     )
 
 
+def _save(ctx: Any, *tensors: torch.Tensor | None) -> None:
+    """``save_for_backward`` without the ``None`` entries (no Float8 scale): torch 2.11's
+    dynamo cannot trace a saved ``None``. ``_saved`` gives the full tuple back."""
+    ctx.saved_none = tuple(t is None for t in tensors)
+    ctx.save_for_backward(*[t for t in tensors if t is not None])
+
+
+def _saved(ctx: Any) -> tuple[torch.Tensor | None, ...]:
+    kept = iter(ctx.saved_tensors)
+    return tuple(None if none else next(kept) for none in ctx.saved_none)
+
+
 class LoraLinearFunction(torch.autograd.Function):
     """``F.linear(x, W, bias) + scale * (dropout(x) @ A.T) @ B.T`` with a frozen ``W`` (bf16,
     or Float8 with its per-channel ``weight_scale``)."""
@@ -145,13 +201,13 @@ class LoraLinearFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         out, down = _lora_forward(rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed)
-        ctx.save_for_backward(x, weight, weight_scale, lora_a, lora_b, down)
+        _save(ctx, x, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        x, weight, weight_scale, lora_a, lora_b, down = ctx.saved_tensors
+        x, weight, weight_scale, lora_a, lora_b, down = _saved(ctx)
         rows = x.reshape(-1, x.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
         grad_x, grad_a, grad_b = _lora_backward(
@@ -162,8 +218,9 @@ class LoraLinearFunction(torch.autograd.Function):
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` (Liger's one-pass kernel on CUDA when it is installed)."""
-    if gate.is_cuda:
+    """``silu(gate) * up`` (Liger's one-pass kernel on CUDA when it is installed, except under
+    ``torch.compile``, which fuses the torch ops itself)."""
+    if gate.is_cuda and not torch.compiler.is_compiling():
         try:
             from liger_kernel.ops.swiglu import swiglu_forward
         except ImportError:
@@ -177,7 +234,7 @@ def _silu_mul_backward(
     gate: torch.Tensor, up: torch.Tensor, grad_h: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``silu(gate) * up``; Liger's kernel writes them over ``gate`` and ``up``."""
-    if gate.is_cuda:
+    if gate.is_cuda and not torch.compiler.is_compiling():
         try:
             from liger_kernel.ops.swiglu import swiglu_backward
         except ImportError:
@@ -219,13 +276,13 @@ class SwiGLUDownFunction(torch.autograd.Function):
             rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed, shared_input=False
         )
         del h, rows  # the largest tensor of the layer: gone before the next one is made
-        ctx.save_for_backward(gate, up, weight, weight_scale, lora_a, lora_b, down)
+        _save(ctx, gate, up, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed = scale, p, seed
         return out.view(*gate.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        gate, up, weight, weight_scale, lora_a, lora_b, down = ctx.saved_tensors
+        gate, up, weight, weight_scale, lora_a, lora_b, down = _saved(ctx)
         rows = _silu_mul(gate, up).reshape(-1, gate.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(gate.dtype)
         # Offsets: gate is argument 0, the LoRA weights are 5 and 6 (= 1 + 4, 1 + 5).

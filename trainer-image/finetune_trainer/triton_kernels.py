@@ -114,6 +114,20 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return out
 
 
+@torch.library.custom_op("ftj::seeded_dropout", mutates_args=())
+def seeded_dropout_op(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``seeded_dropout`` as an operator that ``torch.compile`` calls as it is: Inductor
+    neither traces the Triton launch nor fuses the mask into a neighbouring reduction (fused
+    into an RMSNorm, Triton 3.5 failed to compile the hashed mask), and the compiled run
+    draws exactly the eager run's masks."""
+    return seeded_dropout(x, p, seed)
+
+
+@seeded_dropout_op.register_fake
+def _(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 def quantize_rows(
     x: torch.Tensor, dtype: torch.dtype, fp8_max: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
