@@ -18,14 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
-def collect(calls: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+def run_name(path: Path, label: str, index: int) -> str:
+    """The ``--tag`` a call ran under, read from its file name (``<date>-<device>-<tag>.json``,
+    as ``bench.run`` writes it), so rows keep the name the session's notes use; else
+    ``<label>-run<index>``."""
+    stem = path.stem
+    return stem[stem.index(label + "-") :] if f"-{label}-" in stem else f"{label}-run{index}"
+
+
+def collect(
+    calls: list[dict[str, Any]], label: str, names: list[str] | None = None
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for index, call in enumerate(calls, 1):
         for row in call["rows"]:
             rows.append(
                 {
                     **row,
-                    "run": f"{label}-run{index}",
+                    "run": names[index - 1] if names else f"{label}-run{index}",
                     "matmul_bf16_tflops_measured": call.get("matmul_bf16_tflops_measured"),
                 }
             )
@@ -62,7 +72,8 @@ def main() -> None:
     result = {key: value for key, value in previous.items() if key not in ("rows", "earlier_rows")}
     result.setdefault("device", calls[0]["device"])
     result["date"] = calls[0]["date"]
-    result["rows"] = collect(calls, a.label)
+    names = [run_name(path, a.label, i) for i, path in enumerate(a.calls, 1)]
+    result["rows"] = collect(calls, a.label, names)
     result["earlier_rows"] = previous.get("earlier_rows", []) + previous.get("rows", [])
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"{len(result['rows'])} rows, {len(result['earlier_rows'])} earlier rows -> {a.out}")

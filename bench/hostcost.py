@@ -39,7 +39,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "float8": {"env": {}, "build": {"qlora_bits": 8}},
     "torchdrop": {"env": {"FTJ_TRITON_DROPOUT": "0"}, "build": {}},
     "compile": {"env": {"FTJ_TORCH_COMPILE": "1"}, "build": {}},
-    "compile0": {"env": {"FTJ_TORCH_COMPILE": "1"}, "build": {"dropout": 0.0}},
 }
 
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 
-from tests.unit.acceleration.test_compiled_layers import compiled_against_eager  # noqa: E402
+from tests.harness.tiny_lora import compiled_against_eager  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,

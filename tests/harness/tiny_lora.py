@@ -70,3 +70,45 @@ def assert_trains_like(
     for name, grad in got.items():
         torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
     return loss
+
+
+COMPILED_DROPOUT = 0.1
+
+
+def fused_model(device: str = "cpu", checkpointing: bool = False) -> Any:
+    """The SMALL model under a LoRA with dropout and the fused forward (optionally with every
+    layer recomputed)."""
+    from finetune_trainer.lora_fused import fuse_lora_linears
+
+    model = with_lora(tiny_qwen2(SMALL, device), 4, COMPILED_DROPOUT, 0.1)
+    fuse_lora_linears(model)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def compiled_against_eager(monkeypatch: Any, device: str, checkpointing: bool) -> None:
+    """Decoder layers under torch.compile give the same loss and every LoRA gradient as the
+    eager fused forward drawing the compiled path's masks (hashed on CPUs, the Triton
+    operator's on GPUs), from the same dropout seeds."""
+    import pytest
+    import torch._dynamo
+    from finetune_trainer import lora_fused
+    from finetune_trainer.acceleration import compile_decoder_layers
+
+    torch._dynamo.reset()
+    torch.manual_seed(7)
+    ids = torch.randint(0, SMALL["vocab_size"], (1, 24), device=device)
+    reference = fused_model(device, checkpointing)
+    model = fused_model(device, checkpointing)
+    assert compile_decoder_layers(model) == SMALL["num_hidden_layers"]
+    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", True)  # eager: the compiled path's masks
+    torch.manual_seed(8)  # the same dropout seeds, drawn in the same order, for both
+    ref_loss, ref_grads = loss_and_grads(reference, ids)
+    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", False)
+    torch.manual_seed(8)
+    loss, grads = loss_and_grads(model, ids)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert set(grads) == set(ref_grads) and len(grads) == 28
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)

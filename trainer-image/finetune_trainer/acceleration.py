@@ -40,7 +40,9 @@ Why these choices (measurements in ``bench/NOTES.md``):
   all-gathers one decoder layer at a time. A model that fits stays under DDP, which moves only
   the adapter's gradients (docs/multi-gpu.md).
 * ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
-  default; see bench/NOTES.md for what it measured.
+  default. It runs and trains like eager, but measured no faster (the host still launches every
+  GEMM) with ~13 GiB more on a 1.5B at 15k tokens, memory the planner does not model
+  (bench/NOTES.md step 27).
 """
 
 from __future__ import annotations

@@ -77,9 +77,9 @@ def hashed_keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """The keep-mask (1 = kept, in ``x``'s dtype) as a pure function of ``(seed, position)``:
     a 32-bit integer hash of the element's row-major index, made of plain tensor ops.
 
-    This is the mask under ``torch.compile``: a generator object cannot enter a graph, a
-    counter hash can, and Inductor fuses it with the multiply into one kernel (what the eager
-    Triton kernel does by hand). The same seed and shape give the same mask on every call.
+    This is the mask under ``torch.compile`` where the Triton kernel is not available (CPUs):
+    a generator object cannot enter a graph, a counter hash can, and Inductor fuses it with the
+    multiply. The same seed and shape give the same mask on every call.
     The seed enters by xor, before and between two rounds: Inductor folds arithmetic on the
     index into its own index expressions (64-bit, not wrapping like the tensor maths), but
     not a bitwise op, and the second xor keeps two seeds' masks from being shuffles of one

@@ -1,60 +1,26 @@
 """Decoder layers under torch.compile train like the eager fused LoRA forward (tiny Qwen2).
 
-The compiled path draws dropout masks from a counter hash (``hashed_keep``): a generator object
-cannot enter a graph. These tests pin what a user relies on when ``FTJ_TORCH_COMPILE=1``: one
-graph per layer call with dropout on (no breaks at every linear), no recompilation when packed
-rows change length, the same loss and LoRA gradients as eager (with and without activation
-checkpointing, whose recomputation must redraw the forward's masks), and masks that drop
-about ``p`` of the elements. The same file runs on the GPU (``tests/gpu``) with Inductor's
-Triton code.
+On CPUs the compiled path draws dropout masks from a counter hash (``hashed_keep``): a
+generator object cannot enter a graph. These tests pin what a user relies on when
+``FTJ_TORCH_COMPILE=1``: no graph break at every linear with dropout on, no recompilation
+when packed rows change length, the same loss and LoRA gradients as eager (with and without
+activation checkpointing, whose recomputation must redraw the forward's masks), and masks
+that drop about ``p`` of the elements. tests/gpu/test_compiled_layers_gpu.py runs the parity
+check with Inductor's Triton code.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from finetune_trainer import lora_fused
 from finetune_trainer.acceleration import compile_decoder_layers
-from finetune_trainer.lora_fused import fuse_lora_linears, hashed_keep
+from finetune_trainer.lora_fused import hashed_keep
 
-from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
+from tests.harness.tiny_lora import COMPILED_DROPOUT, SMALL, compiled_against_eager, fused_model
 
 pytestmark = pytest.mark.unit
 
-P = 0.1
-
-
-def fused_model(device: str = "cpu", checkpointing: bool = False) -> Any:
-    model = with_lora(tiny_qwen2(SMALL, device), 4, P, 0.1)
-    fuse_lora_linears(model)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
-
-
-def compiled_against_eager(
-    monkeypatch: pytest.MonkeyPatch, device: str, checkpointing: bool
-) -> None:
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    torch.manual_seed(7)
-    ids = torch.randint(0, SMALL["vocab_size"], (1, 24), device=device)
-    reference = fused_model(device, checkpointing)
-    model = fused_model(device, checkpointing)
-    assert compile_decoder_layers(model) == SMALL["num_hidden_layers"]
-    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", True)  # eager: the compiled path's masks
-    torch.manual_seed(8)  # the same dropout seeds, drawn in the same order, for both
-    ref_loss, ref_grads = loss_and_grads(reference, ids)
-    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", False)
-    torch.manual_seed(8)
-    loss, grads = loss_and_grads(model, ids)
-    assert loss == pytest.approx(ref_loss, rel=1e-5)
-    assert set(grads) == set(ref_grads) and len(grads) == 28
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+P = COMPILED_DROPOUT
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["stored", "recomputed"])
