@@ -83,7 +83,7 @@ def hashed_keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     The seed enters by xor, before and between two rounds: Inductor folds arithmetic on the
     index into its own index expressions (64-bit, not wrapping like the tensor maths), but
     not a bitwise op, and the second xor keeps two seeds' masks from being shuffles of one
-    another. 32-bit arithmetic because 64-bit multiplies are emulated on GPUs."""
+    another."""
     s = seed % _SEED_MODULUS
     h = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
     h = _mix(_mix(h ^ s) ^ s)

@@ -118,7 +118,7 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
 def seeded_dropout_op(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """``seeded_dropout`` as an operator that ``torch.compile`` calls as it is: Inductor
     neither traces the Triton launch nor fuses the mask into a neighbouring reduction (fused
-    into an RMSNorm, Triton 3.5 failed to compile the hashed mask), and the compiled run
+    into an RMSNorm, the device's Triton failed to compile the hashed mask), and the compiled run
     draws exactly the eager run's masks."""
     return seeded_dropout(x, p, seed)
 
