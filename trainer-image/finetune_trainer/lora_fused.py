@@ -58,7 +58,6 @@ def keep_mask(
 # The "lowbias32" integer hash's multipliers, as signed int32 (its second is above 2**31).
 _HASH_1 = 0x7FEB352D
 _HASH_2 = 0x846CA68B - 2**32
-_SEED_MODULUS = 2**31 - 1
 
 
 def _shift_right(h: torch.Tensor, bits: int) -> torch.Tensor:
@@ -84,7 +83,7 @@ def hashed_keep(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     index into its own index expressions (64-bit, not wrapping like the tensor maths), but
     not a bitwise op, and the second xor keeps two seeds' masks from being shuffles of one
     another."""
-    s = seed % _SEED_MODULUS
+    s = seed % triton_kernels.SEED_MODULUS
     h = torch.arange(x.numel(), device=x.device, dtype=torch.int32).view(x.shape)
     h = _mix(_mix(h ^ s) ^ s)
     uniform = _shift_right(h, 8).to(torch.float32) * (1.0 / 2**24)  # top 24 bits, in [0, 1)

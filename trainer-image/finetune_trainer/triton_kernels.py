@@ -25,7 +25,7 @@ import torch
 
 _BLOCK = 512  # lanes per program; each program covers four blocks
 _ROW_BLOCK = 2048
-_SEED_MODULUS = 2**31 - 1
+SEED_MODULUS = 2**31 - 1  # seeds reach the kernels as 31-bit numbers
 
 
 try:  # GPU images carry Triton (torch's CUDA wheels depend on it); CPU installs need not
@@ -110,7 +110,7 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     out = torch.empty_like(x)
     n = x.numel()
     grid = (triton.cdiv(n, 4 * _BLOCK),)
-    dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % _SEED_MODULUS, BLOCK=_BLOCK)
+    dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK)
     return out
 
 
