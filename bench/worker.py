@@ -374,8 +374,9 @@ def build_trainer_path(
 #   -maskscan: transformers' packed-sequence scan at every forward, as before step 26
 #   -nocast: 8-bit bitsandbytes layers without the plan's bf16 compute cast
 #   -compile: decoder layers under torch.compile (FTJ_TORCH_COMPILE=1)
+#   -noskip: recomputed layers redo their down projection too (FTJ_RECOMPUTE_SKIP=0)
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
-                        "-compile")  # fmt: skip
+                        "-compile", "-noskip")  # fmt: skip
 
 
 def builder(config: str) -> Any:

@@ -51,6 +51,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from finetune_trainer import recompute
+
 GiB = 1024**3
 
 AttentionKind = Literal["ftj_varlen", "sdpa", "eager"]
@@ -512,15 +514,26 @@ def plan_acceleration(
     matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
 
     fp8_forward = float8 and on_gpu and device.compute_capability >= (8, 9)
+    # A recomputed llama-style layer with the fused MLP skips its down projection (recompute.py).
+    skips_down = (
+        fused
+        and not compile_layers
+        and recompute.skips_down_projection(shape.model_type)
+        and bool({"all-linear", "down_proj"} & set(targets))
+    )
+    recompute_work = 1.0 - (
+        shape.hidden_size * shape.intermediate_size / shape.layer_params if skips_down else 0.0
+    )
 
     def predicted_step_seconds(micro: int, ckpt_layers: int) -> float:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
-        a Float8 forward runs faster) and the host's work for it, plus what each micro-step
-        boundary exposes."""
+        a Float8 forward runs faster; a recomputation without its down projection does less)
+        and the host's work for it, plus what each micro-step boundary exposes."""
         per_example = mean_tokens if packing else cutoff
         recomputed = ckpt_layers / max(1, layers)
-        forward = 2 * (1 + recomputed) / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
+        forward = 2 * (1 + recomputed * recompute_work)
+        forward /= _FP8_FORWARD_SPEEDUP if fp8_forward else 1.0
         gpu = micro * per_example * shape.matmul_params * (forward + 2) / matmul_rate
         host = layers * _HOST_S_PER_LAYER * (1 + _HOST_RECOMPUTE_SHARE * recomputed)
         per_micro_step = max(gpu, host) + layers * _MICRO_STEP_S_PER_LAYER
@@ -974,11 +987,10 @@ def compile_decoder_layers(model: Any) -> int:
 
 def apply_gradient_checkpointing(model: Any, plan: AccelerationPlan) -> None:
     """Checkpoint the first ``plan.checkpointed_layers`` decoder layers (after the model is
-    wrapped and ``gradient_checkpointing_enable`` ran, or on its own)."""
+    wrapped and ``gradient_checkpointing_enable`` ran, or on its own). Their recomputation
+    skips the MLP's last GEMM where its output is not read (recompute.py)."""
     if not plan.gradient_checkpointing:
         return
-    import torch.utils.checkpoint as cp
-
     base = model
     for _ in range(4):  # PeftModel -> LoraModel -> PreTrainedModel
         if hasattr(base, "get_base_model"):
@@ -986,9 +998,8 @@ def apply_gradient_checkpointing(model: Any, plan: AccelerationPlan) -> None:
     if hasattr(base, "enable_input_require_grads"):
         base.enable_input_require_grads()
     layers = _decoder_layers(base)
-    import functools
-
-    func = functools.partial(cp.checkpoint, use_reentrant=False)
+    recompute.mark_mlp_output_unused_when_recomputed(base)
+    func = recompute.checkpoint_function()
     for index, layer in enumerate(layers):
         on = index < plan.checkpointed_layers
         layer.gradient_checkpointing = on

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finetune_trainer import float8_base, triton_kernels
+from finetune_trainer import float8_base, recompute, triton_kernels
 
 _SEED_BOUND = 2**62
 # Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
@@ -120,11 +120,16 @@ def _lora_forward(
     p: float,
     seed: int,
     shared_input: bool = True,
+    output_needed: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck.
     ``weight_scale`` is set when the base weight is Float8 (float8_base.py);
-    ``shared_input=False`` when no sibling projection reads ``rows``."""
+    ``shared_input=False`` when no sibling projection reads ``rows``; ``output_needed=False``
+    while recomputing a layer whose output nothing reads (recompute.py): ``out`` is then
+    uninitialised memory of the right shape, and the GEMM is not run."""
     down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
+    if not output_needed:
+        return rows.new_empty(rows.shape[0], weight.shape[0]), down
     if weight_scale is None:
         out = F.linear(rows, weight, bias)
     else:
@@ -253,6 +258,8 @@ class SwiGLUDownFunction(torch.autograd.Function):
     The activation product ``h`` (intermediate-sized, the largest tensor of a layer) is what
     the down projection's LoRA needs for its weight gradient; it is recomputed from ``gate``
     and ``up`` in the backward pass (one elementwise kernel) instead of being kept.
+    ``output_needed=False`` (a recomputation that ends here, recompute.py) skips the
+    projection's GEMM and returns uninitialised memory.
     """
 
     @staticmethod
@@ -268,11 +275,12 @@ class SwiGLUDownFunction(torch.autograd.Function):
         scale: float,
         p: float,
         seed: int,
+        output_needed: bool = True,
     ) -> torch.Tensor:
         h = _silu_mul(gate, up)
         rows = h.reshape(-1, h.shape[-1])
         out, down = _lora_forward(
-            rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed, shared_input=False
+            rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed, False, output_needed
         )
         del h, rows  # the largest tensor of the layer: gone before the next one is made
         _save(ctx, gate, up, weight, weight_scale, lora_a, lora_b, down)
@@ -291,7 +299,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         del rows
         assert grad_h is not None
         grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
-        return grad_gate, grad_up, None, None, None, grad_a, grad_b, None, None, None
+        return grad_gate, grad_up, None, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _fusable(module: Any) -> bool:
@@ -370,8 +378,11 @@ def _fused_mlp_forward(mlp: Any) -> Any:
         gate, up = mlp.gate_proj(x), mlp.up_proj(x)
         arguments = _lora_arguments(down_proj, name)  # after gate's and up's seeds
         dtype = float8_base.compute_dtype(down_proj.base_layer)
+        # While the layer is recomputed, only what this function saves is read (recompute.py).
+        unused = getattr(mlp, "_ftj_output_unused_when_recomputed", False)
+        needed = not (unused and recompute.recomputing() and not torch.compiler.is_compiling())
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return SwiGLUDownFunction.apply(gate.to(dtype), up.to(dtype), *arguments)
+            return SwiGLUDownFunction.apply(gate.to(dtype), up.to(dtype), *arguments, needed)
 
     return forward
 
