@@ -31,6 +31,24 @@ def test_seeded_dropout_is_a_pure_function_of_seed_and_position() -> None:
     torch.testing.assert_close(values, torch.tensor([1 / 0.9], device="cuda"), rtol=1e-2, atol=0)
 
 
+def test_paired_dropout_draws_one_mask_for_both_tensors() -> None:
+    """The backward's kernel: ``seeded_dropout(x)`` exactly, and ``acc + seeded_dropout(t)``
+    up to one bf16 rounding (the sum is taken in fp32 and rounded once)."""
+    from finetune_trainer.triton_kernels import seeded_dropout, seeded_dropout_pair
+
+    torch.manual_seed(0)
+    kw = {"device": "cuda", "dtype": torch.bfloat16}
+    x, t, acc = (torch.randn(1003, 1531, **kw) for _ in range(3))  # not a multiple of a block
+    before = acc.clone()
+    want = acc + seeded_dropout(t, 0.05, 99)
+    dropped_x = seeded_dropout_pair(x, t, acc, 0.05, 99)
+    assert torch.equal(dropped_x, seeded_dropout(x, 0.05, 99))
+    torch.testing.assert_close(acc, want, rtol=1e-2, atol=1e-2)
+    dropped = dropped_x == 0  # where x's mask dropped, t's did too: acc is unchanged there
+    assert 0.04 < dropped.float().mean().item() < 0.06
+    assert torch.equal(acc[dropped], before[dropped])
+
+
 def test_fused_lora_with_dropout_gets_the_gradients_of_its_forward_mask() -> None:
     from finetune_trainer.lora_fused import LoraLinearFunction
     from finetune_trainer.triton_kernels import seeded_dropout

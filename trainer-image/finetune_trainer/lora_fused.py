@@ -42,6 +42,8 @@ from finetune_trainer import float8_base, recompute, triton_kernels
 _SEED_BOUND = 2**62
 # Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
 _TRITON_DROPOUT = os.environ.get("FTJ_TRITON_DROPOUT", "1") != "0"
+# Bench ablation: FTJ_PAIRED_DROPOUT=0 draws the backward's two masks in two kernels.
+_PAIRED_DROPOUT = os.environ.get("FTJ_PAIRED_DROPOUT", "1") != "0"
 # Hashed masks outside torch.compile too (tests: the eager reference of a compiled run).
 _HASHED_DROPOUT = False
 
@@ -109,6 +111,19 @@ def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     return torch.mul(x, keep_mask(x.shape, p, seed, x.dtype, x.device)).mul_(1.0 / (1.0 - p))
 
 
+def _pairs_on_gpu(rows: torch.Tensor, grad_rows: torch.Tensor) -> bool:
+    """Whether ``_lora_backward`` takes ``seeded_dropout_pair``: where ``dropped`` takes the
+    Triton kernel outside ``torch.compile`` (so the mask is the forward's), into a contiguous
+    gradient."""
+    return (
+        _TRITON_DROPOUT
+        and _PAIRED_DROPOUT
+        and triton_kernels.available(rows)
+        and not torch.compiler.is_compiling()
+        and grad_rows.is_contiguous()
+    )
+
+
 def _lora_forward(
     rows: torch.Tensor,
     weight: torch.Tensor,
@@ -156,17 +171,21 @@ def _lora_backward(
     # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
     grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
     grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 5] else None
-    grad_a = None
-    if ctx.needs_input_grad[first + 4]:
-        grad_a = grad_down.t() @ dropped(rows, p, seed)  # the forward's mask, drawn again
     if weight_scale is None:
         grad_rows = grad @ weight
     else:
         grad_rows = float8_base.grad_input(grad, weight, weight_scale)
+    # The forward's mask, drawn again, for A's gradient (the dropped input) and for the input's
+    # (the same mask and 1/(1-p) scale, applied to the bottleneck's gradient).
     if p <= 0.0:
         grad_rows.addmm_(grad_down, a_w)
-    else:  # through the dropout: the same mask and 1/(1-p) scale, applied to the gradient
+        dropped_rows = rows
+    elif _pairs_on_gpu(rows, grad_rows):  # both from one draw of the mask
+        dropped_rows = triton_kernels.seeded_dropout_pair(rows, grad_down @ a_w, grad_rows, p, seed)
+    else:
         grad_rows.add_(dropped(grad_down @ a_w, p, seed))
+        dropped_rows = dropped(rows, p, seed)
+    grad_a = grad_down.t() @ dropped_rows if ctx.needs_input_grad[first + 4] else None
     return (
         grad_rows,
         None if grad_a is None else grad_a.to(lora_a.dtype),

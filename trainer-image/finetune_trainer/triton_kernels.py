@@ -9,6 +9,8 @@ backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the d
 * ``seeded_dropout``: inverted dropout whose mask is a pure function of ``(seed, position)``
   (Triton's Philox ``tl.rand4x``, four numbers per draw): nothing is stored, and the backward
   pass gets the same mask by calling it again with the same seed;
+* ``seeded_dropout_pair``: the backward pass's two uses of that mask (the dropped input for
+  A's gradient, the dropped bottleneck gradient added into the input's) from one draw;
 * ``quantize_rows``: one row's max-abs and its e4m3 copy, read from memory twice per row
   (the second read mostly hits L2), written once;
 * ``dequantize_rows``: e4m3 rows times their scale, into the training dtype.
@@ -55,6 +57,42 @@ if triton is not None:
         dropout_quarter(x_ptr, out_ptr, n, p, scale, start + BLOCK + lanes, r1)
         dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 2 * BLOCK + lanes, r2)
         dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 3 * BLOCK + lanes, r3)
+
+    @triton.jit
+    def dropout_pair_quarter(  # type: ignore[no-untyped-def]
+        x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, offsets, r
+    ):
+        inside = offsets < n
+        keep = r >= p
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        tl.store(
+            x_out_ptr + offsets,
+            tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype),
+            mask=inside,
+        )
+        t = tl.load(t_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+        acc = tl.load(acc_ptr + offsets, mask=inside, other=0.0)
+        total = acc.to(tl.float32) + tl.where(keep, t * scale, 0.0)
+        tl.store(acc_ptr + offsets, total.to(acc.dtype), mask=inside)
+
+    @triton.jit
+    def dropout_pair_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, seed, BLOCK: tl.constexpr
+    ):
+        # dropout_kernel's counters and quarters: the same (seed, position) gives the same mask.
+        lanes = tl.arange(0, BLOCK)
+        start = tl.program_id(0).to(tl.int64) * 4 * BLOCK
+        r0, r1, r2, r3 = tl.rand4x(seed, tl.program_id(0) * BLOCK + lanes)
+        dropout_pair_quarter(x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + lanes, r0)
+        dropout_pair_quarter(
+            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + BLOCK + lanes, r1
+        )
+        dropout_pair_quarter(
+            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + 2 * BLOCK + lanes, r2
+        )
+        dropout_pair_quarter(
+            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + 3 * BLOCK + lanes, r3
+        )
 
     @triton.jit
     def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
@@ -111,6 +149,25 @@ def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     n = x.numel()
     grid = (triton.cdiv(n, 4 * _BLOCK),)
     dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK)
+    return out
+
+
+def seeded_dropout_pair(
+    x: torch.Tensor, t: torch.Tensor, acc: torch.Tensor, p: float, seed: int
+) -> torch.Tensor:
+    """``seeded_dropout(x, p, seed)``, and ``acc += seeded_dropout(t, p, seed)`` in place, from
+    one draw of the mask (``x``, ``t`` and ``acc`` of one shape; ``acc`` contiguous). A LoRA
+    backward needs both: the dropped input for A's gradient, the dropped bottleneck gradient
+    for the input's. Two calls drew the mask twice and wrote ``t``'s dropped copy in between."""
+    triton, _, _, _ = _kernels()
+    assert x.shape == t.shape == acc.shape and acc.is_contiguous()
+    x, t = x.contiguous(), t.contiguous()
+    out = torch.empty_like(x)
+    n = x.numel()
+    grid = (triton.cdiv(n, 4 * _BLOCK),)
+    dropout_pair_kernel[grid](
+        x, out, t, acc, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK
+    )
     return out
 
 
