@@ -998,7 +998,7 @@ def apply_gradient_checkpointing(model: Any, plan: AccelerationPlan) -> None:
     if hasattr(base, "enable_input_require_grads"):
         base.enable_input_require_grads()
     layers = _decoder_layers(base)
-    recompute.mark_mlp_output_unused_when_recomputed(base)
+    recompute.mark_mlp_output_unused_when_recomputed(base, layers)
     func = recompute.checkpoint_function()
     for index, layer in enumerate(layers):
         on = index < plan.checkpointed_layers

@@ -10,8 +10,8 @@ only feeds the residual sum that the stop cuts off. So while recomputing, the fu
 ``SwiGLUDownFunction`` saves what it always saves and skips that GEMM: a recomputed layer costs
 a forward pass minus its down projection, not a whole forward pass.
 
-Only for layer types whose MLP output goes straight into the residual sum
-(``ADDS_MLP_OUTPUT_TO_RESIDUAL``): a layer that normalises the MLP's output first (OLMo-2's
+Only for model types whose decoder layers add the MLP's output straight into the residual sum
+(``MODEL_TYPES``): a layer that normalises the MLP's output first (OLMo-2's
 post-feedforward norm) keeps that output for the norm's backward, and must see the real one.
 With ``FTJ_RECOMPUTE_SKIP=0`` (a bench ablation) a recomputed layer redoes everything.
 """
@@ -25,11 +25,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# Decoder layers whose last operation is ``residual + mlp(x)`` (checked against transformers'
-# llama, qwen2, qwen3 and mistral code). Model types, as configs name them, for the planner.
-ADDS_MLP_OUTPUT_TO_RESIDUAL = frozenset(
-    {"LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "MistralDecoderLayer"}
-)
+# Model types (as configs name them) whose decoder layers end in ``residual + mlp(x)``, checked
+# against transformers' llama, qwen2, qwen3 and mistral code.
 MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
 _ENABLED = os.environ.get("FTJ_RECOMPUTE_SKIP", "1") != "0"
@@ -65,19 +62,18 @@ def checkpoint_function() -> Callable[..., Any]:
     return functools.partial(cp.checkpoint, use_reentrant=False, context_fn=_contexts)
 
 
-def mark_mlp_output_unused_when_recomputed(model: Any) -> int:
-    """Flag the MLP of every decoder layer that adds the MLP's output straight into the
-    residual sum; returns how many were flagged. A fused MLP (lora_fused.py) then skips its
-    down projection's GEMM while its layer is being recomputed."""
-    if not _ENABLED:
+def mark_mlp_output_unused_when_recomputed(model: Any, layers: list[Any]) -> int:
+    """Flag the MLP of each of ``layers`` (the decoder layers of ``model``, a transformers
+    model) when the model's type adds the MLP's output straight into the residual sum; returns
+    how many were flagged. A fused MLP (lora_fused.py) then skips its down projection's GEMM
+    while its layer is being recomputed."""
+    config = getattr(model, "config", None)
+    if not skips_down_projection(str(getattr(config, "model_type", ""))):
         return 0
-    count = 0
-    for module in model.modules():
-        mlp = getattr(module, "mlp", None)
-        if type(module).__name__ in ADDS_MLP_OUTPUT_TO_RESIDUAL and mlp is not None:
-            mlp._ftj_output_unused_when_recomputed = True
-            count += 1
-    return count
+    mlps = [layer.mlp for layer in layers if getattr(layer, "mlp", None) is not None]
+    for mlp in mlps:
+        mlp._ftj_output_unused_when_recomputed = True
+    return len(mlps)
 
 
 def skips_down_projection(model_type: str) -> bool:
