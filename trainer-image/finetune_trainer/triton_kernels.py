@@ -39,60 +39,36 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
 if triton is not None:
 
     @triton.jit
-    def dropout_quarter(x_ptr, out_ptr, n, p, scale, offsets, r):  # type: ignore[no-untyped-def]
-        inside = offsets < n
-        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-        out = tl.where(r >= p, x.to(tl.float32) * scale, 0.0)
-        tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
-
-    @triton.jit
-    def dropout_kernel(x_ptr, out_ptr, n, p, scale, seed, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
-        # One Philox draw gives four numbers: a program covers 4 x BLOCK elements, lane i of
-        # quarter k using the k-th number of counter (program x BLOCK + i). The RNG, not
-        # memory, bounded the one-number-per-element version (bench/NOTES.md step 17).
-        lanes = tl.arange(0, BLOCK)
-        start = tl.program_id(0).to(tl.int64) * 4 * BLOCK
-        r0, r1, r2, r3 = tl.rand4x(seed, tl.program_id(0) * BLOCK + lanes)
-        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + lanes, r0)
-        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + BLOCK + lanes, r1)
-        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 2 * BLOCK + lanes, r2)
-        dropout_quarter(x_ptr, out_ptr, n, p, scale, start + 3 * BLOCK + lanes, r3)
-
-    @triton.jit
-    def dropout_pair_quarter(  # type: ignore[no-untyped-def]
-        x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, offsets, r
+    def dropout_quarter(  # type: ignore[no-untyped-def]
+        x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, offsets, r, PAIR: tl.constexpr
     ):
         inside = offsets < n
         keep = r >= p
         x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-        tl.store(
-            x_out_ptr + offsets,
-            tl.where(keep, x.to(tl.float32) * scale, 0.0).to(x.dtype),
-            mask=inside,
-        )
-        t = tl.load(t_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-        acc = tl.load(acc_ptr + offsets, mask=inside, other=0.0)
-        total = acc.to(tl.float32) + tl.where(keep, t * scale, 0.0)
-        tl.store(acc_ptr + offsets, total.to(acc.dtype), mask=inside)
+        out = tl.where(keep, x.to(tl.float32) * scale, 0.0)
+        tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
+        if PAIR:  # acc += dropout(t), with the same mask, summed in fp32
+            t = tl.load(t_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+            acc = tl.load(acc_ptr + offsets, mask=inside, other=0.0)
+            total = acc.to(tl.float32) + tl.where(keep, t * scale, 0.0)
+            tl.store(acc_ptr + offsets, total.to(acc.dtype), mask=inside)
 
     @triton.jit
-    def dropout_pair_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, seed, BLOCK: tl.constexpr
+    def dropout_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, seed, BLOCK: tl.constexpr, PAIR: tl.constexpr
     ):
-        # dropout_kernel's counters and quarters: the same (seed, position) gives the same mask.
+        # One Philox draw gives four numbers: a program covers 4 x BLOCK elements, lane i of
+        # quarter k using the k-th number of counter (program x BLOCK + i). The RNG, not
+        # memory, bounded the one-number-per-element version (bench/NOTES.md step 17).
+        # PAIR: also ``acc += dropout(t)`` from the same draw (``seeded_dropout_pair``).
         lanes = tl.arange(0, BLOCK)
         start = tl.program_id(0).to(tl.int64) * 4 * BLOCK
         r0, r1, r2, r3 = tl.rand4x(seed, tl.program_id(0) * BLOCK + lanes)
-        dropout_pair_quarter(x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + lanes, r0)
-        dropout_pair_quarter(
-            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + BLOCK + lanes, r1
-        )
-        dropout_pair_quarter(
-            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + 2 * BLOCK + lanes, r2
-        )
-        dropout_pair_quarter(
-            x_ptr, x_out_ptr, t_ptr, acc_ptr, n, p, scale, start + 3 * BLOCK + lanes, r3
-        )
+        at = start + lanes
+        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at, r0, PAIR)
+        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + BLOCK, r1, PAIR)
+        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + 2 * BLOCK, r2, PAIR)
+        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + 3 * BLOCK, r3, PAIR)
 
     @triton.jit
     def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
@@ -140,16 +116,29 @@ def available(t: torch.Tensor) -> bool:
     return t.is_cuda and t.numel() < 2**31 and _kernels() is not None
 
 
-def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """Inverted dropout of ``x`` (zeroed with probability ``p``, the rest times 1/(1-p)); the
-    same ``seed`` and shape give the same mask on every call."""
+def _dropout(
+    x: torch.Tensor, p: float, seed: int, pair: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """One launch of ``dropout_kernel``: the dropped copy of ``x``, and with ``pair = (t, acc)``
+    also ``acc += dropout(t)`` in place."""
     triton, dropout_kernel, _, _ = _kernels()
     x = x.contiguous()  # the mask is a function of the element's row-major position
+    # Without a pair the kernel never reads t or acc (PAIR is a compile-time constant).
+    t, acc = (x, x) if pair is None else (pair[0].contiguous(), pair[1])
     out = torch.empty_like(x)
     n = x.numel()
     grid = (triton.cdiv(n, 4 * _BLOCK),)
-    dropout_kernel[grid](x, out, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK)
+    dropout_kernel[grid](
+        x, out, t, acc, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK,
+        PAIR=pair is not None,
+    )  # fmt: skip
     return out
+
+
+def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """Inverted dropout of ``x`` (zeroed with probability ``p``, the rest times 1/(1-p)); the
+    same ``seed`` and shape give the same mask on every call."""
+    return _dropout(x, p, seed, None)
 
 
 def seeded_dropout_pair(
@@ -159,16 +148,8 @@ def seeded_dropout_pair(
     one draw of the mask (``x``, ``t`` and ``acc`` of one shape; ``acc`` contiguous). A LoRA
     backward needs both: the dropped input for A's gradient, the dropped bottleneck gradient
     for the input's. Two calls drew the mask twice and wrote ``t``'s dropped copy in between."""
-    triton, _, _, _ = _kernels()
     assert x.shape == t.shape == acc.shape and acc.is_contiguous()
-    x, t = x.contiguous(), t.contiguous()
-    out = torch.empty_like(x)
-    n = x.numel()
-    grid = (triton.cdiv(n, 4 * _BLOCK),)
-    dropout_pair_kernel[grid](
-        x, out, t, acc, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK
-    )
-    return out
+    return _dropout(x, p, seed, (t, acc))
 
 
 @torch.library.custom_op("ftj::seeded_dropout", mutates_args=())
