@@ -140,6 +140,8 @@ def run_row(
         env["FTJ_RECOMPUTE_SKIP"] = "0"
     if config.endswith("-unpaired"):  # ablation: the backward draws its two masks apart
         env["FTJ_PAIRED_DROPOUT"] = "0"
+    if config.endswith("-nostream"):  # ablation: every frozen weight stays on the GPU
+        env["FTJ_STREAM_WEIGHTS"] = "0"
     if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)
         env["FTJ_INT8_HALF_COMPUTE"] = "0"
     if timeout <= 5:

@@ -376,8 +376,9 @@ def build_trainer_path(
 #   -compile: decoder layers under torch.compile (FTJ_TORCH_COMPILE=1)
 #   -noskip: recomputed layers redo their down projection too (FTJ_RECOMPUTE_SKIP=0)
 #   -unpaired: the LoRA backward draws its two dropout masks in two kernels (FTJ_PAIRED_DROPOUT=0)
+#   -nostream: no frozen weights streamed from host memory (FTJ_STREAM_WEIGHTS=0)
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
-                        "-compile", "-noskip", "-unpaired")  # fmt: skip
+                        "-compile", "-noskip", "-unpaired", "-nostream")  # fmt: skip
 
 
 def builder(config: str) -> Any:

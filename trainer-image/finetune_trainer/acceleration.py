@@ -112,6 +112,17 @@ _SPLIT_STEP_MARGIN_BYTES = int(3.5 * GiB)
 # reaches (0.45: the 7B's one-micro-step bf16 rate on the H200 fits 440 TFLOP/s of 4N work).
 _BF16_TFLOPS_PER_SM = {(10, 0): 15.2, (9, 0): 7.5, (8, 0): 2.9, (8, 9): 2.3, (8, 6): 1.7}
 _REACHED_SHARE = 0.45
+# Host-to-GPU copy rate of pinned memory (weight_streaming.py): PCIe Gen5 x16 on Hopper and
+# Blackwell boards, Gen4 before; a bit under what a lone copy reaches, since the copies share
+# the link with the step's other traffic.
+_HOST_LINK_BYTES_PER_S = {(10, 0): 45e9, (9, 0): 45e9}
+_HOST_LINK_DEFAULT_BYTES_PER_S = 22e9
+# Share of the pod's host memory the streamed weights may pin: the rest holds the data, the
+# Python process and, for a model larger than the GPU, its load through host memory.
+_HOST_STREAM_SHARE = 0.75
+# The host link's speed is the least certain input of a prediction (it varies by board and by
+# what else crosses the link): a plan that streams must be predicted this much faster.
+_STREAMING_MARGIN = 0.03
 # A Float8 base's forward GEMMs on FP8 tensor cores, quantization included, against bf16
 # (bench/NOTES.md step 16: 0.88 ms against 1.39 ms for 8192 x 3584 @ 3584 x 18944).
 _FP8_FORWARD_SPEEDUP = 1.58
@@ -195,6 +206,9 @@ class DeviceInfo:
     bf16: bool = False
     compute_capability: tuple[int, int] = (0, 0)
     sm_count: int = 0  # streaming multiprocessors (0: unknown)
+    # Host memory this process may use (a pod's memory limit, else the machine's RAM); what
+    # frozen weights streamed from host memory may pin. 0: unknown, nothing is streamed.
+    host_memory_bytes: int = 0
 
     @classmethod
     def detect(cls) -> DeviceInfo:
@@ -213,8 +227,29 @@ class DeviceInfo:
                 bf16=bool(torch.cuda.is_bf16_supported()),
                 compute_capability=(int(props.major), int(props.minor)),
                 sm_count=int(getattr(props, "multi_processor_count", 0)),
+                host_memory_bytes=host_memory_bytes(),
             )
         return cls()
+
+
+def host_memory_bytes() -> int:
+    """The memory this process may use: its cgroup's limit (a pod's ``resources.limits.memory``)
+    when lower than the machine's RAM, else the RAM; 0 when neither can be read."""
+    import os
+    from pathlib import Path
+
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        physical = 0
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max": no limit
+            return min(int(text), physical) if physical else int(text)
+    return physical
 
 
 @dataclass(frozen=True)
@@ -247,6 +282,9 @@ class AccelerationPlan:
     fsdp: bool = False
     # The planner's prediction for one optimizer step on this device (0: CPUs, not predicted).
     predicted_step_s: float = 0.0
+    # Recomputed decoder layers whose frozen weights stay in pinned host memory and are copied
+    # to the GPU just before each use (weight_streaming.py); 0: every weight stays on the GPU.
+    streamed_layers: int = 0
 
     @property
     def estimated_peak_gib(self) -> float:
@@ -265,6 +303,7 @@ class AccelerationPlan:
             + f"fused_lora={self.fused_lora}"
             + (" base=float8" if self.float8_base else "")
             + (" fsdp=sharded" if self.fsdp else "")
+            + (f" streamed={self.streamed_layers} layers" if self.streamed_layers else "")
             + (
                 f" estimated_peak={self.estimated_peak_gib:.1f}GiB"
                 f" of {self.memory_budget_bytes / GiB:.1f}GiB"
@@ -287,6 +326,7 @@ def estimate_memory_bytes(
     fused_lora: bool = False,
     float8_base: bool = False,
     shard_ranks: int = 1,
+    streamed_layers: int = 0,
 ) -> int:
     """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
 
@@ -298,6 +338,9 @@ def estimate_memory_bytes(
     ``shard_ranks``: FSDP2 over that many ranks keeps 1/N of the weights and of the LoRA state
     per rank, plus the all-gathered layers: the one computing and the one prefetched, and the
     root's embeddings and LM head (gathered for the whole forward and backward).
+    ``streamed_layers``: that many layers' frozen weights live in host memory; at most two of
+    them are on the GPU at once, the one computing and the one being copied in
+    (weight_streaming.py).
     """
     weights = shape.total_params * weight_bits // 8
     float8_transient = 0
@@ -317,6 +360,8 @@ def estimate_memory_bytes(
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
         weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * 4
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
+    else:
+        weights -= max(0, streamed_layers - 2) * shape.layer_params * weight_bits // 8
     lora = shape.lora_params(lora_r, lora_targets) * 16
     if shard_ranks > 1:
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
@@ -376,6 +421,7 @@ def plan_acceleration(
     world_size: int = 1,
     shard_weights: bool | None = None,
     micro_examples: int | None = None,
+    stream_weights: bool = True,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -454,7 +500,7 @@ def plan_acceleration(
     if memory_budget_bytes is None:
         memory_budget_bytes = int(device.total_memory_bytes * memory_fraction) if on_gpu else 0
 
-    def cost(micro_examples: int, ckpt_layers: int, ranks: int = 1) -> int:
+    def cost(micro_examples: int, ckpt_layers: int, ranks: int = 1, streamed: int = 0) -> int:
         tokens = (
             int(math.ceil(micro_examples * mean_tokens)) if packing else micro_examples * cutoff
         )
@@ -470,6 +516,7 @@ def plan_acceleration(
             fused_lora=fused,
             float8_base=float8,
             shard_ranks=ranks,
+            streamed_layers=streamed,
         )
 
     mode = str(getattr(training, "gradient_checkpointing", "auto"))
@@ -482,15 +529,33 @@ def plan_acceleration(
     max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
     layers = shape.num_layers
 
-    def search(ranks: int) -> tuple[int, int] | None:
-        """The fitting (micro-step, recomputed layers) pair predicted fastest, or None.
+    layer_bytes = shape.layer_params * weight_bits // 8
 
-        For each micro-step size, the fewest recomputed layers that fit; then the pair with the
-        least predicted step time: recomputing a layer costs half its forward-and-input-gradient
-        matrix work again, while a micro-step too small to hide the host's work runs at the
-        host's pace (``_HOST_S_PER_LAYER``). Larger micro-steps win ties.
+    def streamed_needed(micro: int, ckpt_layers: int, ranks: int, limit: int) -> int | None:
+        """The fewest streamed layers that bring (micro, ckpt_layers) under ``limit``: 0 when
+        it fits as it is, None when even streaming every recomputed layer does not fit."""
+        over = cost(micro, ckpt_layers, ranks) - limit
+        if over <= 0:
+            return 0
+        if not streamable or ranks > 1:
+            return None
+        streamed = 2 + -(-over // layer_bytes)  # two are on the GPU at any time
+        if streamed > ckpt_layers or streamed * layer_bytes > host_room:
+            return None
+        return streamed if cost(micro, ckpt_layers, ranks, streamed) <= limit else None
+
+    def search(ranks: int) -> tuple[int, int, int] | None:
+        """The fitting (micro-step, recomputed layers, streamed layers) predicted fastest.
+
+        For each micro-step size and number of recomputed layers, the fewest layers whose
+        weights must stream from host memory to fit; then the triple with the least predicted
+        step time: recomputing a layer costs half its forward-and-input-gradient matrix work
+        again, a streamed layer's copies cost only what the GPU's work does not hide, and a
+        micro-step too small to hide the host's work runs at the host's pace
+        (``_HOST_S_PER_LAYER``). Larger micro-steps win ties; streaming must win by
+        ``_STREAMING_MARGIN``, and may pin at most ``_HOST_STREAM_SHARE`` of host memory.
         """
-        best: tuple[float, int, int] | None = None
+        best: tuple[float, int, int, int] | None = None
         for micro in candidates:
             if micro > max_micro_examples and micro != candidates[-1]:
                 continue
@@ -502,13 +567,17 @@ def plan_acceleration(
                 options = list(range(0, layers + 1))
             # Once a larger micro-step fits, a smaller one must fit with the margin too.
             limit = memory_budget_bytes - (_SPLIT_STEP_MARGIN_BYTES if best is not None else 0)
-            fitting = next((c for c in options if cost(micro, c, ranks) <= limit), None)
-            if fitting is None:
-                continue
-            seconds = predicted_step_seconds(micro, fitting)
-            if best is None or seconds < best[0] * 0.995:
-                best = (seconds, micro, fitting)
-        return None if best is None else (best[1], best[2])
+            for ckpt in options:
+                streamed = streamed_needed(micro, ckpt, ranks, limit)
+                if streamed is None:
+                    continue
+                seconds = predicted_step_seconds(micro, ckpt, streamed)
+                seconds *= 1 + (_STREAMING_MARGIN if streamed else 0.0)
+                if best is None or seconds < best[0] * 0.995:
+                    best = (seconds, micro, ckpt, streamed)
+                if streamed == 0:  # more recomputation only costs time from here
+                    break
+        return None if best is None else best[1:]
 
     per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
     matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
@@ -525,16 +594,20 @@ def plan_acceleration(
         shape.hidden_size * shape.intermediate_size / shape.layer_params if skips_down else 0.0
     )
 
-    def predicted_step_seconds(micro: int, ckpt_layers: int) -> float:
+    def predicted_step_seconds(micro: int, ckpt_layers: int, streamed: int = 0) -> float:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
         a Float8 forward runs faster; a recomputation without its down projection does less)
-        and the host's work for it, plus what each micro-step boundary exposes."""
+        and the host's work for it, plus what each micro-step boundary exposes. Streamed
+        layers' weights cross the host link once in the forward and once for the backward's
+        recomputation; each crossing hides behind that pass's GPU work when it is shorter."""
         per_example = mean_tokens if packing else cutoff
         recomputed = ckpt_layers / max(1, layers)
-        forward = 2 * (1 + recomputed * recompute_work)
-        forward /= _FP8_FORWARD_SPEEDUP if fp8_forward else 1.0
-        gpu = micro * per_example * shape.matmul_params * (forward + 2) / matmul_rate
+        first = 2 / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
+        again = 2 * recomputed * recompute_work / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
+        flops_per_unit = micro * per_example * shape.matmul_params / matmul_rate
+        copies = streamed * layer_bytes / host_link
+        gpu = max(first * flops_per_unit, copies) + max((again + 2) * flops_per_unit, copies)
         host = layers * _HOST_S_PER_LAYER * (1 + _HOST_RECOMPUTE_SHARE * recomputed)
         per_micro_step = max(gpu, host) + layers * _MICRO_STEP_S_PER_LAYER
         return (examples_per_step // micro) * per_micro_step
@@ -546,9 +619,26 @@ def plan_acceleration(
     shardable = weight_bits >= 16 and not (on_gpu and shape.tie_word_embeddings)
     fsdp = bool(shard_weights and shardable)
     ranks = max(1, world_size) if fsdp else 1
-    chosen: tuple[int, int] | None
+    # Streaming frozen weights from host memory (weight_streaming.py): 16-bit bases on one
+    # CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards instead).
+    streamable = bool(
+        stream_weights
+        and on_gpu
+        and device.type == "cuda"
+        and weight_bits == 16
+        and not float8
+        and not compile_layers
+        and world_size == 1
+        and not fsdp
+        and device.host_memory_bytes > 0
+    )
+    host_room = int(device.host_memory_bytes * _HOST_STREAM_SHARE)
+    host_link = _HOST_LINK_BYTES_PER_S.get(
+        device.compute_capability, _HOST_LINK_DEFAULT_BYTES_PER_S
+    )
+    chosen: tuple[int, int, int] | None
     if not on_gpu:
-        chosen = (batch_size, {"always": layers, "never": 0}.get(mode, 0))
+        chosen = (batch_size, {"always": layers, "never": 0}.get(mode, 0), 0)
     else:
         chosen = search(ranks)
         if chosen is None and shard_weights is None and shardable and world_size > 1:
@@ -561,7 +651,7 @@ def plan_acceleration(
                 "fastest micro-step size that fits (recomputation against per-micro-step cost)"
             )
         else:
-            chosen = (candidates[-1], layers if mode != "never" else 0)
+            chosen = (candidates[-1], layers if mode != "never" else 0, 0)
             reasons.append(
                 "even one example per micro-step exceeds the memory estimate"
                 + ("" if ranks > 1 else _why_not_sharded(world_size, shardable, shard_weights))
@@ -577,7 +667,7 @@ def plan_acceleration(
         why = "quantized bases" if weight_bits < 16 else "models with tied embeddings"
         reasons.append(f"FSDP requested, but {why} are not sharded: DDP")
 
-    micro, ckpt_layers = chosen
+    micro, ckpt_layers, streamed = chosen
     grad_ckpt = ckpt_layers > 0
     accumulation_out = examples_per_step // micro
     micro_tokens = int(micro * mean_tokens) if packing else micro * cutoff
@@ -592,6 +682,13 @@ def plan_acceleration(
             + (f"{ckpt_layers} of {layers} layers" if grad_ckpt else "off (memory allows)")
             + f" [{mode}]"
         )
+        if streamed:
+            reasons.append(
+                f"frozen weights of {streamed} recomputed layers stay in host memory "
+                f"({streamed * layer_bytes / GiB:.1f} GiB pinned) and reach the GPU one layer "
+                f"ahead of use (~{1000 * layer_bytes / host_link:.0f} ms per layer's copy); "
+                "the pod needs that much host memory besides its own"
+            )
         if grad_ckpt and weight_bits == 16 and not fsdp and device.compute_capability >= (8, 9):
             tokens = int(math.ceil(micro * mean_tokens)) if packing else micro * cutoff
             with_float8 = [
@@ -645,14 +742,17 @@ def plan_acceleration(
         optimizer=optimizer,
         dtype=dtype,
         torch_compile=compile_layers,
-        estimated_peak_bytes=cost(micro, ckpt_layers, ranks) if on_gpu else 0,
+        estimated_peak_bytes=cost(micro, ckpt_layers, ranks, streamed) if on_gpu else 0,
         memory_budget_bytes=memory_budget_bytes,
         reasons=tuple(reasons),
         int8_half_compute=half_int8,
         fused_lora=fused,
         float8_base=float8,
         fsdp=fsdp,
-        predicted_step_s=round(predicted_step_seconds(micro, ckpt_layers), 3) if on_gpu else 0.0,
+        predicted_step_s=(
+            round(predicted_step_seconds(micro, ckpt_layers, streamed), 3) if on_gpu else 0.0
+        ),
+        streamed_layers=streamed,
     )
 
 
@@ -693,7 +793,8 @@ def plan_for_model(
     one GPU). ``FTJ_MICRO_EXAMPLES=N`` pins the examples per micro-step (bench ablation).
     ``FTJ_TORCH_COMPILE=1`` compiles the decoder layers; ``FTJ_INT8_HALF_COMPUTE=0``
     turns the 8-bit compute cast off, ``FTJ_FUSED_LORA=0`` the fused LoRA forward and
-    ``FTJ_LIGER=0`` Liger's kernels (bench ablations).
+    ``FTJ_LIGER=0`` Liger's kernels and ``FTJ_STREAM_WEIGHTS=0`` streaming frozen weights from
+    host memory (bench ablations).
     """
     import os
 
@@ -717,6 +818,7 @@ def plan_for_model(
         world_size=int(os.environ.get("WORLD_SIZE", "1")),
         shard_weights=flag("FTJ_SHARD_WEIGHTS", None),
         micro_examples=int(os.environ.get("FTJ_MICRO_EXAMPLES") or 0) or None,
+        stream_weights=bool(flag("FTJ_STREAM_WEIGHTS", True)),
     )
 
 

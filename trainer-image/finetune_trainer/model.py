@@ -183,8 +183,9 @@ def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
 # A Float8 base is loaded straight onto the GPU in 16 bits and quantized there when the 16-bit
 # weights take at most this share of the memory the plan may use; above it the 16-bit weights
 # are read into host memory and go to the GPU one linear at a time, already quantized (a 14B
-# on a 24 GB card: 28 GB of bf16 weights would not load, 14 GB of e4m3 ones train).
-_FLOAT8_DIRECT_LOAD_SHARE = 0.6
+# on a 24 GB card: 28 GB of bf16 weights would not load, 14 GB of e4m3 ones train). A plan
+# that streams weights from host memory loads there above this share of the card.
+_DIRECT_LOAD_SHARE = 0.6
 
 
 def float8_loads_through_host(
@@ -197,7 +198,17 @@ def float8_loads_through_host(
     config = config or load_config(model_dir, spec)
     weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
     budget = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
-    return weights_16bit > _FLOAT8_DIRECT_LOAD_SHARE * budget
+    return weights_16bit > _DIRECT_LOAD_SHARE * budget
+
+
+def streaming_loads_through_host(plan: Any, hw: Hardware, config: Any) -> bool:
+    """Whether a plan that streams weights from host memory (weight_streaming.py) must load the
+    model there first: when its 16-bit weights would not fit on the card. Otherwise it loads
+    straight onto the GPU, and the streamed layers' weights leave it before training."""
+    if not (getattr(plan, "streamed_layers", 0) and hw.cuda and hw.device_memory_bytes):
+        return False
+    weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
+    return weights_16bit > _DIRECT_LOAD_SHARE * hw.device_memory_bytes
 
 
 def load_base_model(
@@ -280,7 +291,9 @@ def build_model(
     log.info("acceleration: %s", plan.describe())
     for reason in plan.reasons:  # why: what the user can change is named here
         (log.warning if "exceeds" in reason else log.info)("  because %s", reason)
-    through_host = float8_loads_through_host(model_dir, spec, hw, config)
+    through_host = float8_loads_through_host(
+        model_dir, spec, hw, config
+    ) or streaming_loads_through_host(plan, hw, config)
     model = load_base_model(
         model_dir, spec, precision, hw, through_host, sharded=plan.fsdp, config=config
     )
@@ -328,6 +341,16 @@ def build_model(
         precision,
         ", gradient checkpointing" if checkpointing else "",
     )
+    if plan.streamed_layers and hw.cuda:
+        from .weight_streaming import stream_frozen_weights
+
+        streamer = stream_frozen_weights(model, plan, torch.device("cuda", local_rank()))
+        log.info(
+            "weight streaming: the frozen weights of %d recomputed layers wait in host memory "
+            "(%.1f GiB pinned) and reach the GPU one layer ahead of use",
+            len(streamer.order) if streamer else 0,
+            (streamer.host_bytes if streamer else 0) / 2**30,
+        )
     # Checkpointing is already set per layer; the Trainer would re-enable it on every layer.
     model.finetune_gradient_checkpointing = False
     model.finetune_acceleration = plan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -207,11 +208,12 @@ def test_gpu_memory_budget_from_the_spec_and_the_bench_override(
     assert memory_budget_bytes(spec(gpuMemoryBudget="18e9")) == 18 * 10**9
     monkeypatch.setenv("FTJ_MEMORY_BUDGET_GIB", "18")
     assert memory_budget_bytes(spec(gpuMemoryBudget="20Gi")) == 18 * GiB
-    # A budget the plan must honour changes it: 18 GiB on the H200 recomputes every layer.
+    # A budget the plan must honour changes it: 18 GiB on the H200 recomputes (nearly) every
+    # layer and streams most of their weights from host memory (test_weight_streaming.py).
     small = plan_acceleration(
         training(), Method(), QWEN_7B, H200, mean_example_tokens=780, memory_budget_bytes=18 * GiB
     )
-    assert small.checkpointed_layers == 28 and small.estimated_peak_bytes <= 18 * GiB
+    assert small.checkpointed_layers >= 24 and small.estimated_peak_bytes <= 18 * GiB
     with pytest.raises(ValueError, match=r"gpuMemoryBudget.*20Gi"):
         spec(gpuMemoryBudget="20Mi")
     with pytest.raises(ValueError, match="not a Kubernetes quantity"):
@@ -245,7 +247,21 @@ def test_float8_estimate_halves_the_decoder_weights_only() -> None:
     # micro-steps; the float8 base recomputes fewer layers or runs larger micro-steps.
     budget = 18 * GiB
     plain = plan_acceleration(
-        training(), Method(), QWEN_7B, H200, mean_example_tokens=780, memory_budget_bytes=budget
+        training(),
+        Method(),
+        QWEN_7B,
+        H200,
+        mean_example_tokens=780,
+        memory_budget_bytes=budget,
+        stream_weights=False,
+    )
+    streamed = plan_acceleration(
+        training(),
+        Method(),
+        QWEN_7B,
+        dataclasses.replace(H200, host_memory_bytes=128 * GiB),
+        mean_example_tokens=780,
+        memory_budget_bytes=budget,
     )
     eight = plan_acceleration(
         training(),
@@ -257,6 +273,8 @@ def test_float8_estimate_halves_the_decoder_weights_only() -> None:
     )
     assert eight.estimated_peak_bytes <= budget and plain.estimated_peak_bytes <= budget
     assert eight.micro_batch_tokens > plain.micro_batch_tokens
+    # Streaming the bf16 weights from host memory closes most of that gap, not all of it.
+    assert plain.predicted_step_s > streamed.predicted_step_s > eight.predicted_step_s
 
 
 LLAMA_70B = ModelShape(8192, 28672, 80, 64, 8, 128256, False, "llama")
