@@ -495,6 +495,9 @@ def main() -> None:
             model.save_pretrained(work / "adapter", safe_serialization=True)
             tok.save_pretrained(work / "adapter")
             row["adapter_save_s"] = round(time.perf_counter() - t, 2)
+        streamer = getattr(model, "_ftj_weight_streamer", None)
+        if streamer is not None:  # peft merges in place: every weight back on the GPU first
+            streamer.remove()
         t = time.perf_counter()
         if (
             hasattr(model, "merge_and_unload")

