@@ -493,8 +493,10 @@ class Resources(ApiModel):
     gpu_memory_budget: Annotated[Quantity | None, AfterValidator(_check_gpu_memory_budget)] = Field(
         default=None,
         description=(
-            "GPU memory the trainer may plan for on each GPU, e.g. 20Gi: it sizes micro-steps "
-            "and recomputes layers to stay under it. Default: 85% of the card. Set it on "
+            "GPU memory the trainer may plan for on each GPU, e.g. 20Gi: it sizes micro-steps, "
+            "recomputes layers and, on one GPU, keeps recomputed layers' frozen 16-bit weights "
+            "in host memory (streamed to the GPU as they run; pinned host memory counts "
+            "against resources.memory) to stay under it. Default: 85% of the card. Set it on "
             "shared or time-sliced GPUs, or to make a run fit a smaller card."
         ),
     )
