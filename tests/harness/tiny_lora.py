@@ -56,6 +56,22 @@ def loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torc
     return float(loss.detach()), grads
 
 
+def assert_same_training(model: Any, reference: Any, run: Any, count: int) -> None:
+    """``run(model)`` (a loss, or losses, and gradients by name) gives ``run(reference)``'s
+    loss and ``count`` gradients to fp32 rounding, from the same seeds: two ways of computing
+    the same training on CPUs."""
+    import pytest
+
+    torch.manual_seed(5)
+    want_loss, want = run(reference)
+    torch.manual_seed(5)
+    got_loss, got = run(model)
+    assert got_loss == pytest.approx(want_loss, rel=1e-6)
+    assert set(got) == set(want) and len(got) == count
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, want[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
 def assert_trains_like(
     model: Any, reference: Any, ids: torch.Tensor, *, loss_rel: float, grads: int
 ) -> float:
