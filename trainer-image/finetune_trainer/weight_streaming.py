@@ -132,6 +132,7 @@ class WeightStreamer:
                 param = torch.nn.Parameter(t.host.to(self.device), requires_grad=False)
                 t.module.register_parameter(t.name, param)
         self._tensors.clear()
+        self.order = []
 
     def _checkpoint(self, index: int, checkpoint: Any, function: Any, *args: Any, **kw: Any) -> Any:
         """Checkpoint ``function`` so that it, and so its recomputation, first places layer
@@ -144,6 +145,8 @@ class WeightStreamer:
         return checkpoint(placed_first, *args, **kw)
 
     def _before_layer(self, index: int, *hook_args: Any) -> None:
+        if not self.order:  # nothing streams (or ``remove`` ran)
+            return
         backward = recompute.recomputing()
         upcoming = self._upcoming(index, backward)
         keep = {upcoming} | ({index} if index in self._tensors else set())
