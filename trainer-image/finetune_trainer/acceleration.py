@@ -542,12 +542,12 @@ def plan_acceleration(
         over = cost(micro, ckpt_layers, ranks) - limit
         if over <= 0:
             return 0
-        if not streamable or ranks > 1:
+        if not streamable:  # one rank only: never under FSDP's ranks
             return None
-        streamed = 2 + -(-over // layer_bytes)  # two are on the GPU at any time
-        if streamed > ckpt_layers or streamed * layer_bytes > host_room:
-            return None
-        return streamed if cost(micro, ckpt_layers, ranks, streamed) <= limit else None
+        # Each streamed layer past the two on the GPU takes one layer's weights off it.
+        streamed = 2 + -(-over // layer_bytes)
+        fits = streamed <= ckpt_layers and streamed * layer_bytes <= host_room
+        return streamed if fits else None
 
     def search(ranks: int) -> tuple[int, int, int] | None:
         """The fitting (micro-step, recomputed layers, streamed layers) predicted fastest.

@@ -188,27 +188,24 @@ def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
 _DIRECT_LOAD_SHARE = 0.6
 
 
-def float8_loads_through_host(
-    model_dir: Path, spec: FineTuneJobSpec, hw: Hardware, config: Any = None
+def loads_through_host(
+    model_dir: Path, spec: FineTuneJobSpec, hw: Hardware, config: Any = None, plan: Any = None
 ) -> bool:
-    """Whether a Float8 base must be quantized on its way to the GPU (see above); ``config``:
-    the model's config when the caller has read it already."""
-    if not (spec.method.float8_base and hw.cuda and hw.device_memory_bytes):
+    """Whether the 16-bit weights are read into host memory rather than straight onto the GPU
+    (see above): a Float8 base above the share of the plan's memory (quantized on its way), or
+    a ``plan`` that streams weights (weight_streaming.py) above the share of the card (the
+    streamed layers' weights leave the GPU after loading otherwise). ``config``: the model's
+    config when the caller has read it already."""
+    streams = bool(getattr(plan, "streamed_layers", 0))
+    if not ((spec.method.float8_base or streams) and hw.cuda and hw.device_memory_bytes):
         return False
     config = config or load_config(model_dir, spec)
     weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
-    budget = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
-    return weights_16bit > _DIRECT_LOAD_SHARE * budget
-
-
-def streaming_loads_through_host(plan: Any, hw: Hardware, config: Any) -> bool:
-    """Whether a plan that streams weights from host memory (weight_streaming.py) must load the
-    model there first: when its 16-bit weights would not fit on the card. Otherwise it loads
-    straight onto the GPU, and the streamed layers' weights leave it before training."""
-    if not (getattr(plan, "streamed_layers", 0) and hw.cuda and hw.device_memory_bytes):
-        return False
-    weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
-    return weights_16bit > _DIRECT_LOAD_SHARE * hw.device_memory_bytes
+    if spec.method.float8_base:
+        limit = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
+    else:
+        limit = hw.device_memory_bytes
+    return weights_16bit > _DIRECT_LOAD_SHARE * limit
 
 
 def load_base_model(
@@ -291,9 +288,7 @@ def build_model(
     log.info("acceleration: %s", plan.describe())
     for reason in plan.reasons:  # why: what the user can change is named here
         (log.warning if "exceeds" in reason else log.info)("  because %s", reason)
-    through_host = float8_loads_through_host(
-        model_dir, spec, hw, config
-    ) or streaming_loads_through_host(plan, hw, config)
+    through_host = loads_through_host(model_dir, spec, hw, config, plan)
     model = load_base_model(
         model_dir, spec, precision, hw, through_host, sharded=plan.fsdp, config=config
     )
@@ -348,8 +343,8 @@ def build_model(
         log.info(
             "weight streaming: the frozen weights of %d recomputed layers wait in host memory "
             "(%.1f GiB pinned) and reach the GPU one layer ahead of use",
-            len(streamer.order) if streamer else 0,
-            (streamer.host_bytes if streamer else 0) / 2**30,
+            len(streamer.order),
+            streamer.host_bytes / 2**30,
         )
     # Checkpointing is already set per layer; the Trainer would re-enable it on every layer.
     model.finetune_gradient_checkpointing = False

@@ -222,12 +222,10 @@ def _move_to_host(layer: torch.nn.Module, pin: bool) -> list[_Tensor]:
     return moved
 
 
-def stream_frozen_weights(model: Any, plan: Any, device: Any) -> WeightStreamer | None:
+def stream_frozen_weights(model: Any, plan: Any, device: Any) -> WeightStreamer:
     """Stream the frozen weights of the layers ``plan`` says (``plan.streamed_layers`` of its
     ``checkpointed_layers``) and move everything else to ``device``; call it once the model is
     whole (after peft and the fused LoRA forward). Returns the streamer (kept on the model)."""
-    if not getattr(plan, "streamed_layers", 0):
-        return None
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

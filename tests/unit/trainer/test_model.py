@@ -10,7 +10,7 @@ from finetune_trainer.errors import EXIT_INVALID_INPUT, UnsupportedHardware
 from finetune_trainer.model import (
     Hardware,
     check_quantization,
-    float8_loads_through_host,
+    loads_through_host,
     lora_config,
     resolve_precision,
     wants_gradient_checkpointing,
@@ -98,11 +98,11 @@ def test_a_float8_base_too_big_for_the_card_in_16_bits_loads_through_host_memory
 
     float8 = {"type": "qlora", "quantization": {"bits": 8}}
     card_24gb = Hardware(cuda=True, bf16=True, bitsandbytes=True, device_memory_bytes=24 * 10**9)
-    assert float8_loads_through_host(tmp_path, spec(float8), card_24gb)
-    assert not float8_loads_through_host(tmp_path, spec(float8), H200)  # fits: load directly
-    assert float8_loads_through_host(tmp_path, spec(float8, "18Gi"), H200)  # the budget rules
-    assert not float8_loads_through_host(tmp_path, spec({"type": "lora"}), card_24gb)
-    assert not float8_loads_through_host(tmp_path, spec(float8), CPU)
+    assert loads_through_host(tmp_path, spec(float8), card_24gb)
+    assert not loads_through_host(tmp_path, spec(float8), H200)  # fits: load directly
+    assert loads_through_host(tmp_path, spec(float8, "18Gi"), H200)  # the budget rules
+    assert not loads_through_host(tmp_path, spec({"type": "lora"}), card_24gb)
+    assert not loads_through_host(tmp_path, spec(float8), CPU)
 
 
 def test_gradient_checkpointing_auto_turns_on_only_when_memory_needs_it() -> None:
