@@ -130,6 +130,8 @@ def run_row(
         env["FTJ_BENCH_PROFILE"] = "1"
     if config.endswith("-hostprofile"):
         env["FTJ_BENCH_PROFILE"] = "host"
+    if config.endswith("-trace"):  # when the GPU waited in one step (bench/timeline.py)
+        env["FTJ_BENCH_PROFILE"] = "trace"
     if config.endswith("-maskscan"):  # ablation: transformers' packed-sequence scan (a sync)
         env["FTJ_PACKED_MASK_SCAN"] = "1"
     if config == "default-unfused":
@@ -140,6 +142,8 @@ def run_row(
         env["FTJ_RECOMPUTE_SKIP"] = "0"
     if config.endswith("-unpaired"):  # ablation: the backward draws its two masks apart
         env["FTJ_PAIRED_DROPOUT"] = "0"
+    if config.endswith("-draw4"):  # ablation: four dropout numbers per Philox draw, not eight
+        env["FTJ_DROPOUT_HALVES"] = "1"
     if config.endswith("-nostream"):  # ablation: every frozen weight stays on the GPU
         env["FTJ_STREAM_WEIGHTS"] = "0"
     if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)

@@ -45,6 +45,24 @@ class Meter:
         self.marks: list[tuple[float, int]] = []
         self.first_step_end: float | None = None
         self.losses: list[float] = []
+        self.threads_at_start: dict[str, float] = {}
+        self.thread_cpu_s: dict[str, float] = {}
+        self.gc_started: float | None = None
+        self.gc_s = [0.0, 0.0, 0.0]  # seconds in Python's garbage collector, per generation
+        self.gc_runs = [0, 0, 0]
+
+    def gc_callback(self, phase: str, info: dict[str, Any]) -> None:
+        """Times each collection of Python's garbage collector during the timed steps: a
+        pause of the launching thread is a pause of the GPU's work queue."""
+        if len(self.marks) < self.warmup:
+            return
+        if phase == "start":
+            self.gc_started = time.perf_counter()
+        elif self.gc_started is not None:
+            generation = int(info.get("generation", 0))
+            self.gc_s[generation] += time.perf_counter() - self.gc_started
+            self.gc_runs[generation] += 1
+            self.gc_started = None
 
     def hook(self, module: Any, args: Any, kwargs: Any) -> None:
         ids = args[0] if args else kwargs.get("input")
@@ -59,6 +77,7 @@ class Meter:
 
         profile_step = meter.warmup + 1 if os.environ.get("FTJ_BENCH_PROFILE") else None
         host_profile = os.environ.get("FTJ_BENCH_PROFILE") == "host"
+        trace = os.environ.get("FTJ_BENCH_PROFILE") == "trace"
 
         class StepTimer(TrainerCallback):
             profiler: Any = None
@@ -74,6 +93,10 @@ class Meter:
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
+                if self.profiler is not None and trace:  # when the GPU waited (-trace rows)
+                    self.profiler.__exit__(None, None, None)
+                    print(idle_report(self.profiler), file=sys.stderr, flush=True)
+                    self.profiler = None
                 if self.profiler is not None:  # where one step's GPU time goes (-profile rows)
                     self.profiler.__exit__(None, None, None)
                     table = self.profiler.key_averages().table(
@@ -87,6 +110,14 @@ class Meter:
                 if meter.first_step_end is None:
                     meter.first_step_end = now
                 meter.marks.append((now, int(meter.tokens.item())))
+                if len(meter.marks) == meter.warmup:
+                    meter.threads_at_start = thread_cpu_seconds()
+                elif len(meter.marks) > meter.warmup:
+                    meter.thread_cpu_s = {
+                        name: round(cpu - meter.threads_at_start.get(name, 0.0), 2)
+                        for name, cpu in thread_cpu_seconds().items()
+                        if cpu - meter.threads_at_start.get(name, 0.0) >= 0.01
+                    }
 
             def on_log(
                 self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any
@@ -99,6 +130,7 @@ class Meter:
     def attach(self, model: Any) -> None:
         embed = model.get_input_embeddings()
         embed.register_forward_pre_hook(self.hook, with_kwargs=True)
+        gc.callbacks.append(self.gc_callback)
 
     def result(self) -> dict[str, Any]:
         start = self.marks[self.warmup - 1]
@@ -118,7 +150,46 @@ class Meter:
                     self.marks[self.warmup - 1 :], self.marks[self.warmup :], strict=False
                 )
             ],
+            # CPU seconds each of the process's threads spent in the timed steps: a busy thread
+            # besides the one launching kernels competes with it for the GIL.
+            "thread_cpu_s": self.thread_cpu_s,
+            "gc_ms_by_generation": [round(x * 1e3, 1) for x in self.gc_s],
+            "gc_runs_by_generation": self.gc_runs,
         }
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of each thread of this process, as ``"main"`` or
+    ``"<thread name>/<id>"``, from /proc (empty where there is no Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    totals: dict[str, float] = {}
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        key = "main" if int(task.name) == os.getpid() else f"{name}/{task.name}"
+        totals[key] = (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def idle_report(profiler: Any) -> str:
+    """bench/timeline.py's report on the profiled step, its trace kept as
+    ``$FTJ_BENCH_TRACE_DIR/trace.json.gz`` (the temporary directory by default)."""
+    import gzip
+
+    from bench import timeline
+
+    folder = Path(os.environ.get("FTJ_BENCH_TRACE_DIR", tempfile.gettempdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = folder / "trace.json"
+    profiler.export_chrome_trace(str(raw))
+    with raw.open("rb") as src, gzip.open(folder / "trace.json.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    raw.unlink()
+    return timeline.report(timeline.load(folder / "trace.json.gz"))
 
 
 def lora_config(**overrides: Any) -> Any:
@@ -377,8 +448,11 @@ def build_trainer_path(
 #   -noskip: recomputed layers redo their down projection too (FTJ_RECOMPUTE_SKIP=0)
 #   -unpaired: the LoRA backward draws its two dropout masks in two kernels (FTJ_PAIRED_DROPOUT=0)
 #   -nostream: no frozen weights streamed from host memory (FTJ_STREAM_WEIGHTS=0)
+#   -draw4: four dropout numbers per Philox draw instead of eight (FTJ_DROPOUT_HALVES=1)
+#   -trace: when one step's GPU waited, and why (bench/timeline.py)
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
-                        "-compile", "-noskip", "-unpaired", "-nostream")  # fmt: skip
+                        "-compile", "-noskip", "-unpaired", "-nostream", "-draw4",
+                        "-trace")  # fmt: skip
 
 
 def builder(config: str) -> Any:

@@ -193,19 +193,21 @@ def loads_through_host(
 ) -> bool:
     """Whether the 16-bit weights are read into host memory rather than straight onto the GPU
     (see above): a Float8 base above the share of the plan's memory (quantized on its way), or
-    a ``plan`` that streams weights (weight_streaming.py) above the share of the card (the
-    streamed layers' weights leave the GPU after loading otherwise). ``config``: the model's
-    config when the caller has read it already."""
+    a ``plan`` that streams weights (weight_streaming.py) above the share of the card or above
+    ``resources.gpuMemoryBudget`` (the streamed layers' weights leave the GPU after loading
+    otherwise, and until then a GPU shared under that budget would hold all of them).
+    ``config``: the model's config when the caller has read it already."""
     streams = bool(getattr(plan, "streamed_layers", 0))
     if not ((spec.method.float8_base or streams) and hw.cuda and hw.device_memory_bytes):
         return False
     config = config or load_config(model_dir, spec)
     weights_16bit = acceleration.ModelShape.from_config(config).total_params * 2
+    budget = acceleration.memory_budget_bytes(spec)
     if spec.method.float8_base:
-        limit = acceleration.memory_budget_bytes(spec) or int(hw.device_memory_bytes * 0.85)
-    else:
-        limit = hw.device_memory_bytes
-    return weights_16bit > _DIRECT_LOAD_SHARE * limit
+        limit = budget or int(hw.device_memory_bytes * 0.85)
+        return weights_16bit > _DIRECT_LOAD_SHARE * limit
+    over_budget = budget is not None and weights_16bit > budget
+    return over_budget or weights_16bit > _DIRECT_LOAD_SHARE * hw.device_memory_bytes
 
 
 def load_base_model(
@@ -222,7 +224,8 @@ def load_base_model(
 
     Weights are kept in the compute dtype (bf16/fp16) on GPUs: the frozen base doesn't need
     fp32 master weights, only the adapter does, and the trainer keeps those in fp32.
-    ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized).
+    ``through_host``: load into host memory (a Float8 base that will reach the GPU quantized,
+    or a model whose streamed layers stay there: ``loads_through_host``).
     ``config``: the model's config (``load_config``), already read by the caller.
     ``sharded``: the model does not fit one GPU and FSDP will shard it across the ranks; only
     rank 0 reads the weights (into host memory), the other ranks build the model with

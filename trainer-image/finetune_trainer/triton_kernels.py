@@ -6,9 +6,11 @@ write a mask, one to multiply, three times per adapted linear: forward, recomput
 backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the dequantization
 (a cast, a scale). Each kernel here does its job in one pass over the data:
 
-* ``seeded_dropout``: inverted dropout whose mask is a pure function of ``(seed, position)``
-  (Triton's Philox ``tl.rand4x``, four numbers per draw): nothing is stored, and the backward
-  pass gets the same mask by calling it again with the same seed;
+* ``seeded_dropout``: inverted dropout whose mask is a pure function of ``(seed, position)``:
+  nothing is stored, and the backward pass gets the same mask by calling it again with the
+  same seed. One Philox draw (``tl.randint4x``, four 32-bit words) decides eight elements,
+  each by a 16-bit half-word compared with ``p`` in 65536ths: drawing was the kernel's cost,
+  not memory (bench/NOTES.md steps 17 and 32), and 16 bits place ``p`` within 1/65536;
 * ``seeded_dropout_pair``: the backward pass's two uses of that mask (the dropped input for
   A's gradient, the dropped bottleneck gradient added into the input's) from one draw;
 * ``quantize_rows``: one row's max-abs and its e4m3 copy, read from memory twice per row
@@ -21,11 +23,16 @@ torch code next to each call stays the reference and the CPU path.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
 
-_BLOCK = 512  # lanes per program; each program covers four blocks
+_BLOCK = 256  # Philox draws per program; each decides NUMBERS_PER_DRAW consecutive elements
+# 16-bit numbers per 32-bit Philox word: 2, the default; 1 (FTJ_DROPOUT_HALVES=1, a bench
+# ablation) draws twice as often for the same masks' statistics.
+HALVES = 1 if os.environ.get("FTJ_DROPOUT_HALVES") == "1" else 2
+_THRESHOLD_SCALE = 65536  # p is compared in 65536ths: a 16-bit number below it drops
 _ROW_BLOCK = 2048
 SEED_MODULUS = 2**31 - 1  # seeds reach the kernels as 31-bit numbers
 
@@ -39,11 +46,25 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
 if triton is not None:
 
     @triton.jit
-    def dropout_quarter(  # type: ignore[no-untyped-def]
-        x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, offsets, r, PAIR: tl.constexpr
-    ):
+    def dropout_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, out_ptr, t_ptr, acc_ptr, n, threshold, scale, seed,
+        BLOCK: tl.constexpr, HALVES: tl.constexpr, PAIR: tl.constexpr,
+    ):  # fmt: skip
+        # Element e is decided by draw e // (4 * HALVES): half-word e % HALVES of that draw's
+        # word (e // HALVES) % 4. A program makes BLOCK draws and covers the (BLOCK, 4 * HALVES)
+        # tile of consecutive elements they decide. PAIR: also ``acc += dropout(t)``.
+        PER_DRAW: tl.constexpr = 4 * HALVES
+        draws = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        w0, w1, w2, w3 = tl.randint4x(seed, draws)
+        slot = tl.arange(0, PER_DRAW)[None, :]
+        word = slot // HALVES
+        bits = tl.where(word == 0, w0[:, None], w1[:, None])
+        bits = tl.where(word == 2, w2[:, None], bits)
+        bits = tl.where(word == 3, w3[:, None], bits)
+        number = (bits >> ((slot % HALVES) * 16).to(tl.uint32)) & 0xFFFF
+        keep = number.to(tl.int32) >= threshold
+        offsets = draws.to(tl.int64)[:, None] * PER_DRAW + slot
         inside = offsets < n
-        keep = r >= p
         x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
         out = tl.where(keep, x.to(tl.float32) * scale, 0.0)
         tl.store(out_ptr + offsets, out.to(x.dtype), mask=inside)
@@ -52,23 +73,6 @@ if triton is not None:
             acc = tl.load(acc_ptr + offsets, mask=inside, other=0.0)
             total = acc.to(tl.float32) + tl.where(keep, t * scale, 0.0)
             tl.store(acc_ptr + offsets, total.to(acc.dtype), mask=inside)
-
-    @triton.jit
-    def dropout_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, seed, BLOCK: tl.constexpr, PAIR: tl.constexpr
-    ):
-        # One Philox draw gives four numbers: a program covers 4 x BLOCK elements, lane i of
-        # quarter k using the k-th number of counter (program x BLOCK + i). The RNG, not
-        # memory, bounded the one-number-per-element version (bench/NOTES.md step 17).
-        # PAIR: also ``acc += dropout(t)`` from the same draw (``seeded_dropout_pair``).
-        lanes = tl.arange(0, BLOCK)
-        start = tl.program_id(0).to(tl.int64) * 4 * BLOCK
-        r0, r1, r2, r3 = tl.rand4x(seed, tl.program_id(0) * BLOCK + lanes)
-        at = start + lanes
-        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at, r0, PAIR)
-        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + BLOCK, r1, PAIR)
-        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + 2 * BLOCK, r2, PAIR)
-        dropout_quarter(x_ptr, out_ptr, t_ptr, acc_ptr, n, p, scale, at + 3 * BLOCK, r3, PAIR)
 
     @triton.jit
     def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
@@ -127,12 +131,21 @@ def _dropout(
     t, acc = (x, x) if pair is None else (pair[0].contiguous(), pair[1])
     out = torch.empty_like(x)
     n = x.numel()
-    grid = (triton.cdiv(n, 4 * _BLOCK),)
+    threshold = drop_threshold(p)
+    grid = (triton.cdiv(n, 4 * HALVES * _BLOCK),)
     dropout_kernel[grid](
-        x, out, t, acc, n, p, 1.0 / (1.0 - p), seed % SEED_MODULUS, BLOCK=_BLOCK,
-        PAIR=pair is not None,
+        x, out, t, acc, n, threshold, 1.0 / (1.0 - threshold / _THRESHOLD_SCALE),
+        seed % SEED_MODULUS, BLOCK=_BLOCK, HALVES=HALVES, PAIR=pair is not None,
     )  # fmt: skip
     return out
+
+
+def drop_threshold(p: float) -> int:
+    """``p`` in 65536ths, the kernel's unit: a 16-bit number below it drops its element. The
+    kernel drops with probability ``threshold / 65536`` (within 1/131072 of ``p``) and scales
+    what it keeps by the inverse of that probability's complement, so the expected output is
+    still the input."""
+    return min(_THRESHOLD_SCALE - 1, max(0, round(p * _THRESHOLD_SCALE)))
 
 
 def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:

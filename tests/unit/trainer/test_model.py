@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from finetune_api.spec import LoraSettings, Method, Training
@@ -71,7 +72,7 @@ def test_float8_qlora_needs_neither_a_gpu_nor_bitsandbytes() -> None:
         check_quantization(int8, CPU)
 
 
-def test_a_float8_base_too_big_for_the_card_in_16_bits_loads_through_host_memory(
+def test_weights_that_would_overfill_the_card_or_budget_load_through_host_memory(
     tmp_path: Path,
 ) -> None:
     import json
@@ -103,6 +104,13 @@ def test_a_float8_base_too_big_for_the_card_in_16_bits_loads_through_host_memory
     assert loads_through_host(tmp_path, spec(float8, "18Gi"), H200)  # the budget rules
     assert not loads_through_host(tmp_path, spec({"type": "lora"}), card_24gb)
     assert not loads_through_host(tmp_path, spec(float8), CPU)
+    # A plan that streams weights: the card's share, and a budget below the weights, rule.
+    lora, streaming = {"type": "lora"}, SimpleNamespace(streamed_layers=22)
+    assert not loads_through_host(tmp_path, spec(lora), H200, plan=streaming)
+    assert not loads_through_host(tmp_path, spec(lora, "18Gi"), H200, plan=streaming)  # 15.2 GB
+    assert loads_through_host(tmp_path, spec(lora, "12Gi"), H200, plan=streaming)
+    assert loads_through_host(tmp_path, spec(lora), card_24gb, plan=streaming)
+    assert not loads_through_host(tmp_path, spec(lora, "12Gi"), H200)  # nothing streams
 
 
 def test_gradient_checkpointing_auto_turns_on_only_when_memory_needs_it() -> None:
