@@ -51,7 +51,8 @@ def main() -> None:
     import torch
 
     device = torch.cuda.get_device_name()
-    print(f"device: {device}, torch {torch.__version__}, cuBLAS {torch.backends.cuda.preferred_blas_library()}")
+    blas = torch.backends.cuda.preferred_blas_library()
+    print(f"device: {device}, torch {torch.__version__}, BLAS {blas}")
     print(f"{'shape':10s} {'new rows us':>12s} {'same rows us':>13s} {'ratio':>6s}")
     fresh = args.rows + 7  # row counts this process has not used yet, one per call
     for name, fan_in, fan_out, has_bias in SHAPES:

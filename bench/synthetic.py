@@ -29,13 +29,25 @@ def example_lengths(count: int, seed: int = 0) -> list[int]:
     ]
 
 
-def examples(count: int, vocab_size: int, seed: int = 0) -> list[dict[str, list[int]]]:
-    """Pre-tokenized examples (input_ids ending in EOS); labels = input_ids (text-style loss)."""
+def even_lengths(count: int, jitter: int = 0) -> list[int]:
+    """``count`` lengths at the spread's mean: all equal (every step packs the same number of
+    tokens) or, with ``jitter``, spread over +-jitter tokens (the count changes every step
+    while the attention work stays that of equal lengths). Rows ``-samelen`` and
+    ``-samelen-jitter`` compare the two (bench/NOTES.md step 32)."""
+    mean = round(sum(example_lengths(4096)) / 4096)
+    return [mean + (i * 37 % (2 * jitter + 1)) - jitter if jitter else mean for i in range(count)]
+
+
+def examples(
+    count: int, vocab_size: int, seed: int = 0, lengths: list[int] | None = None
+) -> list[dict[str, list[int]]]:
+    """Pre-tokenized examples (input_ids ending in EOS); labels = input_ids (text-style loss).
+    ``lengths``: theirs, instead of the log-normal spread's."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for length in example_lengths(count, seed):
+    for length in lengths or example_lengths(count, seed):
         ids = torch.randint(FIRST_TOKEN_ID, min(vocab_size, 32000), (length,), generator=gen)
         ids[-1] = EOS_ID
         rows.append({"input_ids": ids.tolist()})

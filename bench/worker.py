@@ -450,9 +450,12 @@ def build_trainer_path(
 #   -nostream: no frozen weights streamed from host memory (FTJ_STREAM_WEIGHTS=0)
 #   -draw4: four dropout numbers per Philox draw instead of eight (FTJ_DROPOUT_HALVES=1)
 #   -trace: when one step's GPU waited, and why (bench/timeline.py)
+# and suffixes that only change the data (main): every example at the spread's mean length
+#   -samelen: so every step packs the same number of tokens
+#   -samelen-jitter: give or take 48 tokens each, so the count changes every step
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
                         "-compile", "-noskip", "-unpaired", "-nostream", "-draw4",
-                        "-trace")  # fmt: skip
+                        "-trace", "-samelen-jitter", "-samelen")  # fmt: skip
 
 
 def builder(config: str) -> Any:
@@ -529,9 +532,13 @@ def main() -> None:
     try:
         tok = synthetic.load_tokenizer(a.ckpt)
         vocab = json.loads((a.ckpt / "config.json").read_text())["vocab_size"]
-        rows = synthetic.examples(
-            a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2, vocab, seed=1
-        )
+        count = a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2
+        lengths = None
+        if a.config.endswith("-samelen"):  # every step the same token count
+            lengths = synthetic.even_lengths(count)
+        elif a.config.endswith("-samelen-jitter"):  # the same, give or take 48 per example
+            lengths = synthetic.even_lengths(count, jitter=48)
+        rows = synthetic.examples(count, vocab, seed=1, lengths=lengths)
         trainer = builder(a.config)(a.ckpt, tok, rows, a)
         meter = Meter(a.warmup)
         meter.attach(trainer.model)
