@@ -2,10 +2,12 @@
 
 A packed micro-step's token count changes from step to step, and so does the row count of
 every GEMM in it. bench/timeline.py found the GPU idle for ~4 ms, with no CUDA call from the
-host, before each of the first nine or so GEMMs of a step's forward and backward passes
-(bench/NOTES.md step 32): the cost looks like cuBLAS choosing a kernel for a new problem
-shape, once per shape. This measures it directly, against the same call on a row count already
-seen, in one process:
+host, before each of the first nine or so GEMMs of an early step's forward and backward
+passes: the cost looked like cuBLAS choosing a kernel for a new problem shape. This measures
+it directly, against the same call on a row count already seen, in one process (10-108x on an
+H200). Steps with equal token counts (``-samelen`` rows) then ran at most ~2% faster than
+steps whose count changes: after the first steps the cost is gone or hidden behind the GPU's
+queue (bench/NOTES.md step 33):
 
     python -m bench.gemm_shapes [--rows 15000] [--calls 12]
 

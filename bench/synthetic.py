@@ -33,7 +33,7 @@ def even_lengths(count: int, jitter: int = 0) -> list[int]:
     """``count`` lengths at the spread's mean: all equal (every step packs the same number of
     tokens) or, with ``jitter``, spread over +-jitter tokens (the count changes every step
     while the attention work stays that of equal lengths). Rows ``-samelen`` and
-    ``-samelen-jitter`` compare the two (bench/NOTES.md step 32)."""
+    ``-samelen-jitter`` compare the two (bench/NOTES.md step 33)."""
     mean = round(sum(example_lengths(4096)) / 4096)
     return [mean + (i * 37 % (2 * jitter + 1)) - jitter if jitter else mean for i in range(count)]
 

@@ -2,7 +2,7 @@
 
 A kernel table (the ``-profile`` rows) says what the GPU computed, not when it waited. In the
 streamed 18 GiB plan the compute stream's kernels add up to ~80% of the step's wall time
-(bench/NOTES.md step 32), so the rest is idle time that no faster kernel can recover. Each gap
+(bench/NOTES.md step 33), so the rest is idle time that no faster kernel can recover. Each gap
 on the compute stream ends with a kernel, and that kernel's launch call (matched through the
 trace's correlation id) says why the GPU waited:
 
