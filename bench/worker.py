@@ -292,6 +292,7 @@ def build_default_prototype(
     import torch
     from finetune_api.spec import Method, Quantization, Training
     from finetune_trainer import acceleration as acc
+    from finetune_trainer import apply_plan
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -333,7 +334,7 @@ def build_default_prototype(
     if plan_overrides:
         plan = dataclasses.replace(plan, **plan_overrides)
     print("plan:", plan.describe(), file=sys.stderr)
-    applied = acc.apply_acceleration(model, plan)
+    applied = apply_plan.apply_acceleration(model, plan)
     print("applied:", applied, file=sys.stderr)
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(),
@@ -362,7 +363,7 @@ def build_default_prototype(
             pad_token_id=synthetic.PAD_ID, padding_free=True
         ),
     )
-    acc.apply_gradient_checkpointing(trainer.model, plan)
+    apply_plan.apply_gradient_checkpointing(trainer.model, plan)
     trainer._ftj_plan = plan  # type: ignore[attr-defined]
     trainer._ftj_load_s = load_s  # type: ignore[attr-defined]
     return trainer

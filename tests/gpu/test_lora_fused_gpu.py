@@ -79,7 +79,7 @@ def test_recomputed_layers_without_their_down_projection_train_like_stored_ones(
     model keeping all its activations, from the same seeds."""
     import types
 
-    from finetune_trainer.acceleration import apply_gradient_checkpointing
+    from finetune_trainer.apply_plan import apply_gradient_checkpointing
     from finetune_trainer.lora_fused import fuse_lora_linears
 
     stored, recomputed = _models(dropout=0.05)

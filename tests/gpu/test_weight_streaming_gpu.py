@@ -24,7 +24,7 @@ SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 8,
 
 def _model(shape: dict[str, int]) -> Any:
     """bf16 tiny Qwen2 under a fused LoRA with dropout, every layer recomputed (as planned)."""
-    from finetune_trainer.acceleration import apply_gradient_checkpointing
+    from finetune_trainer.apply_plan import apply_gradient_checkpointing
     from finetune_trainer.lora_fused import fuse_lora_linears
 
     from tests.harness.tiny_lora import tiny_qwen2, with_lora

@@ -110,7 +110,7 @@ def compiled_against_eager(monkeypatch: Any, device: str, checkpointing: bool) -
     import pytest
     import torch._dynamo
     from finetune_trainer import lora_fused
-    from finetune_trainer.acceleration import compile_decoder_layers
+    from finetune_trainer.apply_plan import compile_decoder_layers
 
     torch._dynamo.reset()
     torch.manual_seed(7)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from finetune_api.spec import FineTuneJobSpec, LoraSettings, Method, Training
 
-from finetune_trainer import acceleration
+from finetune_trainer import acceleration, apply_plan
 from finetune_trainer.errors import InvalidInput, UnsupportedHardware
 
 log = logging.getLogger("finetune_trainer")
@@ -295,13 +295,13 @@ def build_model(
     model = load_base_model(
         model_dir, spec, precision, hw, through_host, sharded=plan.fsdp, config=config
     )
-    acceleration.apply_acceleration(model, plan)
+    apply_plan.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
     bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base
     if bitsandbytes_base:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if checkpointing:
-        acceleration.apply_gradient_checkpointing(model, plan)  # only the layers memory needs
+        apply_plan.apply_gradient_checkpointing(model, plan)  # only the layers memory needs
     model.config.use_cache = False
     try:
         model = get_peft_model(model, lora_config(spec.method.lora))

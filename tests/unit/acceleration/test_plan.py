@@ -152,7 +152,7 @@ def test_torch_compile_is_off_by_default_and_only_on_gpus() -> None:
 
 def test_int8_cast_wraps_only_8bit_linears_and_keeps_the_callers_dtype() -> None:
     torch = pytest.importorskip("torch")
-    from finetune_trainer.acceleration import cast_int8_linear_inputs
+    from finetune_trainer.apply_plan import cast_int8_linear_inputs
 
     seen: list[object] = []
 

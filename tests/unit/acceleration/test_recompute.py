@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 from finetune_trainer import recompute
-from finetune_trainer.acceleration import apply_gradient_checkpointing
+from finetune_trainer.apply_plan import apply_gradient_checkpointing
 from finetune_trainer.lora_fused import fuse_lora_linears
 from torch.utils.flop_counter import FlopCounterMode
 

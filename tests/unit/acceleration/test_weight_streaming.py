@@ -11,12 +11,8 @@ import pytest
 import torch
 from finetune_api.spec import Method, Quantization
 from finetune_trainer import recompute
-from finetune_trainer.acceleration import (
-    GiB,
-    apply_gradient_checkpointing,
-    estimate_memory_bytes,
-    plan_acceleration,
-)
+from finetune_trainer.acceleration import GiB, estimate_memory_bytes, plan_acceleration
+from finetune_trainer.apply_plan import apply_gradient_checkpointing
 from finetune_trainer.lora_fused import fuse_lora_linears
 from finetune_trainer.weight_streaming import WeightStreamer, streamed_indices
 
