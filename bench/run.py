@@ -8,7 +8,9 @@
 ``--rows`` lists model:config pairs; ``:steps=N`` overrides ``--steps`` for the row, and
 ``:merge`` also times the trainer's full merge (the adapter saved to local disk, then
 ``finetune_trainer.merge.merge_adapter`` reloading the base from disk, merging and writing
-safetensors). ``--deadline-s`` bounds the whole run: each row's timeout
+safetensors). A config may end in one ablation or diagnostic suffix (``-nostream``, ``-draw4``,
+``-trace``, ``-samelen``, ...): the list, and what each changes, is ``ENVIRONMENT_SUFFIXES`` in
+``bench/worker.py``. ``--deadline-s`` bounds the whole run: each row's timeout
 shrinks to what is left, so a slow last row cannot take the earlier rows' results with it.
 
 For each model shape a random-initialised checkpoint is written once (safetensors), then every
