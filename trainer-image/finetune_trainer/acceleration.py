@@ -53,7 +53,7 @@ Why these choices (measurements in ``bench/NOTES.md``):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from finetune_trainer import recompute
@@ -441,7 +441,157 @@ def plan_acceleration(
     (where the base can be sharded), False never. ``micro_examples`` pins the examples per
     micro-step (a divisor of the examples per optimizer step; a bench ablation).
     """
-    reasons: list[str] = []
+    inputs, reasons = _plan_inputs(
+        training,
+        method,
+        shape,
+        device,
+        mean_example_tokens=mean_example_tokens,
+        liger_available=liger_available,
+        memory_fraction=memory_fraction,
+        memory_budget_bytes=memory_budget_bytes,
+        torch_compile=torch_compile,
+        fused_lora=fused_lora,
+        micro_examples=micro_examples,
+    )
+    step_time = _StepTimeModel.of(inputs)
+    requested = _requested_sharding(inputs, world_size, shard_weights)
+    streamable = _streamable(inputs, stream_weights, world_size, requested.fsdp)
+    chosen, sharding, why = _choose_micro_step(
+        inputs, step_time, requested, streamable, world_size, shard_weights
+    )
+    reasons += why
+    reasons += _sharding_reasons(inputs, sharding, shard_weights)
+    micro, ckpt_layers, streamed = chosen
+    accumulation_out = inputs.examples_per_step // micro
+    # Floored here; the memory estimate rounds a micro-step's tokens up.
+    micro_tokens = int(micro * inputs.mean_tokens) if inputs.packing else micro * inputs.cutoff
+    if inputs.on_gpu:
+        reasons += _micro_step_reasons(inputs, chosen, sharding)
+
+    optimizer = str(getattr(training, "optimizer", "auto"))
+    if optimizer == "auto":
+        optimizer = "adamw_torch_fused" if inputs.on_gpu else "adamw_torch"
+    half_int8 = bool(
+        int8_half_compute
+        and inputs.weight_bits == 8
+        and not inputs.float8
+        and inputs.dtype != "float32"
+    )
+    reasons += _base_compute_reasons(inputs, half_int8)
+    return AccelerationPlan(
+        attn_implementation=inputs.attn,
+        liger=inputs.liger,
+        gradient_checkpointing=ckpt_layers > 0,
+        checkpointed_layers=ckpt_layers,
+        per_device_batch_size=micro,
+        gradient_accumulation_steps=accumulation_out,
+        micro_batch_tokens=micro_tokens,
+        optimizer=optimizer,
+        dtype=inputs.dtype,
+        torch_compile=inputs.compile_layers,
+        estimated_peak_bytes=(
+            _estimated_bytes(inputs, micro, ckpt_layers, sharding.ranks, streamed)
+            if inputs.on_gpu
+            else 0
+        ),
+        memory_budget_bytes=inputs.memory_budget_bytes,
+        reasons=tuple(reasons),
+        int8_half_compute=half_int8,
+        fused_lora=inputs.fused,
+        float8_base=inputs.float8,
+        fsdp=sharding.fsdp,
+        predicted_step_s=(
+            round(step_time.seconds(micro, ckpt_layers, streamed), 3) if inputs.on_gpu else 0.0
+        ),
+        streamed_layers=streamed,
+    )
+
+
+@dataclass(frozen=True)
+class _PlanInputs:
+    """The spec, model and device reduced to what the planner's later steps read: every
+    choice that does not depend on memory (dtype, kernels, the base's bits, the budget, the
+    micro-step candidates), made once so the search, the step-time model and the plan agree."""
+
+    shape: ModelShape
+    device: DeviceInfo
+    on_gpu: bool
+    packing: bool
+    cutoff: int
+    batch_size: int
+    accumulation: int
+    mean_tokens: float  # tokens per example, within [1, cutoff]
+    dtype: Literal["bfloat16", "float16", "float32"]
+    attn: AttentionKind
+    compile_layers: bool
+    liger: bool
+    weight_bits: int
+    lora_r: int
+    targets: tuple[str, ...]
+    float8: bool
+    fused: bool
+    memory_budget_bytes: int
+    mode: str  # gradient checkpointing: auto, always or never
+    # Examples per micro-step to try (largest first), and the most worth trying
+    # (``_MAX_MICRO_TOKENS``; the last candidate is tried regardless).
+    candidates: list[int]
+    max_micro_examples: int
+
+    @property
+    def dtype_bytes(self) -> int:
+        return 4 if self.dtype == "float32" else 2
+
+    @property
+    def layers(self) -> int:
+        return self.shape.num_layers
+
+    @property
+    def layer_bytes(self) -> int:
+        """One decoder layer's frozen weights: what streaming it takes off the GPU."""
+        return self.shape.layer_params * self.weight_bits // 8
+
+    @property
+    def examples_per_step(self) -> int:
+        """Fixed by the spec (batch x accumulation); the plan only chooses how many micro-steps
+        carry them."""
+        return self.batch_size * self.accumulation
+
+    @property
+    def host_room(self) -> int:
+        """Host memory the streamed weights may pin."""
+        return int(self.device.host_memory_bytes * _HOST_STREAM_SHARE)
+
+    @property
+    def host_link(self) -> float:
+        """Bytes per second a streamed layer's copy crosses the host link at."""
+        return _HOST_LINK_BYTES_PER_S.get(
+            self.device.compute_capability, _HOST_LINK_DEFAULT_BYTES_PER_S
+        )
+
+    def micro_step_tokens(self, micro_examples: int) -> int:
+        """Tokens of a micro-step as the memory estimate counts them (rounded up)."""
+        if self.packing:
+            return int(math.ceil(micro_examples * self.mean_tokens))
+        return micro_examples * self.cutoff
+
+
+def _plan_inputs(
+    training: Any,
+    method: Any,
+    shape: ModelShape,
+    device: DeviceInfo,
+    *,
+    mean_example_tokens: float | None,
+    liger_available: bool,
+    memory_fraction: float,
+    memory_budget_bytes: int | None,
+    torch_compile: bool,
+    fused_lora: bool,
+    micro_examples: int | None,
+) -> tuple[_PlanInputs, list[str]]:
+    """Read the spec and settle what needs no memory estimate, with the reasons for the
+    kernels chosen (they come first in the plan's reasons)."""
     on_gpu = device.type == "cuda"
     packing = bool(getattr(training, "packing", True))
     cutoff = int(getattr(training, "cutoff_length", 2048))
@@ -449,28 +599,81 @@ def plan_acceleration(
     accumulation = int(getattr(training, "gradient_accumulation_steps", 1))
     mean_tokens = float(mean_example_tokens or cutoff / 2)
     mean_tokens = max(1.0, min(mean_tokens, float(cutoff)))
+    dtype = _training_dtype(training, device)
+    attn, reasons = _attention(packing, device, dtype)
+    compile_layers, liger, why = _fused_kernels(shape, device, torch_compile, liger_available)
+    reasons += why
+    weight_bits, lora_r, targets, float8, fused = _adapter_and_base(method, dtype, fused_lora)
+    examples_per_step = batch_size * accumulation
+    if memory_budget_bytes is None:
+        memory_budget_bytes = int(device.total_memory_bytes * memory_fraction) if on_gpu else 0
+    mode = str(getattr(training, "gradient_checkpointing", "auto"))
+    # Candidate micro-batch sizes: divisors of the examples per optimizer step, largest first.
+    candidates = [d for d in range(examples_per_step, 0, -1) if examples_per_step % d == 0]
+    if not on_gpu:
+        candidates = [batch_size]
+    elif micro_examples and examples_per_step % micro_examples == 0:
+        candidates = [micro_examples]
+    max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
+    inputs = _PlanInputs(
+        shape=shape,
+        device=device,
+        on_gpu=on_gpu,
+        packing=packing,
+        cutoff=cutoff,
+        batch_size=batch_size,
+        accumulation=accumulation,
+        mean_tokens=mean_tokens,
+        dtype=dtype,
+        attn=attn,
+        compile_layers=compile_layers,
+        liger=liger,
+        weight_bits=weight_bits,
+        lora_r=lora_r,
+        targets=targets,
+        float8=float8,
+        fused=fused,
+        memory_budget_bytes=memory_budget_bytes,
+        mode=mode,
+        candidates=candidates,
+        max_micro_examples=max_micro_examples,
+    )
+    return inputs, reasons
 
+
+def _training_dtype(training: Any, device: DeviceInfo) -> Literal["bfloat16", "float16", "float32"]:
+    """The spec's precision; ``auto``: bf16 where the GPU has it, else fp16, fp32 on CPUs."""
+    on_gpu = device.type == "cuda"
     precision = str(getattr(training, "precision", "auto"))
     dtype: Literal["bfloat16", "float16", "float32"]
     if precision == "auto":
         dtype = "bfloat16" if (on_gpu and device.bf16) else ("float16" if on_gpu else "float32")
     else:
         dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]  # type: ignore[assignment]
-    dtype_bytes = 4 if dtype == "float32" else 2
+    return dtype
 
+
+def _attention(packing: bool, device: DeviceInfo, dtype: str) -> tuple[AttentionKind, list[str]]:
+    """The attention kernel, and why: packed rows need per-example borders, which the varlen
+    kernel keeps without a dense mask where it runs."""
     # Attention: varlen FlashAttention needs a CUDA GPU (sm80+) and half precision.
+    on_gpu = device.type == "cuda"
     if packing and on_gpu and device.compute_capability >= (8, 0) and dtype != "float32":
-        attn: AttentionKind = "ftj_varlen"
-        reasons.append("packed rows: FlashAttention varlen with per-example borders")
-    else:
-        attn = "sdpa"
-        if packing:
-            reasons.append(
-                "packed rows: SDPA with a dense per-example mask (no varlen kernel here)"
-            )
+        return "ftj_varlen", ["packed rows: FlashAttention varlen with per-example borders"]
+    if packing:
+        return "sdpa", ["packed rows: SDPA with a dense per-example mask (no varlen kernel here)"]
+    return "sdpa", []
 
+
+def _fused_kernels(
+    shape: ModelShape, device: DeviceInfo, torch_compile: bool, liger_available: bool
+) -> tuple[bool, bool, list[str]]:
+    """Whether the decoder layers are compiled and Liger's kernels are on (``compile_layers``,
+    ``liger``), and why: the two exclude each other, and both need a GPU."""
+    on_gpu = device.type == "cuda"
     compile_layers = bool(torch_compile and on_gpu)
     liger = bool(on_gpu and liger_available and shape.model_type in _LIGER_MODEL_TYPES)
+    reasons: list[str] = []
     if compile_layers:
         # Dynamo cannot trace Liger's Triton wrappers (bench/NOTES.md step 21); Inductor
         # generates the same fusions (norms, RoPE, SwiGLU) from the model's own torch code.
@@ -478,7 +681,15 @@ def plan_acceleration(
         reasons.append("torch.compile: decoder layers compiled (dynamic shapes), no Liger")
     elif on_gpu and not liger:
         reasons.append("liger-kernel unavailable for this model/device: plain kernels")
+    return compile_layers, liger, reasons
 
+
+def _adapter_and_base(
+    method: Any, dtype: str, fused_lora: bool
+) -> tuple[int, int, tuple[str, ...], bool, bool]:
+    """The base's bits per weight, the adapter's rank and target modules, whether the base is
+    Float8 and whether the fused LoRA forward runs: what the memory estimate needs of the
+    method."""
     quant = (
         getattr(method, "quantization", None)
         if getattr(method, "type", "lora") == "qlora"
@@ -498,267 +709,326 @@ def plan_acceleration(
     float8 = bool(getattr(method, "float8_base", False))
     # bitsandbytes bases keep peft's forward (their base layers are not plain nn.Linear).
     fused = bool(fused_lora and (weight_bits >= 16 or float8) and not use_dora)
+    return weight_bits, lora_r, targets, float8, fused
 
-    # Tokens per optimizer step are fixed by the spec (batch x accumulation examples); the plan
-    # only chooses how many micro-steps carry them.
-    examples_per_step = batch_size * accumulation
-    if memory_budget_bytes is None:
-        memory_budget_bytes = int(device.total_memory_bytes * memory_fraction) if on_gpu else 0
 
-    def cost(micro_examples: int, ckpt_layers: int, ranks: int = 1, streamed: int = 0) -> int:
-        tokens = (
-            int(math.ceil(micro_examples * mean_tokens)) if packing else micro_examples * cutoff
-        )
-        return estimate_memory_bytes(
-            shape,
-            micro_batch_tokens=tokens,
-            checkpointed_layers=ckpt_layers,
-            weight_bits=weight_bits,
-            lora_r=lora_r,
-            lora_targets=targets,
-            liger=liger,
-            dtype_bytes=dtype_bytes,
-            fused_lora=fused,
-            float8_base=float8,
-            shard_ranks=ranks,
-            streamed_layers=streamed,
-        )
-
-    mode = str(getattr(training, "gradient_checkpointing", "auto"))
-    # Candidate micro-batch sizes: divisors of the examples per optimizer step, largest first.
-    candidates = [d for d in range(examples_per_step, 0, -1) if examples_per_step % d == 0]
-    if not on_gpu:
-        candidates = [batch_size]
-    elif micro_examples and examples_per_step % micro_examples == 0:
-        candidates = [micro_examples]
-    max_micro_examples = max(1, int(_MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
-    layers = shape.num_layers
-
-    layer_bytes = shape.layer_params * weight_bits // 8
-
-    def streamed_needed(micro: int, ckpt_layers: int, ranks: int, limit: int) -> int | None:
-        """The fewest streamed layers that bring (micro, ckpt_layers) under ``limit``: 0 when
-        it fits as it is, None when even streaming every recomputed layer does not fit."""
-        over = cost(micro, ckpt_layers, ranks) - limit
-        if over <= 0:
-            return 0
-        if not streamable:  # one rank only: never under FSDP's ranks
-            return None
-        # Each streamed layer past the two on the GPU takes one layer's weights off it.
-        streamed = 2 + -(-over // layer_bytes)
-        fits = streamed <= ckpt_layers and streamed * layer_bytes <= host_room
-        return streamed if fits else None
-
-    def search(ranks: int) -> tuple[int, int, int] | None:
-        """The fitting (micro-step, recomputed layers, streamed layers) predicted fastest.
-
-        For each micro-step size and number of recomputed layers, the fewest layers whose
-        weights must stream from host memory to fit; then the triple with the least predicted
-        step time: recomputing a layer costs half its forward-and-input-gradient matrix work
-        again, a streamed layer's copies cost only what the GPU's work does not hide, and a
-        micro-step too small to hide the host's work runs at the host's pace
-        (``_HOST_S_PER_LAYER``). Larger micro-steps win ties; streaming must win by
-        ``_STREAMING_MARGIN``, and may pin at most ``_HOST_STREAM_SHARE`` of host memory.
-        """
-        best: tuple[float, int, int, int] | None = None
-        for micro in candidates:
-            if micro > max_micro_examples and micro != candidates[-1]:
-                continue
-            if mode == "always":
-                options = [layers]
-            elif mode == "never":
-                options = [0]
-            else:
-                options = list(range(0, layers + 1))
-            # Once a larger micro-step fits, a smaller one must fit with the margin too.
-            limit = memory_budget_bytes - (_SPLIT_STEP_MARGIN_BYTES if best is not None else 0)
-            for ckpt in options:
-                streamed = streamed_needed(micro, ckpt, ranks, limit)
-                if streamed is None:
-                    continue
-                seconds = predicted_step_seconds(micro, ckpt, streamed)
-                seconds *= 1 + (_STREAMING_MARGIN if streamed else 0.0)
-                if best is None or seconds < best[0] * 0.995:
-                    best = (seconds, micro, ckpt, streamed)
-                if streamed == 0:  # more recomputation only costs time from here
-                    break
-        return None if best is None else best[1:]
-
-    per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
-    matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
-
-    fp8_forward = float8 and on_gpu and device.compute_capability >= (8, 9)
-    # A recomputed llama-style layer with the fused MLP skips its down projection (recompute.py).
-    skips_down = (
-        fused
-        and not compile_layers
-        and recompute.skips_down_projection(shape.model_type)
-        and bool({"all-linear", "down_proj"} & set(targets))
-    )
-    recompute_work = 1.0 - (
-        shape.hidden_size * shape.intermediate_size / shape.layer_params if skips_down else 0.0
+def _estimated_bytes(
+    inputs: _PlanInputs, micro_examples: int, ckpt_layers: int, ranks: int = 1, streamed: int = 0
+) -> int:
+    """``estimate_memory_bytes`` for this plan's model, adapter and kernels: the one memory
+    cost the search, the fallback and the plan's estimate all use."""
+    return estimate_memory_bytes(
+        inputs.shape,
+        micro_batch_tokens=inputs.micro_step_tokens(micro_examples),
+        checkpointed_layers=ckpt_layers,
+        weight_bits=inputs.weight_bits,
+        lora_r=inputs.lora_r,
+        lora_targets=inputs.targets,
+        liger=inputs.liger,
+        dtype_bytes=inputs.dtype_bytes,
+        fused_lora=inputs.fused,
+        float8_base=inputs.float8,
+        shard_ranks=ranks,
+        streamed_layers=streamed,
     )
 
-    def predicted_step_seconds(micro: int, ckpt_layers: int, streamed: int = 0) -> float:
+
+@dataclass(frozen=True)
+class _StepTimeModel:
+    """The device's speed as the planner models it, so micro-step sizes, recomputation and
+    streaming can be traded against each other by predicted time rather than by rule."""
+
+    inputs: _PlanInputs
+    matmul_rate: float  # FLOP/s the trainer reaches
+    fp8_forward: bool  # a Float8 base's forward runs on FP8 tensor cores
+    recompute_work: float  # share of a layer's forward a recomputation repeats
+
+    @classmethod
+    def of(cls, inputs: _PlanInputs) -> _StepTimeModel:
+        device = inputs.device
+        per_sm = _BF16_TFLOPS_PER_SM.get(device.compute_capability, 2.0) * 1e12
+        matmul_rate = per_sm * (device.sm_count or 100) * _REACHED_SHARE
+
+        fp8_forward = inputs.float8 and inputs.on_gpu and device.compute_capability >= (8, 9)
+        # A recomputed llama-style layer with the fused MLP skips its down projection
+        # (recompute.py).
+        shape = inputs.shape
+        skips_down = (
+            inputs.fused
+            and not inputs.compile_layers
+            and recompute.skips_down_projection(shape.model_type)
+            and bool({"all-linear", "down_proj"} & set(inputs.targets))
+        )
+        recompute_work = 1.0 - (
+            shape.hidden_size * shape.intermediate_size / shape.layer_params if skips_down else 0.0
+        )
+        return cls(inputs, matmul_rate, fp8_forward, recompute_work)
+
+    def seconds(self, micro: int, ckpt_layers: int, streamed: int = 0) -> float:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
         a Float8 forward runs faster; a recomputation without its down projection does less)
         and the host's work for it, plus what each micro-step boundary exposes. Streamed
         layers' weights cross the host link once in the forward and once for the backward's
         recomputation; each crossing hides behind that pass's GPU work when it is shorter."""
-        per_example = mean_tokens if packing else cutoff
+        inputs = self.inputs
+        layers = inputs.layers
+        per_example = inputs.mean_tokens if inputs.packing else inputs.cutoff
         recomputed = ckpt_layers / max(1, layers)
-        first = 2 / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
-        again = 2 * recomputed * recompute_work / (_FP8_FORWARD_SPEEDUP if fp8_forward else 1.0)
-        flops_per_unit = micro * per_example * shape.matmul_params / matmul_rate
-        copies = streamed * layer_bytes / host_link
+        speedup = _FP8_FORWARD_SPEEDUP if self.fp8_forward else 1.0
+        first = 2 / speedup
+        again = 2 * recomputed * self.recompute_work / speedup
+        flops_per_unit = micro * per_example * inputs.shape.matmul_params / self.matmul_rate
+        copies = streamed * inputs.layer_bytes / inputs.host_link
         gpu = max(first * flops_per_unit, copies) + max((again + 2) * flops_per_unit, copies)
         host = layers * _HOST_S_PER_LAYER * (1 + _HOST_RECOMPUTE_SHARE * recomputed)
         per_micro_step = max(gpu, host) + layers * _MICRO_STEP_S_PER_LAYER
-        return (examples_per_step // micro) * per_micro_step
+        return (inputs.examples_per_step // micro) * per_micro_step
 
+
+@dataclass(frozen=True)
+class _Sharding:
+    """Whether the base weights are sharded (FSDP2) and over how many ranks."""
+
+    shardable: bool
+    fsdp: bool
+    ranks: int
+
+
+def _requested_sharding(
+    inputs: _PlanInputs, world_size: int, shard_weights: bool | None
+) -> _Sharding:
+    """Sharding as asked for (``shard_weights``) where the base allows it; the search may
+    still shard a model that does not fit one GPU (``_choose_micro_step``)."""
     # Sharding needs plain 16/32-bit weights: bitsandbytes and e4m3 bases stay whole per rank.
     # Tied input/output embeddings are not sharded on GPUs either: under FSDP2 (torch 2.11) the
     # embedding met a still-sharded weight (TRL's fused LM head reads the tied weight directly);
     # only small models tie them, and those fit one GPU.
-    shardable = weight_bits >= 16 and not (on_gpu and shape.tie_word_embeddings)
+    shardable = inputs.weight_bits >= 16 and not (
+        inputs.on_gpu and inputs.shape.tie_word_embeddings
+    )
     fsdp = bool(shard_weights and shardable)
-    ranks = max(1, world_size) if fsdp else 1
-    # Streaming frozen weights from host memory (weight_streaming.py): 16-bit bases on one
-    # CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards instead).
-    streamable = bool(
+    return _Sharding(shardable=shardable, fsdp=fsdp, ranks=max(1, world_size) if fsdp else 1)
+
+
+def _streamable(inputs: _PlanInputs, stream_weights: bool, world_size: int, fsdp: bool) -> bool:
+    """Whether frozen weights may stream from host memory (weight_streaming.py): 16-bit bases
+    on one CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards
+    instead), and only with host memory known to hold them."""
+    return bool(
         stream_weights
-        and on_gpu
-        and device.type == "cuda"
-        and weight_bits == 16
-        and not float8
-        and not compile_layers
+        and inputs.on_gpu
+        and inputs.device.type == "cuda"
+        and inputs.weight_bits == 16
+        and not inputs.float8
+        and not inputs.compile_layers
         and world_size == 1
         and not fsdp
-        and device.host_memory_bytes > 0
+        and inputs.device.host_memory_bytes > 0
     )
-    host_room = int(device.host_memory_bytes * _HOST_STREAM_SHARE)
-    host_link = _HOST_LINK_BYTES_PER_S.get(
-        device.compute_capability, _HOST_LINK_DEFAULT_BYTES_PER_S
-    )
-    chosen: tuple[int, int, int] | None
-    if not on_gpu:
-        chosen = (batch_size, {"always": layers, "never": 0}.get(mode, 0), 0)
-    else:
-        chosen = search(ranks)
-        if chosen is None and shard_weights is None and shardable and world_size > 1:
-            sharded = search(world_size)
-            if sharded is not None:
-                chosen, fsdp, ranks = sharded, True, world_size
-        if chosen is not None:
-            reasons.append(
-                f"predicted {predicted_step_seconds(*chosen):.2f} s per optimizer step: the "
-                "fastest micro-step size that fits (recomputation against per-micro-step cost)"
-            )
+
+
+def _streamed_needed(
+    inputs: _PlanInputs,
+    micro: int,
+    ckpt_layers: int,
+    ranks: int,
+    limit: int,
+    streamable: bool,
+) -> int | None:
+    """The fewest streamed layers that bring (micro, ckpt_layers) under ``limit``: 0 when
+    it fits as it is, None when even streaming every recomputed layer does not fit."""
+    over = _estimated_bytes(inputs, micro, ckpt_layers, ranks) - limit
+    if over <= 0:
+        return 0
+    if not streamable:  # one rank only: never under FSDP's ranks
+        return None
+    # Each streamed layer past the two on the GPU takes one layer's weights off it.
+    layer_bytes = inputs.layer_bytes
+    streamed = 2 + -(-over // layer_bytes)
+    fits = streamed <= ckpt_layers and streamed * layer_bytes <= inputs.host_room
+    return streamed if fits else None
+
+
+def _search(
+    inputs: _PlanInputs, step_time: _StepTimeModel, ranks: int, streamable: bool
+) -> tuple[int, int, int] | None:
+    """The fitting (micro-step, recomputed layers, streamed layers) predicted fastest.
+
+    For each micro-step size and number of recomputed layers, the fewest layers whose
+    weights must stream from host memory to fit; then the triple with the least predicted
+    step time: recomputing a layer costs half its forward-and-input-gradient matrix work
+    again, a streamed layer's copies cost only what the GPU's work does not hide, and a
+    micro-step too small to hide the host's work runs at the host's pace
+    (``_HOST_S_PER_LAYER``). Larger micro-steps win ties; streaming must win by
+    ``_STREAMING_MARGIN``, and may pin at most ``_HOST_STREAM_SHARE`` of host memory.
+    """
+    candidates, layers, mode = inputs.candidates, inputs.layers, inputs.mode
+    best: tuple[float, int, int, int] | None = None
+    for micro in candidates:
+        if micro > inputs.max_micro_examples and micro != candidates[-1]:
+            continue
+        if mode == "always":
+            options = [layers]
+        elif mode == "never":
+            options = [0]
         else:
-            chosen = (candidates[-1], layers if mode != "never" else 0, 0)
-            reasons.append(
-                "even one example per micro-step exceeds the memory estimate"
-                + ("" if ranks > 1 else _why_not_sharded(world_size, shardable, shard_weights))
-            )
-    if fsdp:
-        whole = shape.total_params * weight_bits // 8
+            options = list(range(0, layers + 1))
+        # Once a larger micro-step fits, a smaller one must fit with the margin too.
+        limit = inputs.memory_budget_bytes - (_SPLIT_STEP_MARGIN_BYTES if best is not None else 0)
+        for ckpt in options:
+            streamed = _streamed_needed(inputs, micro, ckpt, ranks, limit, streamable)
+            if streamed is None:
+                continue
+            seconds = step_time.seconds(micro, ckpt, streamed)
+            seconds *= 1 + (_STREAMING_MARGIN if streamed else 0.0)
+            if best is None or seconds < best[0] * 0.995:
+                best = (seconds, micro, ckpt, streamed)
+            if streamed == 0:  # more recomputation only costs time from here
+                break
+    return None if best is None else best[1:]
+
+
+def _choose_micro_step(
+    inputs: _PlanInputs,
+    step_time: _StepTimeModel,
+    requested: _Sharding,
+    streamable: bool,
+    world_size: int,
+    shard_weights: bool | None,
+) -> tuple[tuple[int, int, int], _Sharding, list[str]]:
+    """The (micro-step, recomputed layers, streamed layers) to run, the sharding it runs
+    under, and why. CPUs keep the spec's batch (nothing to fit). On a GPU: the search under
+    the requested sharding; if nothing fits and sharding was left to the planner, the search
+    again with the weights sharded over every rank; if still nothing fits, the smallest
+    micro-step with every layer recomputed (the run will tell whether it fits)."""
+    layers, mode = inputs.layers, inputs.mode
+    sharding = requested
+    reasons: list[str] = []
+    chosen: tuple[int, int, int] | None
+    if not inputs.on_gpu:
+        chosen = (inputs.batch_size, {"always": layers, "never": 0}.get(mode, 0), 0)
+        return chosen, sharding, reasons
+    chosen = _search(inputs, step_time, sharding.ranks, streamable)
+    if chosen is None and shard_weights is None and sharding.shardable and world_size > 1:
+        sharded = _search(inputs, step_time, world_size, streamable)
+        if sharded is not None:
+            chosen = sharded
+            sharding = replace(sharding, fsdp=True, ranks=world_size)
+    if chosen is not None:
         reasons.append(
-            f"FSDP: base weights ({whole / GiB:.1f} GiB) sharded over {ranks} rank(s), "
+            f"predicted {step_time.seconds(*chosen):.2f} s per optimizer step: the "
+            "fastest micro-step size that fits (recomputation against per-micro-step cost)"
+        )
+    else:
+        chosen = (inputs.candidates[-1], layers if mode != "never" else 0, 0)
+        reasons.append(
+            "even one example per micro-step exceeds the memory estimate"
+            + (
+                ""
+                if sharding.ranks > 1
+                else _why_not_sharded(world_size, sharding.shardable, shard_weights)
+            )
+        )
+    return chosen, sharding, reasons
+
+
+def _sharding_reasons(
+    inputs: _PlanInputs, sharding: _Sharding, shard_weights: bool | None
+) -> list[str]:
+    """Why the weights are sharded, or why a request to shard them was not followed."""
+    if sharding.fsdp:
+        whole = inputs.shape.total_params * inputs.weight_bits // 8
+        return [
+            f"FSDP: base weights ({whole / GiB:.1f} GiB) sharded over {sharding.ranks} rank(s), "
             "one decoder layer gathered at a time"
             + ("" if shard_weights else " (the model does not fit one GPU)")
-        )
-    elif shard_weights and not shardable:
-        why = "quantized bases" if weight_bits < 16 else "models with tied embeddings"
-        reasons.append(f"FSDP requested, but {why} are not sharded: DDP")
+        ]
+    if shard_weights and not sharding.shardable:
+        why = "quantized bases" if inputs.weight_bits < 16 else "models with tied embeddings"
+        return [f"FSDP requested, but {why} are not sharded: DDP"]
+    return []
 
+
+def _micro_step_reasons(
+    inputs: _PlanInputs, chosen: tuple[int, int, int], sharding: _Sharding
+) -> list[str]:
+    """A GPU plan's micro-step, recomputation and streaming, explained; and, where recomputing
+    16-bit layers, how few a Float8 base would recompute (a choice left to the user, since it
+    changes the stored weights)."""
     micro, ckpt_layers, streamed = chosen
-    grad_ckpt = ckpt_layers > 0
-    accumulation_out = examples_per_step // micro
-    micro_tokens = int(micro * mean_tokens) if packing else micro * cutoff
-    if on_gpu:
-        if micro != batch_size:
-            reasons.append(
-                f"micro-step of {micro} examples x {accumulation_out} accumulation "
-                f"(spec: {batch_size} x {accumulation}; same examples per optimizer step)"
-            )
+    layers, mode = inputs.layers, inputs.mode
+    accumulation_out = inputs.examples_per_step // micro
+    reasons: list[str] = []
+    if micro != inputs.batch_size:
         reasons.append(
-            "gradient checkpointing: "
-            + (f"{ckpt_layers} of {layers} layers" if grad_ckpt else "off (memory allows)")
-            + f" [{mode}]"
+            f"micro-step of {micro} examples x {accumulation_out} accumulation "
+            f"(spec: {inputs.batch_size} x {inputs.accumulation}; "
+            "same examples per optimizer step)"
         )
-        if streamed:
-            reasons.append(
-                f"frozen weights of {streamed} recomputed layers stay in host memory "
-                f"({streamed * layer_bytes / GiB:.1f} GiB pinned) and reach the GPU one layer "
-                f"ahead of use (~{1000 * layer_bytes / host_link:.0f} ms per layer's copy); "
-                "the pod needs that much host memory besides its own"
+    grad_ckpt = ckpt_layers > 0
+    reasons.append(
+        "gradient checkpointing: "
+        + (f"{ckpt_layers} of {layers} layers" if grad_ckpt else "off (memory allows)")
+        + f" [{mode}]"
+    )
+    if streamed:
+        layer_bytes, host_link = inputs.layer_bytes, inputs.host_link
+        reasons.append(
+            f"frozen weights of {streamed} recomputed layers stay in host memory "
+            f"({streamed * layer_bytes / GiB:.1f} GiB pinned) and reach the GPU one layer "
+            f"ahead of use (~{1000 * layer_bytes / host_link:.0f} ms per layer's copy); "
+            "the pod needs that much host memory besides its own"
+        )
+    if (
+        grad_ckpt
+        and inputs.weight_bits == 16
+        and not sharding.fsdp
+        and inputs.device.compute_capability >= (8, 9)
+    ):
+        tokens = inputs.micro_step_tokens(micro)
+        with_float8 = [
+            c
+            for c in range(ckpt_layers)
+            if estimate_memory_bytes(
+                inputs.shape,
+                micro_batch_tokens=tokens,
+                checkpointed_layers=c,
+                weight_bits=8,
+                lora_r=inputs.lora_r,
+                lora_targets=inputs.targets,
+                liger=inputs.liger,
+                dtype_bytes=inputs.dtype_bytes,
+                fused_lora=True,
+                float8_base=True,
             )
-        if grad_ckpt and weight_bits == 16 and not fsdp and device.compute_capability >= (8, 9):
-            tokens = int(math.ceil(micro * mean_tokens)) if packing else micro * cutoff
-            with_float8 = [
-                c
-                for c in range(ckpt_layers)
-                if estimate_memory_bytes(
-                    shape,
-                    micro_batch_tokens=tokens,
-                    checkpointed_layers=c,
-                    weight_bits=8,
-                    lora_r=lora_r,
-                    lora_targets=targets,
-                    liger=liger,
-                    dtype_bytes=dtype_bytes,
-                    fused_lora=True,
-                    float8_base=True,
-                )
-                <= memory_budget_bytes
-            ]
-            if with_float8:
-                reasons.append(
-                    f"hint: a Float8 base (method: {{type: qlora, quantization: {{bits: 8}}}}) "
-                    f"would recompute {with_float8[0]} of {layers} layers here instead of "
-                    f"{ckpt_layers} (7B under 18 GiB: 8.4k -> 13.1k tok/s, bench/NOTES.md); it "
-                    "stores the frozen base as FP8, so it is yours to choose"
-                )
+            <= inputs.memory_budget_bytes
+        ]
+        if with_float8:
+            reasons.append(
+                f"hint: a Float8 base (method: {{type: qlora, quantization: {{bits: 8}}}}) "
+                f"would recompute {with_float8[0]} of {layers} layers here instead of "
+                f"{ckpt_layers} (7B under 18 GiB: 8.4k -> 13.1k tok/s, bench/NOTES.md); it "
+                "stores the frozen base as FP8, so it is yours to choose"
+            )
+    return reasons
 
-    optimizer = str(getattr(training, "optimizer", "auto"))
-    if optimizer == "auto":
-        optimizer = "adamw_torch_fused" if on_gpu else "adamw_torch"
-    half_int8 = bool(int8_half_compute and weight_bits == 8 and not float8 and dtype != "float32")
-    if float8:
+
+def _base_compute_reasons(inputs: _PlanInputs, half_int8: bool) -> list[str]:
+    """How an 8-bit base computes: Float8's GEMMs, or bitsandbytes int8 in the training dtype."""
+    reasons: list[str] = []
+    if inputs.float8:
         reasons.append(
             "8-bit base: float8 e4m3 weights"
             + (
                 ", FP8 tensor-core forward"
-                if on_gpu and device.compute_capability >= (8, 9)
+                if inputs.on_gpu and inputs.device.compute_capability >= (8, 9)
                 else ", dequantized GEMMs"
             )
         )
     if half_int8:
-        reasons.append(f"8-bit base layers compute in {dtype} (not fp32)")
-    return AccelerationPlan(
-        attn_implementation=attn,
-        liger=liger,
-        gradient_checkpointing=grad_ckpt,
-        checkpointed_layers=ckpt_layers,
-        per_device_batch_size=micro,
-        gradient_accumulation_steps=accumulation_out,
-        micro_batch_tokens=micro_tokens,
-        optimizer=optimizer,
-        dtype=dtype,
-        torch_compile=compile_layers,
-        estimated_peak_bytes=cost(micro, ckpt_layers, ranks, streamed) if on_gpu else 0,
-        memory_budget_bytes=memory_budget_bytes,
-        reasons=tuple(reasons),
-        int8_half_compute=half_int8,
-        fused_lora=fused,
-        float8_base=float8,
-        fsdp=fsdp,
-        predicted_step_s=(
-            round(predicted_step_seconds(micro, ckpt_layers, streamed), 3) if on_gpu else 0.0
-        ),
-        streamed_layers=streamed,
-    )
+        reasons.append(f"8-bit base layers compute in {inputs.dtype} (not fp32)")
+    return reasons
 
 
 def _why_not_sharded(world_size: int, shardable: bool, shard_weights: bool | None) -> str:
