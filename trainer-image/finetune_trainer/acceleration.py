@@ -986,29 +986,17 @@ def _micro_step_reasons(
         and not sharding.fsdp
         and inputs.device.compute_capability >= (8, 9)
     ):
-        tokens = inputs.micro_step_tokens(micro)
+        as_float8 = replace(inputs, weight_bits=8, float8=True, fused=True)
         with_float8 = [
             c
             for c in range(ckpt_layers)
-            if estimate_memory_bytes(
-                inputs.shape,
-                micro_batch_tokens=tokens,
-                checkpointed_layers=c,
-                weight_bits=8,
-                lora_r=inputs.lora_r,
-                lora_targets=inputs.targets,
-                liger=inputs.liger,
-                dtype_bytes=inputs.dtype_bytes,
-                fused_lora=True,
-                float8_base=True,
-            )
-            <= inputs.memory_budget_bytes
+            if _estimated_bytes(as_float8, micro, c) <= inputs.memory_budget_bytes
         ]
         if with_float8:
             reasons.append(
                 f"hint: a Float8 base (method: {{type: qlora, quantization: {{bits: 8}}}}) "
                 f"would recompute {with_float8[0]} of {layers} layers here instead of "
-                f"{ckpt_layers} (7B under 18 GiB: 8.4k -> 13.1k tok/s, bench/NOTES.md); it "
+                f"{ckpt_layers} (7B under 18 GiB: 11.9k -> 13.6k tok/s, bench/NOTES.md); it "
                 "stores the frozen base as FP8, so it is yours to choose"
             )
     return reasons
