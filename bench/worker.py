@@ -113,11 +113,11 @@ class Meter:
                 if len(meter.marks) == meter.warmup:
                     meter.threads_at_start = thread_cpu_seconds()
                 elif len(meter.marks) > meter.warmup:
-                    meter.thread_cpu_s = {
-                        name: round(cpu - meter.threads_at_start.get(name, 0.0), 2)
+                    spent = {
+                        name: cpu - meter.threads_at_start.get(name, 0.0)
                         for name, cpu in thread_cpu_seconds().items()
-                        if cpu - meter.threads_at_start.get(name, 0.0) >= 0.01
                     }
+                    meter.thread_cpu_s = {k: round(v, 2) for k, v in spent.items() if v >= 0.01}
 
             def on_log(
                 self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any
@@ -178,18 +178,13 @@ def thread_cpu_seconds() -> dict[str, float]:
 def idle_report(profiler: Any) -> str:
     """bench/timeline.py's report on the profiled step, its trace kept as
     ``$FTJ_BENCH_TRACE_DIR/trace.json.gz`` (the temporary directory by default)."""
-    import gzip
-
     from bench import timeline
 
     folder = Path(os.environ.get("FTJ_BENCH_TRACE_DIR", tempfile.gettempdir()))
     folder.mkdir(parents=True, exist_ok=True)
-    raw = folder / "trace.json"
-    profiler.export_chrome_trace(str(raw))
-    with raw.open("rb") as src, gzip.open(folder / "trace.json.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    raw.unlink()
-    return timeline.report(timeline.load(folder / "trace.json.gz"))
+    path = folder / "trace.json.gz"
+    profiler.export_chrome_trace(str(path))  # torch gzips a path ending in .gz
+    return timeline.report(timeline.load(path))
 
 
 def lora_config(**overrides: Any) -> Any:
