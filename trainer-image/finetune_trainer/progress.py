@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from finetune_trainer.step_pace import StepPace
 
 log = logging.getLogger("finetune_trainer")
 
@@ -56,20 +57,6 @@ def format_summary(step: int, total: int | None) -> str:
     if not total:
         return f"{step}"
     return f"{step}/{total} ({int(100 * step / total)}%)"
-
-
-def estimate_eta_seconds(
-    step: int, total: int, first_step: int, elapsed_seconds: float
-) -> int | None:
-    """Seconds left, from the pace of the steps run *in this process*.
-
-    Steps restored from a checkpoint (``first_step``) took no time here, so counting them
-    would make a resumed run look much faster than it is.
-    """
-    done_here = step - first_step
-    if done_here <= 0 or elapsed_seconds <= 0 or total <= step:
-        return 0 if total <= step else None
-    return int(math.ceil((total - step) * elapsed_seconds / done_here))
 
 
 def _now() -> str:
@@ -196,8 +183,7 @@ class ProgressReporter(TrainerCallback):  # type: ignore[misc]
         self._port = port
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
-        self._start_time = 0.0
-        self._first_step = 0
+        self._pace = StepPace()
         self._rate_mark: tuple[float, int] | None = None
 
     # -- server ---------------------------------------------------------------------------
@@ -285,19 +271,22 @@ class ProgressReporter(TrainerCallback):  # type: ignore[misc]
             self.state.updated_at = _now()
         # On resume the trainer restores global_step before this callback: the pace (ETA)
         # counts only the steps run from here.
-        self._start_time = time.monotonic()
-        self._first_step = state.global_step
+        self._pace = StepPace()
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
+    ) -> None:
+        self._pace.step_begin(time.monotonic())
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
         now = time.monotonic()
+        self._pace.step_end(now)
         with self._lock:
             s = self.state
             s.step, s.total_steps, s.epoch = state.global_step, state.max_steps, state.epoch
-            s.eta_seconds = estimate_eta_seconds(
-                state.global_step, state.max_steps, self._first_step, now - self._start_time
-            )
+            s.eta_seconds = self._pace.eta_seconds(state.global_step, state.max_steps)
             if self.tokens is not None:
                 if self._rate_mark is not None and now > self._rate_mark[0]:
                     new_tokens = (self.tokens.tokens - self._rate_mark[1]) * self._world_size

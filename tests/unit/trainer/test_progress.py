@@ -15,7 +15,6 @@ from finetune_trainer.progress import (
     ProgressReporter,
     ProgressState,
     TokenCounter,
-    estimate_eta_seconds,
     format_eta,
     format_summary,
     termination_message,
@@ -42,13 +41,6 @@ def test_eta_is_short_for_people(seconds: float, text: str) -> None:
 def test_summary_shows_step_total_and_percent() -> None:
     assert format_summary(120, 500) == "120/500 (24%)"
     assert format_summary(7, None) == "7"
-
-
-def test_eta_counts_only_steps_run_in_this_process() -> None:
-    # Resumed at 100; 20 more steps took 40 s → 2 s/step → 380 steps left = 760 s.
-    assert estimate_eta_seconds(120, 500, first_step=100, elapsed_seconds=40.0) == 760
-    assert estimate_eta_seconds(100, 500, first_step=100, elapsed_seconds=5.0) is None
-    assert estimate_eta_seconds(500, 500, first_step=0, elapsed_seconds=100.0) == 0
 
 
 def test_progress_json_has_exactly_the_status_keys_and_valid_values() -> None:
@@ -90,6 +82,25 @@ def _callbacks(reporter: ProgressReporter) -> None:
     reporter.on_step_end(args, state, control)
     reporter.on_log(args, state, control, logs={"loss": 2.5, "learning_rate": 1e-4})
     reporter.on_log(args, state, control, logs={"eval_loss": 2.7})
+
+
+def test_eta_follows_the_steps_run_in_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Resumed at step 100 of 500: the restored steps took no time here. Two-second steps then
+    # mean 2 s x the steps left, through the trainer's step-begin and step-end callbacks.
+    clock = [1000.0]
+    monkeypatch.setattr("finetune_trainer.progress.time.monotonic", lambda: clock[0])
+    reporter = ProgressReporter(port=None)
+    args: Any = SimpleNamespace()
+    control: Any = SimpleNamespace()
+    state: Any = SimpleNamespace(global_step=100, max_steps=500, epoch=1.0)
+    reporter.on_train_begin(args, state, control)
+    for _ in range(5):
+        reporter.on_step_begin(args, state, control)
+        clock[0] += 2.0
+        state.global_step += 1
+        reporter.on_step_end(args, state, control)
+    assert reporter.snapshot()["etaSeconds"] == 395 * 2
+    assert reporter.snapshot()["eta"] == "13m10s"
 
 
 def test_server_serves_progress_metrics_and_health() -> None:
