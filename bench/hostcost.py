@@ -220,7 +220,7 @@ def op_costs(cycles_per_s: float, calls: int = 200) -> dict[str, Any]:
     a_bf, b_bf = a_w.detach().to(torch.bfloat16), b_w.detach().to(torch.bfloat16)
 
     def lora(p: float) -> Any:
-        return lora_fused.LoraLinearFunction.apply(x_grad, w, None, None, a_w, b_w, 2.0, p, 7)
+        return lora_fused.LoraLinearFunction.apply(x_grad, w, None, None, None, a_w, b_w, 2.0, p, 7)
 
     def autocast_off() -> None:
         with torch.autocast(device_type="cuda", enabled=False):
@@ -237,10 +237,10 @@ def op_costs(cycles_per_s: float, calls: int = 200) -> dict[str, Any]:
         "lora_fused.dropped p=0.05": lambda: lora_fused.dropped(x, 0.05, 7),
         "dropped(x) @ A.T": lambda: lora_fused.dropped(x, 0.05, 7) @ a_w.to(torch.bfloat16).t(),
         "_lora_forward p=0.05 (no autograd)": lambda: lora_fused._lora_forward(
-            x, w, None, None, a_w, b_w, 2.0, 0.05, 7
+            x, w, None, None, None, a_w, b_w, 2.0, 0.05, 7
         ),
         "_lora_forward p=0 (no autograd)": lambda: lora_fused._lora_forward(
-            x, w, None, None, a_w, b_w, 2.0, 0.0, 7
+            x, w, None, None, None, a_w, b_w, 2.0, 0.0, 7
         ),
         "fused LoRA forward p=0": lambda: lora(0.0),
         "fused LoRA forward p=0.05": lambda: lora(0.05),

@@ -148,6 +148,8 @@ def run_row(
         env["FTJ_DROPOUT_HALVES"] = "1"
     if config.endswith("-nostream"):  # ablation: every frozen weight stays on the GPU
         env["FTJ_STREAM_WEIGHTS"] = "0"
+    if config.endswith("-peftnf4"):  # ablation: 4-bit bases in peft's fp32 recipe and forward
+        env["FTJ_FUSED_NF4"] = "0"
     if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)
         env["FTJ_INT8_HALF_COMPUTE"] = "0"
     if timeout <= 5:

@@ -451,7 +451,7 @@ def build_trainer_path(
 #   -samelen-jitter: give or take 48 tokens each, so the count changes every step
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
                         "-compile", "-noskip", "-unpaired", "-nostream", "-draw4",
-                        "-trace", "-samelen-jitter", "-samelen")  # fmt: skip
+                        "-trace", "-samelen-jitter", "-samelen", "-peftnf4")  # fmt: skip
 
 
 def builder(config: str) -> Any:

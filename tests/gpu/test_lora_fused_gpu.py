@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.harness.tiny_lora import bf16_loss_and_grads
+
 torch = pytest.importorskip("torch")
 
 pytestmark = [
@@ -31,20 +33,11 @@ def _models(dropout: float) -> tuple[Any, Any]:
     return reference, fused
 
 
-def _step(model: Any, ids: Any) -> tuple[float, dict[str, Any]]:
-    model.train()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
-    return float(loss.detach()), grads
-
-
 def test_bf16_autocast_loss_and_gradients_match_peft() -> None:
     reference, fused = _models(dropout=0.0)
     ids = torch.randint(0, 1000, (2, 256), device="cuda")
-    ref_loss, ref_grads = _step(reference, ids)
-    loss, grads = _step(fused, ids)
+    ref_loss, ref_grads = bf16_loss_and_grads(reference, ids)
+    loss, grads = bf16_loss_and_grads(fused, ids)
     assert loss == pytest.approx(ref_loss, rel=2e-3)
     assert set(grads) == set(ref_grads)
     for name, grad in grads.items():
@@ -90,9 +83,9 @@ def test_recomputed_layers_without_their_down_projection_train_like_stored_ones(
     assert len(flagged) == 4
     ids = torch.randint(0, 1000, (2, 512), device="cuda")
     torch.manual_seed(11)
-    ref_loss, ref_grads = _step(stored, ids)
+    ref_loss, ref_grads = bf16_loss_and_grads(stored, ids)
     torch.manual_seed(11)
-    loss, grads = _step(recomputed, ids)
+    loss, grads = bf16_loss_and_grads(recomputed, ids)
     assert loss == pytest.approx(ref_loss, rel=1e-4)
     assert set(grads) == set(ref_grads) and len(grads) == 56
     for name, grad in grads.items():

@@ -77,7 +77,7 @@ def test_fused_lora_with_dropout_gets_the_gradients_of_its_forward_mask() -> Non
     a = torch.randn(4, 64, requires_grad=True, **kw)
     b = torch.randn(48, 4, requires_grad=True, **kw)
     p, seed, scale = 0.3, 777, 0.5
-    out = LoraLinearFunction.apply(x, weight, None, bias, a, b, scale, p, seed)
+    out = LoraLinearFunction.apply(x, weight, None, None, bias, a, b, scale, p, seed)
     out.square().sum().backward()
     got = [t.grad.clone() for t in (x, a, b)]
     for t in (x, a, b):

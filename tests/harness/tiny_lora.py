@@ -56,6 +56,17 @@ def loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, torc
     return float(loss.detach()), grads
 
 
+def bf16_loss_and_grads(model: Any, ids: torch.Tensor) -> tuple[float, dict[str, Any]]:
+    """One training-mode forward and backward under bf16 autocast on ``ids``' device, as the
+    trainer runs it: the loss and every gradient in fp32, by name."""
+    model.train()
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), grads
+
+
 def assert_same_training(model: Any, reference: Any, run: Any, count: int) -> None:
     """``run(model)`` (a loss, or losses, and gradients by name) gives ``run(reference)``'s
     loss and ``count`` gradients to fp32 rounding, from the same seeds: two ways of computing

@@ -30,6 +30,9 @@ Why these choices (measurements in ``bench/NOTES.md``):
   the backward pass runs fp32 GEMMs (no tensor cores). The 8-bit base layers take their input
   in the training dtype instead (as ``Linear4bit``'s ``compute_dtype`` does for 4 bits) and give
   their output back in the caller's dtype (``int8_half_compute``).
+* QLoRA 4-bit in bf16 (``nf4_base.py``): the unquantized weights stay in bf16 instead of
+  peft's fp32 recipe, and the LoRA layers take the fused forward below, each 4-bit weight
+  dequantized per GEMM (1.81x on an 8B under a 24 GB card's plan, bench/NOTES.md step 34).
 * Fused LoRA linears (``lora_fused.py``): peft's forward keeps a dropped-out copy of the input
   and a mask per adapted linear for the backward; the fused one redraws the mask from a seed,
   and a llama-style MLP recomputes ``silu(gate) * up`` instead of keeping it, so activations
@@ -56,7 +59,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from finetune_trainer import recompute
+from finetune_trainer import nf4_base, recompute
 
 GiB = 1024**3
 
@@ -348,6 +351,9 @@ def estimate_memory_bytes(
     (weight_streaming.py).
     """
     weights = shape.total_params * weight_bits // 8
+    # Bytes per unquantized weight and residual-stream element: fp32 under peft's QLoRA recipe.
+    upcast = weight_bits < 16 and not float8_base and not (fused_lora and weight_bits == 4)
+    unquantized = 4 if upcast else dtype_bytes
     float8_transient = 0
     if float8_base:
         # e4m3 decoder linears (+ an fp32 scale per output channel); embeddings and LM head stay
@@ -361,9 +367,9 @@ def estimate_memory_bytes(
         )
     elif weight_bits < 16:
         # Quantized bases keep embeddings and the LM head unquantized, and peft's
-        # prepare_model_for_kbit_training casts them to fp32.
+        # prepare_model_for_kbit_training casts them to fp32 (not a fused 4-bit base).
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)
-        weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * 4
+        weights = shape.num_layers * shape.layer_params * weight_bits // 8 + embed * unquantized
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
     else:
         weights -= max(0, streamed_layers - 2) * shape.layer_params * weight_bits // 8
@@ -393,7 +399,7 @@ def estimate_memory_bytes(
     plain_layers = shape.num_layers - checkpointed_layers
     # peft's prepare_model_for_kbit_training keeps the residual stream in fp32, so on quantized
     # bases the layer inputs a checkpoint keeps (and the other hidden vectors) take 4 bytes.
-    residual_bytes = 4 if weight_bits < 16 and not float8_base else dtype_bytes
+    residual_bytes = unquantized
     activations = micro_batch_tokens * (
         plain_layers * per_layer_token
         + checkpointed_layers * shape.hidden_size * residual_bytes
@@ -707,8 +713,10 @@ def _adapter_and_base(
     # A Float8 base (QLoRA 8 bits in format float8) is not bitsandbytes: the fused LoRA forward
     # drives its GEMMs, and nothing is cast to fp32.
     float8 = bool(getattr(method, "float8_base", False))
-    # bitsandbytes bases keep peft's forward (their base layers are not plain nn.Linear).
-    fused = bool(fused_lora and (weight_bits >= 16 or float8) and not use_dora)
+    # bitsandbytes 8-bit bases keep peft's forward (their base layers are not plain
+    # nn.Linear); 4-bit ones in bf16 take the fused forward (nf4_base.py).
+    fusable_base = weight_bits >= 16 or float8 or nf4_base.uses_fused_forward(weight_bits, dtype)
+    fused = bool(fused_lora and fusable_base and not use_dora)
     return weight_bits, lora_r, targets, float8, fused
 
 

@@ -26,7 +26,8 @@ forward, 87.5 with fused linears, 71.3 with the MLP too (bench/NOTES.md steps 11
 The trainable parameters stay peft's own ``lora_A``/``lora_B`` weights: saving, merging and
 the optimizer see nothing different. Layers this does not cover (quantized bases, DoRA,
 several active adapters, mixed-adapter batches) keep peft's forward. A Float8 base
-(float8_base.py) keeps the fused forward: its base GEMMs go through ``float8_base``.
+(float8_base.py) keeps the fused forward: its base GEMMs go through ``float8_base``. So does a
+bitsandbytes 4-bit base trained in bf16 (nf4_base.py): its weights are dequantized per GEMM.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from finetune_trainer import float8_base, recompute, triton_kernels
+from finetune_trainer import float8_base, nf4_base, recompute, triton_kernels
 
 _SEED_BOUND = 2**62
 # Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
@@ -128,6 +129,7 @@ def _lora_forward(
     rows: torch.Tensor,
     weight: torch.Tensor,
     weight_scale: torch.Tensor | None,
+    quant: Any,
     bias: torch.Tensor | None,
     lora_a: torch.Tensor,
     lora_b: torch.Tensor,
@@ -138,14 +140,18 @@ def _lora_forward(
     output_needed: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck.
-    ``weight_scale`` is set when the base weight is Float8 (float8_base.py);
+    ``weight_scale`` is set when the base weight is Float8 (float8_base.py), ``quant`` (its
+    quantization state) when it is bitsandbytes 4-bit (nf4_base.py);
     ``shared_input=False`` when no sibling projection reads ``rows``; ``output_needed=False``
     while recomputing a layer whose output nothing reads (recompute.py): ``out`` is then
     uninitialised memory of the right shape, and the GEMM is not run."""
     down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
     if not output_needed:
-        return rows.new_empty(rows.shape[0], weight.shape[0]), down
-    if weight_scale is None:
+        out_features = quant.shape[0] if quant is not None else weight.shape[0]  # 4-bit: packed
+        return rows.new_empty(rows.shape[0], out_features), down
+    if quant is not None:
+        out = F.linear(rows, nf4_base.dequantized(weight, quant, rows.dtype), bias)
+    elif weight_scale is None:
         out = F.linear(rows, weight, bias)
     else:
         out = float8_base.linear(rows, weight, weight_scale, bias, share_input=shared_input)
@@ -165,13 +171,16 @@ def _lora_backward(
     first: int,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(grad_rows, grad_a, grad_b)``; ``first`` is the index of the input in ``forward``'s
-    arguments (the LoRA weights follow at first+4 and first+5, as both functions order them)."""
+    arguments (the LoRA weights follow at first+5 and first+6, as both functions order them).
+    A 4-bit base's quantization state is ``ctx.quant``."""
     scale, p, seed = ctx.scale, ctx.p, ctx.seed
     a_w, b_w = lora_a.to(rows.dtype), lora_b.to(rows.dtype)
     # d(out)/d(down) = scale * B: the gradient reaching the rank-r bottleneck.
     grad_down = (grad @ b_w).mul_(scale)  # (tokens, r)
-    grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 5] else None
-    if weight_scale is None:
+    grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 6] else None
+    if ctx.quant is not None:
+        grad_rows = grad @ nf4_base.dequantized(weight, ctx.quant, grad.dtype)
+    elif weight_scale is None:
         grad_rows = grad @ weight
     else:
         grad_rows = float8_base.grad_input(grad, weight, weight_scale)
@@ -185,7 +194,7 @@ def _lora_backward(
     else:
         grad_rows.add_(dropped(grad_down @ a_w, p, seed))
         dropped_rows = dropped(rows, p, seed)
-    grad_a = grad_down.t() @ dropped_rows if ctx.needs_input_grad[first + 4] else None
+    grad_a = grad_down.t() @ dropped_rows if ctx.needs_input_grad[first + 5] else None
     return (
         grad_rows,
         None if grad_a is None else grad_a.to(lora_a.dtype),
@@ -207,7 +216,8 @@ def _saved(ctx: Any) -> tuple[torch.Tensor | None, ...]:
 
 class LoraLinearFunction(torch.autograd.Function):
     """``F.linear(x, W, bias) + scale * (dropout(x) @ A.T) @ B.T`` with a frozen ``W`` (bf16,
-    or Float8 with its per-channel ``weight_scale``)."""
+    Float8 with its per-channel ``weight_scale``, or 4-bit with its quantization state
+    ``quant``)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -215,6 +225,7 @@ class LoraLinearFunction(torch.autograd.Function):
         x: torch.Tensor,
         weight: torch.Tensor,
         weight_scale: torch.Tensor | None,
+        quant: Any,
         bias: torch.Tensor | None,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
@@ -223,9 +234,11 @@ class LoraLinearFunction(torch.autograd.Function):
         seed: int,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        out, down = _lora_forward(rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed)
+        out, down = _lora_forward(
+            rows, weight, weight_scale, quant, bias, lora_a, lora_b, scale, p, seed
+        )
         _save(ctx, x, weight, weight_scale, lora_a, lora_b, down)
-        ctx.scale, ctx.p, ctx.seed = scale, p, seed
+        ctx.scale, ctx.p, ctx.seed, ctx.quant = scale, p, seed, quant
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -237,7 +250,7 @@ class LoraLinearFunction(torch.autograd.Function):
             ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 0
         )
         grad_x = None if grad_x is None or not ctx.needs_input_grad[0] else grad_x.view(x.shape)
-        return grad_x, None, None, None, grad_a, grad_b, None, None, None
+        return grad_x, None, None, None, None, grad_a, grad_b, None, None, None
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -288,6 +301,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         up: torch.Tensor,
         weight: torch.Tensor,
         weight_scale: torch.Tensor | None,
+        quant: Any,
         bias: torch.Tensor | None,
         lora_a: torch.Tensor,
         lora_b: torch.Tensor,
@@ -299,11 +313,12 @@ class SwiGLUDownFunction(torch.autograd.Function):
         h = _silu_mul(gate, up)
         rows = h.reshape(-1, h.shape[-1])
         out, down = _lora_forward(
-            rows, weight, weight_scale, bias, lora_a, lora_b, scale, p, seed, False, output_needed
-        )
+            rows, weight, weight_scale, quant, bias, lora_a, lora_b, scale, p, seed, False,
+            output_needed,
+        )  # fmt: skip
         del h, rows  # the largest tensor of the layer: gone before the next one is made
         _save(ctx, gate, up, weight, weight_scale, lora_a, lora_b, down)
-        ctx.scale, ctx.p, ctx.seed = scale, p, seed
+        ctx.scale, ctx.p, ctx.seed, ctx.quant = scale, p, seed, quant
         return out.view(*gate.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -311,21 +326,26 @@ class SwiGLUDownFunction(torch.autograd.Function):
         gate, up, weight, weight_scale, lora_a, lora_b, down = _saved(ctx)
         rows = _silu_mul(gate, up).reshape(-1, gate.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(gate.dtype)
-        # Offsets: gate is argument 0, the LoRA weights are 5 and 6 (= 1 + 4, 1 + 5).
+        # Offsets: gate is argument 0, the LoRA weights are 6 and 7 (= 1 + 5, 1 + 6).
         grad_h, grad_a, grad_b = _lora_backward(
             ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 1
         )
         del rows
         assert grad_h is not None
         grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
-        return grad_gate, grad_up, None, None, None, grad_a, grad_b, None, None, None, None
+        return grad_gate, grad_up, None, None, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _fusable(module: Any) -> bool:
-    """Plain LoRA on an unquantized ``nn.Linear``, one adapter, no DoRA/variants/bias."""
+    """Plain LoRA on an unquantized ``nn.Linear`` or a 4-bit one (nf4_base.py), one adapter,
+    no DoRA/variants/bias."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
-    if type(module) is not LoraLinear or not isinstance(module.base_layer, torch.nn.Linear):
+    base = getattr(module, "base_layer", None)
+    if nf4_base.is_nf4_linear(base):
+        if type(module).__name__ != "Linear4bit" or not type(module).__module__.startswith("peft"):
+            return False
+    elif type(module) is not LoraLinear or not isinstance(base, torch.nn.Linear):
         return False
     if getattr(module, "fan_in_fan_out", False) or len(module.active_adapters) != 1:
         return False
@@ -351,8 +371,8 @@ def _through_peft(module: Any, name: str, args: tuple[Any, ...], kwargs: dict[st
 
 
 def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
-    """The fused functions' arguments after their inputs: W, W's Float8 scale (or None), bias,
-    A, B, scale, p, seed.
+    """The fused functions' arguments after their inputs: W, W's Float8 scale (or None), W's
+    4-bit quantization state (or None), bias, A, B, scale, p, seed.
 
     Draws the dropout seed (from torch's CPU generator) when dropout is on, so callers take it
     in the order the model's own forward would have drawn its masks."""
@@ -362,6 +382,7 @@ def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
     return (
         module.base_layer.weight,
         float8_base.weight_scale(module.base_layer),
+        nf4_base.quant_state(module.base_layer),
         module.base_layer.bias,
         module.lora_A[name].weight,
         module.lora_B[name].weight,
@@ -369,6 +390,13 @@ def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
         p,
         seed,
     )
+
+
+def _compute_dtype(base: Any) -> torch.dtype:
+    """The dtype a base layer computes in (its weight's, unless it is Float8 or 4-bit)."""
+    if nf4_base.is_nf4_linear(base):
+        return nf4_base.compute_dtype(base)
+    return float8_base.compute_dtype(base)
 
 
 def _fused_forward(module: Any) -> Any:
@@ -379,7 +407,7 @@ def _fused_forward(module: Any) -> Any:
         if _through_peft(module, name, args, kwargs):
             return peft_forward(x, *args, **kwargs)
         arguments = _lora_arguments(module, name)
-        dtype = float8_base.compute_dtype(module.base_layer)
+        dtype = _compute_dtype(module.base_layer)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return LoraLinearFunction.apply(x.to(dtype), *arguments)
 
@@ -396,7 +424,7 @@ def _fused_mlp_forward(mlp: Any) -> Any:
             return plain_forward(x)
         gate, up = mlp.gate_proj(x), mlp.up_proj(x)
         arguments = _lora_arguments(down_proj, name)  # after gate's and up's seeds
-        dtype = float8_base.compute_dtype(down_proj.base_layer)
+        dtype = _compute_dtype(down_proj.base_layer)
         # While the layer is recomputed, only what this function saves is read (recompute.py).
         unused = getattr(mlp, "_ftj_output_unused_when_recomputed", False)
         needed = not (unused and recompute.recomputing() and not torch.compiler.is_compiling())

@@ -298,7 +298,9 @@ def build_model(
     apply_plan.apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
     bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base
-    if bitsandbytes_base:
+    if bitsandbytes_base and not plan.fused_lora:
+        # peft's recipe: the unquantized weights to fp32. A fused 4-bit base keeps them in bf16
+        # like 16-bit LoRA does (nf4_base.py).
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
     if checkpointing:
         apply_plan.apply_gradient_checkpointing(model, plan)  # only the layers memory needs

@@ -56,7 +56,7 @@ def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
     p, seed, scale = 0.4, 1234, 0.7
 
     def fused(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return LoraLinearFunction.apply(x, weight, None, bias, a, b, scale, p, seed)
+        return LoraLinearFunction.apply(x, weight, None, None, bias, a, b, scale, p, seed)
 
     assert torch.autograd.gradcheck(fused, (x, a, b))
     mask = keep_mask(torch.Size([15, 8]), p, seed, torch.float64, x.device).view(3, 5, 8)
@@ -122,8 +122,14 @@ def test_dora_layers_keep_peft_forward_and_plan_turns_fusing_off_for_them() -> N
     dora = Method.model_validate({"type": "lora", "lora": {"useDora": True}})
     assert plan_acceleration(Training(max_steps=10), Method(), shape, gpu).fused_lora
     assert not plan_acceleration(Training(max_steps=10), dora, shape, gpu).fused_lora
-    qlora = Method.model_validate({"type": "qlora"})
-    assert not plan_acceleration(Training(max_steps=10), qlora, shape, gpu).fused_lora
+    # bitsandbytes int8 bases keep peft's forward; 4-bit ones in bf16 are fused (nf4_base.py),
+    # unless they carry DoRA.
+    int8 = Method.model_validate({"type": "qlora", "quantization": {"bits": 8, "format": "int8"}})
+    assert not plan_acceleration(Training(max_steps=10), int8, shape, gpu).fused_lora
+    nf4 = Method.model_validate({"type": "qlora"})
+    assert plan_acceleration(Training(max_steps=10), nf4, shape, gpu).fused_lora
+    nf4_dora = Method.model_validate({"type": "qlora", "lora": {"useDora": True}})
+    assert not plan_acceleration(Training(max_steps=10), nf4_dora, shape, gpu).fused_lora
 
 
 def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> None:
