@@ -66,9 +66,13 @@ def test_small_card_checkpoints_and_keeps_examples_per_step() -> None:
 
 def test_qlora_8b_is_planned_to_fit_a_24gb_card() -> None:
     method = Method(type="qlora", quantization=Quantization(bits=4))
-    plan = plan_acceleration(training(), method, LLAMA_8B, RTX_24G, mean_example_tokens=780)
-    assert plan.estimated_peak_bytes <= 0.85 * RTX_24G.total_memory_bytes
-    assert plan.gradient_checkpointing
+    for precision in ("bf16", "fp16"):  # the fused 4-bit path, and peft's fp32 recipe
+        plan = plan_acceleration(
+            training(precision=precision), method, LLAMA_8B, RTX_24G, mean_example_tokens=780
+        )
+        assert plan.fused_lora == (precision == "bf16")
+        assert plan.estimated_peak_bytes <= 0.85 * RTX_24G.total_memory_bytes
+        assert plan.per_device_batch_size * plan.gradient_accumulation_steps == 20
 
 
 def test_checkpointing_modes_are_obeyed() -> None:
