@@ -24,8 +24,9 @@ kernel) instead. Measured on a 7B shape: 105 GiB of activations-plus-weights wit
 forward, 87.5 with fused linears, 71.3 with the MLP too (bench/NOTES.md steps 11 and 15).
 
 The trainable parameters stay peft's own ``lora_A``/``lora_B`` weights: saving, merging and
-the optimizer see nothing different. Layers this does not cover (quantized bases, DoRA,
-several active adapters, mixed-adapter batches) keep peft's forward. A Float8 base
+the optimizer see nothing different. Layers this does not cover (bitsandbytes 8-bit bases,
+4-bit bases outside bf16, DoRA, several active adapters, mixed-adapter batches) keep peft's
+forward. A Float8 base
 (float8_base.py) keeps the fused forward: its base GEMMs go through ``float8_base``. So does a
 bitsandbytes 4-bit base trained in bf16 (nf4_base.py): its weights are dequantized per GEMM.
 """
