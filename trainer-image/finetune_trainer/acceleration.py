@@ -1011,8 +1011,22 @@ def _micro_step_reasons(
 
 
 def _base_compute_reasons(inputs: _PlanInputs, half_int8: bool) -> list[str]:
-    """How an 8-bit base computes: Float8's GEMMs, or bitsandbytes int8 in the training dtype."""
+    """How a quantized base computes: 4-bit NF4 fused or under peft's fp32 recipe, Float8's
+    GEMMs, or bitsandbytes int8 in the training dtype."""
     reasons: list[str] = []
+    if inputs.weight_bits == 4 and inputs.fused:
+        reasons.append(
+            "4-bit base: unquantized weights kept in bf16, fused LoRA forward dequantizing "
+            "each weight per GEMM (not peft's fp32 recipe)"
+        )
+    elif inputs.weight_bits == 4 and inputs.on_gpu:
+        why = (
+            f"4-bit base in {inputs.dtype}: peft's QLoRA recipe "
+            "(norms, embeddings, LM head in fp32)"
+        )
+        if inputs.device.bf16 and inputs.dtype == "float16":
+            why += "; precision: bf16 takes the fused 4-bit path, ~1.8x faster"
+        reasons.append(why)
     if inputs.float8:
         reasons.append(
             "8-bit base: float8 e4m3 weights"

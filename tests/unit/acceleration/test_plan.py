@@ -152,6 +152,9 @@ def test_qlora_4bit_in_bf16_takes_the_fused_forward_and_keeps_16_bit_activations
         training(precision="fp16"), four, LLAMA_8B, RTX_24G, mean_example_tokens=780
     )
     assert bf16.fused_lora and not fp16.fused_lora  # fp16 keeps peft's fp32 recipe (nf4_base.py)
+    assert any("4-bit base: unquantized weights kept in bf16" in r for r in bf16.reasons)
+    # A user who asked for fp16 on a card that has bf16 is told what bf16 would buy.
+    assert any("precision: bf16 takes the fused 4-bit path" in r for r in fp16.reasons)
     # The fused path keeps no dropout copies and no fp32 residual stream: the same micro-step
     # and recomputed layers take a few GiB less, so the plan recomputes fewer layers.
     same = dict(micro_batch_tokens=15_000, checkpointed_layers=32, weight_bits=4)
