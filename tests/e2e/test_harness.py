@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 
 from tests.e2e.conftest import FAKE_TRAINER, REPO, KubeEnv, wait_for
+from tests.harness.cluster_tls import issue_server_cert
+from tests.harness.kube_gateway import KubeGateway
 
 pytestmark = pytest.mark.e2e
 
@@ -482,3 +487,77 @@ def test_audit_records_what_clients_did(kube_env: KubeEnv, ns: str) -> None:
         ("batch", "jobs", "list"),
         ("finetune.dev", "finetunejobs", "list"),
     } <= rules
+
+
+def test_kubectl_apply_of_the_helm_chart(kube_env: KubeEnv, ns: str) -> None:
+    # What a deployment of the operator image starts from: the chart, rendered and applied.
+    helm = kube_env.kubectl_bin.parent / "helm"
+    rendered = subprocess.run(
+        [str(helm), "template", "ftj", str(REPO / "charts" / "finetune-operator")]
+        + ["--namespace", ns, "--set", "metrics.enabled=false", "--set", "peering.enabled=false"],
+        env=kube_env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    kinds = {d["kind"] for d in yaml.safe_load_all(rendered) if d}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"} <= kinds
+    out = kube_env.kubectl("apply", "-n", ns, "-f", "-", input=rendered).stdout
+    assert "deployment.apps/ftj-finetune-operator created" in out
+    assert "clusterrole.rbac.authorization.k8s.io/ftj-finetune-operator created" in out
+    again = kube_env.kubectl("apply", "-n", ns, "-f", "-", input=rendered).stdout
+    assert "deployment.apps/ftj-finetune-operator unchanged" in again
+    try:
+        deploy = kube_env.kubectl_json("get", "deploy", "ftj-finetune-operator", "-n", ns)
+        assert deploy["spec"]["replicas"] == 1
+        pod = deploy["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "ftj-finetune-operator"
+        assert kube_env.kubectl_json("get", "sa", "ftj-finetune-operator", "-n", ns)
+        role = kube_env.kubectl_json("get", "clusterrole", "ftj-finetune-operator")
+        assert "namespace" not in role["metadata"]  # cluster-scoped, despite ``-n``
+        assert {"finetune.dev", "batch", ""} <= {g for r in role["rules"] for g in r["apiGroups"]}
+        binding = kube_env.kubectl_json("get", "clusterrolebinding", "ftj-finetune-operator")
+        assert binding["roleRef"]["name"] == "ftj-finetune-operator"
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "ftj-finetune-operator", "namespace": ns}
+        ]
+        table = kube_env.kubectl("get", "deploy", "-n", ns).stdout
+        assert table.split()[:2] == ["NAME", "READY"] and "0/1" in table
+        # Discovery lists the new groups with their resources, so kubectl maps them right.
+        resources = kube_env.kubectl("api-resources", "-o", "wide").stdout
+        for line in ("deployments", "clusterroles", "clusterrolebindings", "roles"):
+            assert line in resources
+    finally:  # cluster-scoped objects outlive the test's namespace
+        kube_env.kubectl("delete", "-n", ns, "-f", "-", input=rendered, check=False)
+
+
+def test_tls_serves_in_cluster_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubernetes import client
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
+    with KubeGateway(None, tmp_path / "gateway", tls=True) as gateway:
+        assert gateway.tls_url == f"https://127.0.0.1:{gateway.tls_port}"
+        sa = gateway.service_account_files("finetune-system", tmp_path / "serviceaccount")
+        assert (sa / "namespace").read_text() == "finetune-system"
+        assert (sa / "ca.crt").read_bytes() == Path(gateway.ca_file or "").read_bytes()
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(gateway.tls_port))
+        config = client.Configuration()
+        InClusterConfigLoader(
+            token_filename=str(sa / "token"), cert_filename=str(sa / "ca.crt")
+        ).load_and_set(config)
+        assert config.host == gateway.tls_url and config.verify_ssl
+        names = client.CoreV1Api(client.ApiClient(config)).list_namespace().items
+        assert {n.metadata.name for n in names} == {"default", "kube-system"}
+        assert any(r.resource == "namespaces" and r.verb == "list" for r in gateway.audit)
+
+        # The certificate is verified: a client trusting another CA is refused.
+        stranger = client.Configuration()
+        stranger.host, stranger.retries = gateway.tls_url, 0
+        stranger.ssl_ca_cert = str(issue_server_cert(tmp_path / "other").ca_file)
+        with pytest.raises(urllib3.exceptions.MaxRetryError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.CoreV1Api(client.ApiClient(stranger)).list_namespace()
+        # Plain HTTP keeps working next to HTTPS.
+        with urllib.request.urlopen(f"{gateway.url}/api/v1/namespaces", timeout=5) as resp:
+            assert len(json.loads(resp.read())["items"]) == 2

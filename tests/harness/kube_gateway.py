@@ -10,11 +10,16 @@ gateway
   real server, streaming watches through unchanged;
 * serves core v1 (namespaces, pods + status/log/eviction, configmaps, services, secrets,
   serviceaccounts, persistentvolumeclaims, events), ``batch/v1`` jobs, ``events.k8s.io/v1``
-  events and ``coordination.k8s.io/v1`` leases itself, from an in-memory store with
-  resourceVersions, watches, label/field selectors, the four patch types, finalizers, status
-  subresources and ownerReference garbage collection (also across the two back ends: deleting a
-  FineTuneJob on the real server deletes the Jobs/ConfigMaps/Services it owns here);
+  events, ``coordination.k8s.io/v1`` leases, ``apps/v1`` deployments and
+  ``rbac.authorization.k8s.io/v1`` (cluster)roles and (cluster)rolebindings itself, from an
+  in-memory store with resourceVersions, watches, label/field selectors, the four patch types,
+  finalizers, status subresources and ownerReference garbage collection (also across the two
+  back ends: deleting a FineTuneJob on the real server deletes the Jobs/ConfigMaps/Services it
+  owns here). Deployments and RBAC objects are only stored, so ``kubectl apply`` of the chart
+  works: no controller acts on Deployments and RBAC is not enforced;
 * merges discovery (``/api``, ``/apis``) of both, so ``kubectl`` and kopf see one cluster;
+* optionally (``tls=True``) serves the same over HTTPS too, with a throwaway CA, and writes
+  a pod's service-account directory, so in-cluster clients can connect as from a pod;
 * records every request in :attr:`KubeGateway.audit` (verb, group, resource, subresource,
   namespace, user agent) so the operator's RBAC can be derived from what it really does.
 
@@ -81,6 +86,7 @@ class ResourceType:
         return self.kind.lower()
 
 
+_RBAC = "rbac.authorization.k8s.io"
 EMULATED: tuple[ResourceType, ...] = (
     ResourceType(
         "",
@@ -126,6 +132,21 @@ EMULATED: tuple[ResourceType, ...] = (
     ResourceType("batch", "v1", "jobs", "Job", subresources=("status",), has_status=True),
     ResourceType("events.k8s.io", "v1", "events", "Event", short_names=("ev",)),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease"),
+    # What the chart installs (``kubectl apply`` of ``helm template``): stored, not acted on
+    # (no pods from Deployments, RBAC not enforced).
+    ResourceType(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        subresources=("status",),
+        short_names=("deploy",),
+        has_status=True,
+    ),
+    ResourceType(_RBAC, "v1", "clusterroles", "ClusterRole", namespaced=False),
+    ResourceType(_RBAC, "v1", "clusterrolebindings", "ClusterRoleBinding", namespaced=False),
+    ResourceType(_RBAC, "v1", "roles", "Role"),
+    ResourceType(_RBAC, "v1", "rolebindings", "RoleBinding"),
 )
 EMULATED_GROUPS = {r.group for r in EMULATED if r.group}
 _BY_PATH = {(r.group, r.version, r.plural): r for r in EMULATED}
@@ -764,6 +785,12 @@ class ObjectStore:
             spec.setdefault("type", "ClusterIP")
         elif res.kind == "Namespace":
             obj["status"] = {"phase": "Active"}
+        elif res.kind == "Deployment" and isinstance(spec, dict):
+            spec.setdefault("replicas", 1)
+            spec.setdefault("revisionHistoryLimit", 10)
+            spec.setdefault("progressDeadlineSeconds", 600)
+            spec.setdefault("strategy", {"type": "RollingUpdate"})
+            obj.setdefault("status", {})
 
 
 # --------------------------------------------------------------------------------------------
@@ -880,8 +907,13 @@ HOP_HEADERS = {
 class KubeGateway:
     """HTTP server: the single Kubernetes URL of an e2e test (see module docstring).
 
-    Attributes after :meth:`start`: ``url``, ``kubeconfig_path``, ``store``, ``audit``, ``loop``.
+    Attributes after :meth:`start`: ``url``, ``kubeconfig_path``, ``store``, ``audit``, ``loop``;
+    with ``tls=True`` also ``tls_port``, ``tls_url`` and ``ca_file`` (the same app over HTTPS,
+    certificate from :mod:`tests.harness.cluster_tls`; ``tls_hosts`` adds names/IPs to its
+    SANs) and :meth:`service_account_files` for in-cluster clients.
     """
+
+    TOKEN = "ftj-e2e-gateway"  # what clients present; the gateway ignores credentials
 
     def __init__(
         self,
@@ -889,6 +921,8 @@ class KubeGateway:
         workdir: Path,
         host: str = "127.0.0.1",
         namespaces: Iterable[str] = ("default", "kube-system"),
+        tls: bool = False,
+        tls_hosts: Iterable[str] = (),
     ) -> None:
         self.upstream = upstream
         self.workdir = Path(workdir)
@@ -905,6 +939,9 @@ class KubeGateway:
         self._upstream_kinds: dict[tuple[str, str], str] = {}  # (apiVersion, kind) -> plural
         self._initial_namespaces = list(namespaces)
         self.gc_interval = 1.0
+        self.tls, self._tls_hosts = tls, list(tls_hosts)
+        self.tls_port, self.tls_url = 0, ""
+        self.ca_file: Path | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -959,6 +996,15 @@ class KubeGateway:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://{self.host}:{port}"
+        if self.tls:
+            from tests.harness import cluster_tls
+
+            hosts = [self.host, *cluster_tls.DEFAULT_HOSTS, *self._tls_hosts]
+            files = cluster_tls.issue_server_cert(self.workdir / "tls", hosts)
+            tls_site = web.TCPSite(self._runner, self.host, 0, ssl_context=files.server_context())
+            await tls_site.start()
+            self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.tls_url, self.ca_file = f"https://{self.host}:{self.tls_port}", files.ca_file
         if self.upstream is not None:
             self._background.append(asyncio.create_task(self._collect_cross_garbage()))
 
@@ -990,7 +1036,7 @@ class KubeGateway:
             "current-context": "ftj-e2e",
             "clusters": [{"name": "ftj-e2e", "cluster": {"server": self.url}}],
             # The gateway ignores credentials; a token keeps clients' login logic happy.
-            "users": [{"name": "ftj-e2e", "user": {"token": "ftj-e2e-gateway"}}],
+            "users": [{"name": "ftj-e2e", "user": {"token": self.TOKEN}}],
             "contexts": [
                 {
                     "name": "ftj-e2e",
@@ -999,6 +1045,19 @@ class KubeGateway:
             ],
         }
         self.kubeconfig_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def service_account_files(self, namespace: str, target_dir: Path) -> Path:
+        """Write what a pod's ``/var/run/secrets/kubernetes.io/serviceaccount`` holds
+        (``token``, ``ca.crt``, ``namespace``) into ``target_dir`` and return it. In-cluster
+        clients then reach :attr:`tls_url` as ``KUBERNETES_SERVICE_HOST``/``_PORT``."""
+        if self.ca_file is None:
+            raise RuntimeError("service account files need KubeGateway(..., tls=True), started")
+        target_dir = Path(target_dir)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        (target_dir / "token").write_text(self.TOKEN)
+        (target_dir / "ca.crt").write_bytes(self.ca_file.read_bytes())
+        (target_dir / "namespace").write_text(namespace)
+        return target_dir
 
     # -- test-facing helpers (thread-safe) -------------------------------------------------
 
@@ -1512,6 +1571,17 @@ class KubeGateway:
             ],
             "ConfigMap": [("Data", "integer", lambda o: len(o.get("data") or {}))],
             "Namespace": [("Status", "string", lambda o: o.get("status", {}).get("phase", ""))],
+            "Deployment": [
+                (
+                    "Ready",
+                    "string",
+                    lambda o: "{}/{}".format(
+                        o.get("status", {}).get("readyReplicas", 0),
+                        o.get("spec", {}).get("replicas", 1),
+                    ),
+                ),
+                ("Available", "integer", lambda o: o.get("status", {}).get("availableReplicas", 0)),
+            ],
         }
         rows_extra = extra.get(res.kind, [])
         definitions = [
