@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/finetune-dev/trainer:0.1.0"
+DEFAULT_TRAINER_IMAGE: Final = "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
 API_DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 
 ENV_DOCS: Final[dict[str, str]] = {

@@ -37,9 +37,15 @@ As the Job controller it honours ``parallelism``/``completions`` (``Indexed`` to
 Faults for tests: :meth:`JobSimulator.kill_pod`, :meth:`evict_pod` (``DisruptionTarget``),
 :meth:`make_unschedulable`, :meth:`image_pull_backoff` and :meth:`clear_faults`.
 
+With a :class:`~tests.harness.container_runtime.ContainerRuntime` (the image tier) each
+container runs from the image its spec names, as that image's user, on its read-only root,
+with its volumes at their real paths; and a ``apps/v1`` Deployment gets its pods too (one per
+replica, started once), so the chart's operator Deployment runs from its image.
+
 Not simulated: init containers, sidecars, more than the first container per pod, resource
 limits, node selection (everything lands on node ``sim-node``), graceful pod deletion
-(the pod object goes at once; its process gets SIGTERM then SIGKILL).
+(the pod object goes at once; its process gets SIGTERM then SIGKILL), Deployment rollouts
+and container restarts.
 """
 
 from __future__ import annotations
@@ -63,6 +69,13 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.harness.container_runtime import (
+    SERVICE_ACCOUNT_DIR,
+    ContainerConfigError,
+    ContainerRuntime,
+    ImageNotPresent,
+    Mount,
+)
 from tests.harness.kube_gateway import (
     ApiError,
     KubeGateway,
@@ -79,6 +92,7 @@ PODS = ObjectStore.resource("", "v1", "pods")
 SECRETS = ObjectStore.resource("", "v1", "secrets")
 SERVICES = ObjectStore.resource("", "v1", "services")
 CONFIGMAPS = ObjectStore.resource("", "v1", "configmaps")
+DEPLOYMENTS = ObjectStore.resource("apps", "v1", "deployments")
 NODE_NAME = "sim-node"
 TERMINATION_MESSAGE_LIMIT = 4096
 # What stands for the container image on this host: the checkout (the trainer's code and the
@@ -144,6 +158,9 @@ class JobSimulator:
             Kubernetes uses 10 s, tests want fast.
         grace_seconds: SIGTERM → SIGKILL delay when stopping pods (the pod's
             ``terminationGracePeriodSeconds`` wins when smaller).
+        runtime: run each container from the image its spec names (the image tier, see
+            :mod:`tests.harness.container_runtime`) instead of as a process of this checkout;
+            ``extra_env`` and the host's environment then reach no pod.
     """
 
     def __init__(
@@ -153,8 +170,10 @@ class JobSimulator:
         extra_env: Mapping[str, str] | None = None,
         backoff_seconds: float = 0.5,
         grace_seconds: float = 10.0,
+        runtime: ContainerRuntime | None = None,
     ) -> None:
         self.gateway, self.store = gateway, gateway.store
+        self.runtime = runtime
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
         self.backoff_seconds = backoff_seconds
@@ -293,6 +312,11 @@ class JobSimulator:
         obj, meta = event.object, event.object["metadata"]
         if event.resource == JOBS:
             self._mark(obj)
+        elif event.resource == DEPLOYMENTS and event.type == "ADDED":
+            # The Deployment controller, as far as the image tier needs it: one pod per
+            # replica, started once (no rollouts, no restarts).
+            for index in range(int(obj.get("spec", {}).get("replicas", 1))):
+                self._create_pod(obj, index, owner=("apps/v1", "Deployment"))
         elif event.resource == PODS:
             for ref in meta.get("ownerReferences") or []:
                 if ref.get("kind") == "Job":
@@ -477,13 +501,16 @@ class JobSimulator:
                 with contextlib.suppress(ApiError):
                     self.store.delete(PODS, obj["metadata"]["namespace"], obj["metadata"]["name"])
 
-    def _create_pod(self, job: Mapping[str, Any], index: int) -> None:
+    def _create_pod(
+        self, job: Mapping[str, Any], index: int, owner: tuple[str, str] = ("batch/v1", "Job")
+    ) -> None:
         meta, spec = job["metadata"], job["spec"]
         template = spec.get("template", {})
         labels = dict(template.get("metadata", {}).get("labels") or {})
         annotations = dict(template.get("metadata", {}).get("annotations") or {})
-        labels.setdefault("job-name", meta["name"])
-        labels.setdefault("batch.kubernetes.io/job-name", meta["name"])
+        if owner[1] == "Job":
+            labels.setdefault("job-name", meta["name"])
+            labels.setdefault("batch.kubernetes.io/job-name", meta["name"])
         if spec.get("completionMode") == "Indexed":
             labels["batch.kubernetes.io/job-completion-index"] = str(index)
             annotations["batch.kubernetes.io/job-completion-index"] = str(index)
@@ -509,8 +536,8 @@ class JobSimulator:
                 "annotations": annotations,
                 "ownerReferences": [
                     {
-                        "apiVersion": "batch/v1",
-                        "kind": "Job",
+                        "apiVersion": owner[0],
+                        "kind": owner[1],
                         "name": meta["name"],
                         "uid": meta["uid"],
                         "controller": True,
@@ -732,7 +759,7 @@ class JobSimulator:
                                 "restartCount": 0,
                                 "state": {
                                     "waiting": {
-                                        "reason": "CreateContainerConfigError",
+                                        "reason": e.reason,
                                         "message": str(e),
                                     }
                                 },
@@ -758,6 +785,8 @@ class JobSimulator:
             if "configMap" in volume or "secret" in volume:
                 self._materialize(ns, volume, target)
             sources[volume["name"]] = target
+        if self.runtime is not None:
+            return self._prepare_in_image(pod, obj, container, sources)
         mounts: dict[str, Path] = {}
         for mount in container.get("volumeMounts") or []:
             source = sources.get(mount["name"], volumes_dir / mount["name"])
@@ -823,6 +852,73 @@ class JobSimulator:
         cwd = rewrite(container.get("workingDir") or "") or str(pod.root)
         Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd, term_path
+
+    def _prepare_in_image(
+        self,
+        pod: SimulatedPod,
+        obj: dict[str, Any],
+        container: Mapping[str, Any],
+        sources: Mapping[str, Path],
+    ) -> tuple[list[str], dict[str, str], str, Path]:
+        """argv of the container run from its image: volumes at their real paths, the
+        environment the kubelet gives it and nothing of the host's (see container_runtime)."""
+        assert self.runtime is not None
+        ns, spec = pod.namespace, obj["spec"]
+        read_only_volumes = {
+            v["name"] for v in spec.get("volumes") or [] if "configMap" in v or "secret" in v
+        }
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            source = Path(sources.get(mount["name"], pod.root / "volumes" / mount["name"]))
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+            source.mkdir(parents=True, exist_ok=True)
+            read_only = bool(mount.get("readOnly")) or mount["name"] in read_only_volumes
+            mounts.append(Mount(mount["mountPath"], source, read_only))
+        term_path = pod.root / "termination-log"
+        term_path.touch()
+        mounts.append(
+            Mount(container.get("terminationMessagePath", "/dev/termination-log"), term_path)
+        )
+        env: dict[str, str] = {
+            "HOSTNAME": spec.get("hostname") or pod.name,
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": str(self.gateway.tls_port or ""),
+        }
+        if spec.get("automountServiceAccountToken", True) and self.gateway.ca_file is not None:
+            token_dir = self.gateway.service_account_files(ns, pod.root / "serviceaccount")
+            mounts.append(Mount(SERVICE_ACCOUNT_DIR, Path(token_dir), read_only=True))
+        for source in container.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                data = self._lookup(CONFIGMAPS, ns, source["configMapRef"], None)
+            else:
+                data = self._lookup(SECRETS, ns, source["secretRef"], None)
+            env.update({prefix + k: v for k, v in (data or {}).items()})
+        for var in container.get("env") or []:
+            value = self._env_value(pod, obj, var, env)
+            if value is not None:
+                env[var["name"]] = value
+        env = {k: self._cluster_dns(ns, v) for k, v in env.items()}
+        # Emulated network: the pod shares the host's namespace, so it is told its address.
+        env["FTJ_PROGRESS_HOST"] = pod.ip
+        try:
+            argv = self.runtime.command(
+                spec,
+                container,
+                env,
+                mounts,
+                hostname=env["HOSTNAME"],
+                expand=lambda value, e: self._cluster_dns(ns, _expand(value, e)),
+            )
+        except ImageNotPresent as err:
+            image = container.get("image", "")
+            raise _ConfigError(
+                f'Back-off pulling image "{image}": ErrImagePull: {err}', "ImagePullBackOff"
+            ) from err
+        except ContainerConfigError as err:
+            raise _ConfigError(str(err)) from err
+        return argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, str(pod.root), term_path
 
     def _cluster_dns(self, namespace: str, value: str) -> str:
         """``value`` with the DNS names of running pods (``<hostname>.<subdomain>...``,
@@ -1029,7 +1125,12 @@ class JobSimulator:
 
 
 class _ConfigError(Exception):
-    """A reference the container needs is missing (kubelet: CreateContainerConfigError)."""
+    """The container can't start yet: a missing reference (CreateContainerConfigError) or,
+    in the image tier, an image not in local storage (ImagePullBackOff)."""
+
+    def __init__(self, message: str, reason: str = "CreateContainerConfigError") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def _host_command(argv: list[str]) -> list[str]:

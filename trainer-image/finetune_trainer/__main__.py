@@ -9,6 +9,7 @@ person debugging wants it.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -77,8 +78,30 @@ def leave_process_group() -> None:
         log.warning("could not leave the process group: %s", err)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line takes no options: everything comes from the mounted manifest.
+
+    ``--help`` exists so that a person (and the image tier's smoke test) can check the image's
+    entry point without a job: it says where the trainer reads its job and writes its result.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_trainer",
+        description=(
+            "Run the FineTuneJob whose manifest FTJ_MANIFEST names (the operator mounts it at "
+            "/etc/finetune/job.json): fetch, validate the data, train, merge, publish."
+        ),
+        epilog=(
+            "Exit codes: 0 succeeded, 1 failed (a retry may help), 42 the input is wrong. "
+            "The termination message (FTJ_TERMINATION_LOG, default /dev/termination-log) "
+            "holds the reason; progress is served on FTJ_PROGRESS_PORT (8080)."
+        ),
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the job named by ``FTJ_MANIFEST`` and return the process exit code."""
+    parse_args(argv)
     configure_logging()
     from finetune_trainer.run import RunSettings
 

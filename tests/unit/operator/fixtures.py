@@ -113,7 +113,7 @@ def pod(
     annotations = {"batch.kubernetes.io/job-completion-index": index} if index is not None else {}
     container_status: Obj = {
         "name": "trainer",
-        "image": "ghcr.io/finetune-dev/trainer:0.1.0",
+        "image": "ghcr.io/finetune-dev/finetune-trainer:0.1.0",
         "imageID": "",
         "ready": phase == "Running",
         "restartCount": restarts,
@@ -160,7 +160,7 @@ def pod(
             "containers": [
                 {
                     "name": "trainer",
-                    "image": "ghcr.io/finetune-dev/trainer:0.1.0",
+                    "image": "ghcr.io/finetune-dev/finetune-trainer:0.1.0",
                     "resources": {"limits": {"memory": "64Gi"}},
                 }
             ]

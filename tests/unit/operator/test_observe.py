@@ -88,13 +88,13 @@ CASES = [
                 state={
                     "waiting": {
                         "reason": "ImagePullBackOff",
-                        "message": 'Back-off pulling image "ghcr.io/finetune-dev/trainer:0.1.0"',
+                        "message": 'Back-off pulling image "ghcr.io/finetune-dev/finetune-trainer:0.1.0"',
                     }
                 },
             )
         ],
         reason="ImagePullBackOff",
-        message_has=("ghcr.io/finetune-dev/trainer:0.1.0",),
+        message_has=("ghcr.io/finetune-dev/finetune-trainer:0.1.0",),
         event=("Warning", "ImagePullBackOff"),
     ),
     Case(
@@ -112,7 +112,7 @@ CASES = [
             )
         ],
         reason="ErrImagePull",
-        message_has=("image ghcr.io/finetune-dev/trainer:0.1.0", "NotFound"),
+        message_has=("image ghcr.io/finetune-dev/finetune-trainer:0.1.0", "NotFound"),
     ),
     Case(
         "missing-secret",

@@ -371,4 +371,4 @@ def test_image_from_spec_overrides_the_default() -> None:
     ).job
     assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/trainer:dev"
     default = rendered("qlora").job["spec"]["template"]["spec"]["containers"][0]["image"]
-    assert default == "ghcr.io/finetune-dev/trainer:0.1.0"
+    assert default == "ghcr.io/finetune-dev/finetune-trainer:0.1.0"

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.unit
 
 def test_defaults() -> None:
     s = OperatorSettings.from_env({})
-    assert s.trainer_image == "ghcr.io/finetune-dev/trainer:0.1.0"
+    assert s.trainer_image == "ghcr.io/finetune-dev/finetune-trainer:0.1.0"
     assert s.watch_namespaces == ()
     assert s.progress_poll_seconds == 10.0 and s.status_min_interval_seconds == 10.0
     assert s.metrics_port == 9090 and s.peering is None and s.trainer_command == ()
