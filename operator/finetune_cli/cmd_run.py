@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     if command is None:
         from finetune_trainer.__main__ import main as trainer_main
 
-        code = int(trainer_main())
+        code = int(trainer_main([]))
     else:  # rank 0 writes the termination log, as in a pod
         code = subprocess.run(command, check=False).returncode
     summary = json.loads(termination_log.read_text()) if termination_log.is_file() else {}

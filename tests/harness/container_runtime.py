@@ -217,7 +217,7 @@ class ContainerRuntime:
             bwrap += [
                 "--ro-bind" if mount.read_only else "--bind",
                 str(mount.host_path),
-                mount.container_path,
+                _make_mount_point(root, mount),
             ]
         bwrap += ["--clearenv"]
         for key, value in full_env.items():
@@ -295,6 +295,36 @@ def _grant(mount: Mount, uid: int, fs_group: int | None) -> None:
     else:
         os.chown(path, -1, fs_group)
         path.chmod(0o2775)
+
+
+def _make_mount_point(root: Path, mount: Mount) -> str:
+    """Create a missing mount point in the container's own layer, as runc does before it makes
+    the root read-only (``/var/run/secrets/...`` exists in no image), and return its path with
+    symlinks resolved inside ``root`` (Debian's ``/var/run`` points to ``/run``; bwrap would
+    follow an absolute link on the host)."""
+    if mount.container_path.startswith("/dev/"):
+        return mount.container_path  # /dev is bwrap's own tmpfs: it creates what it mounts
+    current = root
+    parts = [p for p in mount.container_path.split("/") if p]
+    for _hop in range(100):
+        if not parts:
+            break
+        part = parts.pop(0)
+        candidate = current / part
+        if candidate.is_symlink():
+            link = os.readlink(candidate)
+            parts = [p for p in link.split("/") if p] + parts
+            current = root if link.startswith("/") else current
+            continue
+        if not candidate.exists():
+            if parts or mount.host_path.is_dir():
+                candidate.mkdir(mode=0o755)
+            else:
+                candidate.touch(mode=0o644)
+        current = candidate
+    else:
+        raise ContainerConfigError(f"too many symlinks in mount path {mount.container_path}")
+    return "/" + str(current.relative_to(root)) if current != root else "/"
 
 
 def _make_traversable(path: Path) -> None:

@@ -158,10 +158,10 @@ def test_malformed_dataset_fails_invalid_input_naming_file_and_line(
         details=lambda: pods_report(cluster, ns),
     )
     assert done["phase"] == "Failed", done
-    ready = next(c for c in done["conditions"] if c["type"] in ("Failed", "Succeeded", "Ready"))
-    text = json.dumps(done["conditions"])
-    assert "InvalidInput" in text, done["conditions"]
-    assert "s3://datasets/broken.jsonl" in text and "line 3" in text, ready
+    failed = [c for c in done["conditions"] if c.get("reason") == "InvalidInput"]
+    assert failed, done["conditions"]
+    # The field, the user's own URI (not the pod's local copy) and the line.
+    assert "spec.datasets[0] s3://datasets/broken.jsonl, line 3" in failed[0]["message"], failed
     # Exit 42 is not retried: exactly one trainer pod ran.
     trainer_pods = [p for p in cluster.gateway.objects("pods", ns) if "broken-data" in str(p)]
     assert len(trainer_pods) == 1, [p["metadata"]["name"] for p in trainer_pods]

@@ -16,12 +16,6 @@ import sys
 import traceback
 
 from finetune_trainer.errors import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_OK, TrainerError
-from finetune_trainer.progress import (
-    ProgressReporter,
-    is_main_process,
-    termination_message,
-    write_termination_message,
-)
 
 log = logging.getLogger("finetune_trainer")
 
@@ -103,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the job named by ``FTJ_MANIFEST`` and return the process exit code."""
     parse_args(argv)
     configure_logging()
+    # Imported after the arguments: they pull in torch and transformers, which need a
+    # writable /tmp that ``--help`` on a bare read-only root does not have.
+    from finetune_trainer.progress import (
+        ProgressReporter,
+        is_main_process,
+        termination_message,
+        write_termination_message,
+    )
     from finetune_trainer.run import RunSettings
 
     settings = RunSettings.from_env()

@@ -65,10 +65,14 @@ def list_files(path: Path, field: str, problems: ProblemLog) -> list[Path]:
     return [path]
 
 
-def read_file(path: Path, problems: ProblemLog) -> FileRecords:
-    """Read one file; problems (syntax, shape, emptiness) go to ``problems``."""
+def read_file(path: Path, problems: ProblemLog, name: str | None = None) -> FileRecords:
+    """Read one file; problems (syntax, shape, emptiness) go to ``problems``.
+
+    ``name`` is how problems name the file: the user's URI rather than the local copy the
+    trainer fetched it to (a pod's ``/scratch/cache/...`` means nothing to whoever fixes it).
+    """
     suffix = path.suffix.lower()
-    name = str(path)
+    name = name or str(path)
     before = len(problems.problems)
     if path.stat().st_size == 0:
         problems.add(
@@ -76,13 +80,13 @@ def read_file(path: Path, problems: ProblemLog) -> FileRecords:
         )
         return FileRecords(name, [], ())
     if suffix == ".jsonl":
-        records = list(_read_jsonl(path, problems))
+        records = list(_read_jsonl(path, problems, name))
     elif suffix == ".json":
-        records = _read_json(path, problems)
+        records = _read_json(path, problems, name)
     elif suffix == ".parquet":
-        records = _read_parquet(path, problems)
+        records = _read_parquet(path, problems, name)
     else:
-        records = _read_csv(path, problems)
+        records = _read_csv(path, problems, name)
     columns: dict[str, None] = {}
     for record in records:
         columns.update(dict.fromkeys(record.data))
@@ -91,8 +95,7 @@ def read_file(path: Path, problems: ProblemLog) -> FileRecords:
     return FileRecords(name, records, tuple(columns))
 
 
-def _read_jsonl(path: Path, problems: ProblemLog) -> Iterator[Record]:
-    name = str(path)
+def _read_jsonl(path: Path, problems: ProblemLog, name: str) -> Iterator[Record]:
     with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -117,8 +120,7 @@ def _read_jsonl(path: Path, problems: ProblemLog) -> Iterator[Record]:
             yield Record(name, f"line {number}", value)
 
 
-def _read_json(path: Path, problems: ProblemLog) -> list[Record]:
-    name = str(path)
+def _read_json(path: Path, problems: ProblemLog, name: str) -> list[Record]:
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         problems.add(
@@ -130,7 +132,7 @@ def _read_json(path: Path, problems: ProblemLog) -> list[Record]:
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data" and _looks_like_jsonl(text):
             # A common mix-up: JSON Lines saved with a .json name. Read it as what it is.
-            return list(_read_jsonl(path, problems))
+            return list(_read_jsonl(path, problems, name))
         problems.add(
             locate(name, f"line {exc.lineno}, character {exc.colno}"),
             f"malformed JSON ({exc.msg})",
@@ -178,10 +180,9 @@ def _looks_like_jsonl(text: str) -> bool:
         return False
 
 
-def _read_parquet(path: Path, problems: ProblemLog) -> list[Record]:
+def _read_parquet(path: Path, problems: ProblemLog, name: str) -> list[Record]:
     import pyarrow.parquet as pq
 
-    name = str(path)
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
@@ -194,10 +195,9 @@ def _read_parquet(path: Path, problems: ProblemLog) -> list[Record]:
     return [Record(name, f"row {i}", row) for i, row in enumerate(rows, start=1)]
 
 
-def _read_csv(path: Path, problems: ProblemLog) -> list[Record]:
+def _read_csv(path: Path, problems: ProblemLog, name: str) -> list[Record]:
     import pandas as pd
 
-    name = str(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except Exception as exc:  # pandas: ParserError, UnicodeDecodeError, EmptyDataError, ...

@@ -120,11 +120,20 @@ def load_examples(spec: FineTuneJobSpec, dataset_files: Sequence[Path]) -> list[
         for i, (source, path) in enumerate(zip(spec.datasets, dataset_files, strict=True)):
             normalizer = DatasetNormalizer(i, source, spec.template, problems)
             for file in list_files(Path(path), f"spec.datasets[{i}]", problems):
-                per_dataset[i].extend(normalizer.normalize(read_file(file, problems)))
+                name = _user_facing_name(f"spec.datasets[{i}]", source.uri, Path(path), file)
+                per_dataset[i].extend(normalizer.normalize(read_file(file, problems, name)))
     except TooManyProblems:
         pass
     problems.raise_if_any()
     return per_dataset
+
+
+def _user_facing_name(field: str, uri: str, fetched: Path, file: Path) -> str:
+    """``spec.datasets[0] s3://bucket/data.jsonl``: the field and the URI the user wrote (a
+    file inside a fetched folder keeps its path below it), not the trainer's local copy."""
+    if file == fetched or not uri:
+        return f"{field} {uri or file}"
+    return f"{field} {uri.rstrip('/')}/{file.relative_to(fetched).as_posix()}"
 
 
 def _segments(spec: FineTuneJobSpec, tokenizer: Any, example: Example) -> list[Segment]:
