@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from finetune_operator import render
+
 from tests.harness.container_runtime import ContainerRuntime, Mount
 from tests.harness.job_simulator import _expand
 from tests.images.conftest import OPERATOR_IMAGE, TRAINER_IMAGE
@@ -142,10 +142,11 @@ def test_every_runtime_module_imports(runtime: ContainerRuntime, tmp_path: Path)
     result = python_in_image(
         runtime,
         f"""
-        import importlib, pkgutil, traceback
+        import importlib, pkgutil
         import finetune_trainer
         names = list({THIRD_PARTY!r})
-        names += [m.name for m in pkgutil.walk_packages(finetune_trainer.__path__, "finetune_trainer.")]
+        walk = pkgutil.walk_packages(finetune_trainer.__path__, "finetune_trainer.")
+        names += [m.name for m in walk]
         failed = []
         for name in names:
             try:

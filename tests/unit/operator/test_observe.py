@@ -88,7 +88,9 @@ CASES = [
                 state={
                     "waiting": {
                         "reason": "ImagePullBackOff",
-                        "message": 'Back-off pulling image "ghcr.io/finetune-dev/finetune-trainer:0.1.0"',
+                        "message": (
+                            'Back-off pulling image "ghcr.io/finetune-dev/finetune-trainer:0.1.0"'
+                        ),
                     }
                 },
             )
