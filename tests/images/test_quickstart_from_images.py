@@ -1,12 +1,13 @@
 """The quickstart the way a platform team runs it: chart → operator image → trainer image.
 
-``kubectl apply`` of ``examples/quickstart.yaml`` (its model and data moved to S3, as on a
-cluster); the operator, installed from the chart and running from its image with its
-ServiceAccount, renders the Job; the trainer, from its image on CPU as uid 1000 on a read-only
-root, pulls the tiny model and data from the S3 server, trains, merges and publishes. The user
-then sees Training with progress and Succeeded in ``kubectl get ftj``, downloads the artifacts
-with ``ftj artifacts --download`` (every checksum verified) and asks the merged model who it
-is. A malformed dataset ends ``Failed`` / ``InvalidInput`` naming the file and the line.
+``kubectl apply`` of the FineTuneJob the kind tier applies (``run-kind-e2e.sh --print-job``:
+``examples/quickstart.yaml`` with its model and data in S3), on CPU here. The operator,
+installed from the chart and running from its image with its ServiceAccount, renders the Job;
+the trainer, from its image as uid 1000 on a read-only root, pulls the tiny model and data from
+the S3 server, trains, merges and publishes. The user then sees Training with progress and
+Succeeded in ``kubectl get ftj``, downloads the artifacts with ``ftj artifacts --download``
+(every checksum verified) and asks the merged model who it is. A malformed dataset ends
+``Failed`` / ``InvalidInput`` naming the file and the line.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import REPO, KubeEnv, wait_for
-from tests.images.conftest import S3_KEYS, S3_SECRET, TRAINER_IMAGE
+from tests.images.conftest import JOB_NAMESPACE, KIND_SCRIPT, S3_KEYS, S3_SECRET, TRAINER_IMAGE
 
 pytestmark = pytest.mark.images
 
@@ -47,21 +47,26 @@ def upload_quickstart_inputs(cluster: KubeEnv) -> None:
 
 
 def quickstart_on_s3(name: str, dataset: str = "s3://datasets/identity.json") -> dict[str, Any]:
-    """examples/quickstart.yaml with S3 uris and a credentials Secret, unchanged otherwise."""
-    body = yaml.safe_load(QUICKSTART.read_text())
-    body["metadata"]["name"] = name
+    """The kind tier's FineTuneJob (the quickstart in S3, credentials from a Secret) on CPU."""
+    printed = subprocess.run(
+        ["bash", str(KIND_SCRIPT), "--print-job"], capture_output=True, text=True, check=True
+    ).stdout
+    body = dict(yaml.safe_load(printed))
+    expected = yaml.safe_load(QUICKSTART.read_text())["spec"]
+    assert body["spec"]["training"] == expected["training"], "the kind job drifted from examples/"
+    body["metadata"] = {"name": name}
     spec = body["spec"]
-    spec["model"]["uri"] = "s3://models/tiny-qwen3"
     spec["datasets"][0]["uri"] = dataset
     spec["output"]["uri"] = f"s3://artifacts/{name}"
-    spec["storage"] = {"s3": {"pathStyle": True, "credentialsSecret": {"name": S3_SECRET}}}
-    return dict(body)
+    spec["resources"]["gpus"] = 0  # the same job on a CPU node
+    assert spec["storage"]["s3"]["credentialsSecret"]["name"] == S3_SECRET
+    return body
 
 
 @pytest.fixture(scope="module")
 def ml_team(image_cluster: KubeEnv, chart_operator: str) -> str:
-    """A user's namespace with the S3 credentials Secret and the inputs uploaded."""
-    ns = image_cluster.create_namespace(f"ml-team-{uuid.uuid4().hex[:4]}")
+    """The operator's watched namespace with the S3 credentials Secret and the inputs."""
+    ns = JOB_NAMESPACE
     upload_quickstart_inputs(image_cluster)
     secret = {
         "apiVersion": "v1",
