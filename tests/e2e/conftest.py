@@ -27,8 +27,8 @@ import pytest
 import yaml
 
 from tests.harness.apiserver import KubeApiServer
-from tests.harness.job_simulator import JobSimulator
-from tests.harness.kube_gateway import KubeGateway, Upstream
+from tests.harness.cluster import JobSimulator
+from tests.harness.kube_api import KubeGateway, Upstream
 from tests.harness.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ import yaml
 
 from tests.e2e.conftest import FAKE_TRAINER, REPO, KubeEnv, wait_for
 from tests.harness.cluster_tls import issue_server_cert
-from tests.harness.kube_gateway import KubeGateway
+from tests.harness.kube_api import KubeGateway
 
 pytestmark = pytest.mark.e2e
 

@@ -1,6 +1,6 @@
 """Runs a pod's container from a built image, as a container runtime would (the image tier).
 
-Why: the e2e tier's kubelet (:mod:`tests.harness.job_simulator`) runs pods as local
+Why: the e2e tier's kubelet (:mod:`tests.harness.cluster.kubelet`) runs pods as local
 processes of this checkout's Python. That proves the operator's logic, but not the pod it
 renders: the image's entrypoint, its user, a read-only root filesystem, what the mounts hide
 or provide. With a :class:`ContainerRuntime`, the same kubelet runs each container from the

@@ -19,7 +19,7 @@ import pytest
 from finetune_operator import render
 
 from tests.harness.container_runtime import ContainerRuntime, Mount
-from tests.harness.job_simulator import _expand
+from tests.harness.cluster import expand_var_refs as _expand
 from tests.images.conftest import OPERATOR_IMAGE, TRAINER_IMAGE
 
 pytestmark = pytest.mark.images
