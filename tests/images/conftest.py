@@ -35,6 +35,11 @@ from tests.harness.kube_api import KubeGateway, Upstream
 
 CHART = REPO / "charts" / "finetune-operator"
 VALUES = Path(__file__).with_name("values-images.yaml")
+# The kind tier's values and namespace: what runs there on a GPU node runs here from the same
+# images on CPU, so its Docker-free parts (values, Role mode, the job it applies) are exercised.
+KIND_VALUES = REPO / "tests" / "kind" / "values-kind.yaml"
+KIND_SCRIPT = REPO / "tests" / "kind" / "run-kind-e2e.sh"
+JOB_NAMESPACE = str(yaml.safe_load(KIND_VALUES.read_text())["watchNamespaces"][0])
 OPERATOR_NAMESPACE = "finetune-system"
 S3_SECRET = "s3-credentials"
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "FTJIMAGETIERKEY00000", "AWS_SECRET_ACCESS_KEY": "ftj-image-tier"}
@@ -118,7 +123,7 @@ def _http_ok(url: str) -> bool:
 def render_chart(helm: Path, *sets: str) -> str:
     """``helm template`` of the chart with the image tier's values (what helm install applies)."""
     args = [str(helm), "template", "ftj", str(CHART), "--namespace", OPERATOR_NAMESPACE]
-    args += ["-f", str(VALUES)]
+    args += ["-f", str(KIND_VALUES), "-f", str(VALUES)]
     for item in sets:
         args += ["--set", item]
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
@@ -126,7 +131,8 @@ def render_chart(helm: Path, *sets: str) -> str:
 
 @pytest.fixture(scope="session")
 def chart_operator(image_cluster: KubeEnv, kube_tools_bin: Path) -> Iterator[str]:
-    """The operator, installed from the chart and running from its image; yields its pod."""
+    """The operator, installed from the chart with the kind tier's values (namespaced mode: a
+    Role in the job namespace) and running from its image; yields its pod."""
     cluster = image_cluster
     health_port = _free_port()
     rendered = render_chart(
@@ -138,7 +144,10 @@ def chart_operator(image_cluster: KubeEnv, kube_tools_bin: Path) -> Iterator[str
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered) if d]
     assert "Deployment" in kinds and "ServiceAccount" in kinds, kinds
     cluster.create_namespace(OPERATOR_NAMESPACE)
-    cluster.kubectl("apply", "-n", OPERATOR_NAMESPACE, "-f", "-", input=rendered)
+    cluster.create_namespace(JOB_NAMESPACE)  # its Role lives there (watchNamespaces)
+    # Every namespaced object of the chart names its namespace (the Role and the peering live
+    # in the watched namespace), so kubectl applies the stream as helm would, without -n.
+    cluster.kubectl("apply", "-f", "-", input=rendered)
 
     def operator_pod() -> str | None:
         for pod in cluster.gateway.objects("pods", OPERATOR_NAMESPACE):
