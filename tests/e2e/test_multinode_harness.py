@@ -5,9 +5,9 @@ Indexed Job (completions = parallelism = 2) and a headless Service named like th
 subdomain, and each pod runs the rendered ``torchrun ... --node-rank=$(JOB_COMPLETION_INDEX)
 --rdzv-backend=c10d --rdzv-endpoint=<job>-0.<job>:29500``. The Job simulator starts the two
 pods as processes on their own loopback addresses, expands ``$(JOB_COMPLETION_INDEX)``, and
-plays cluster DNS (``<job>-0.<job>`` becomes pod 0's address, see ``tests.harness.cluster.cluster_dns``), so the
-two torchrun agents meet at pod 0 and train the tiny quickstart Qwen3 over gloo. Rank 0 alone
-publishes.
+plays cluster DNS (``<job>-0.<job>`` becomes pod 0's address, see
+``tests.harness.cluster.cluster_dns``), so the two torchrun agents meet at pod 0 and train
+the tiny quickstart Qwen3 over gloo. Rank 0 alone publishes.
 
 The same data with the same global batch in one process (``nodes: 1``, ``batchSize`` doubled)
 must publish the same adapter: every optimizer step sees the same examples (the Trainer's

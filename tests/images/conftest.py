@@ -29,8 +29,8 @@ import yaml
 from tests.conftest import _missing
 from tests.e2e.conftest import REPO, KubeEnv, _install_crd, _s3_server, wait_for
 from tests.harness.apiserver import KubeApiServer
-from tests.harness.container_runtime import ContainerRuntime, ImageNotPresent, missing_tools
 from tests.harness.cluster import JobSimulator
+from tests.harness.container_runtime import ContainerRuntime, ImageNotPresent, missing_tools
 from tests.harness.kube_api import KubeGateway, Upstream
 
 CHART = REPO / "charts" / "finetune-operator"

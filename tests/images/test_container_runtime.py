@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.cluster import expand_var_refs as _expand
 from tests.harness.container_runtime import (
     ContainerConfigError,
     ContainerRuntime,
@@ -20,7 +21,6 @@ from tests.harness.container_runtime import (
     _container_argv,
     _identity,
 )
-from tests.harness.cluster import expand_var_refs as _expand
 from tests.images.conftest import OPERATOR_IMAGE
 
 pytestmark = pytest.mark.images

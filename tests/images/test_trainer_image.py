@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from finetune_operator import render
 
-from tests.harness.container_runtime import ContainerRuntime, Mount
 from tests.harness.cluster import expand_var_refs as _expand
+from tests.harness.container_runtime import ContainerRuntime, Mount
 from tests.images.conftest import OPERATOR_IMAGE, TRAINER_IMAGE
 
 pytestmark = pytest.mark.images
