@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=15000)
     args = parser.parse_args()
     import torch
-    from finetune_trainer import triton_kernels
+    from finetune_trainer import switches
+    from finetune_trainer.acceleration import triton_kernels
 
     print(f"device: {torch.cuda.get_device_name()}")
     print(f"{'kernel':24s} {'8 per draw us':>14s} {'4 per draw us':>14s} {'ratio':>6s}")
@@ -46,10 +47,9 @@ def main() -> None:
             pair = (t, acc) if kind == "backward pair" else None
             us = {}
             for halves in (2, 1):
-                triton_kernels.HALVES = halves
-                run = functools.partial(triton_kernels._dropout, x, 0.05, 7, pair)
-                us[halves] = gpu_us(torch, run)
-            triton_kernels.HALVES = 2
+                with switches.override(dropout_halves=halves):
+                    run = functools.partial(triton_kernels._dropout, x, 0.05, 7, pair)
+                    us[halves] = gpu_us(torch, run)
             label = f"{kind} x{width}"
             print(f"{label:24s} {us[2]:14.0f} {us[1]:14.0f} {us[1] / us[2]:6.2f}x")
 

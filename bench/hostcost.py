@@ -210,7 +210,7 @@ def op_costs(cycles_per_s: float, calls: int = 200) -> dict[str, Any]:
     """Host microseconds per call of single operations on small CUDA tensors, or "syncs" where
     the calls made the host wait for the GPU (with torch's sync debug sites where it sees them)."""
     import torch
-    from finetune_trainer import lora_fused, triton_kernels
+    from finetune_trainer.acceleration import lora_fused, triton_kernels
 
     x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)

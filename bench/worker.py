@@ -287,7 +287,7 @@ def build_default_prototype(
     import torch
     from finetune_api.spec import Method, Quantization, Training
     from finetune_trainer import acceleration as acc
-    from finetune_trainer import apply_plan
+    from finetune_trainer.acceleration import choices
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
@@ -323,13 +323,13 @@ def build_default_prototype(
         acc.ModelShape.from_config(model.config),
         acc.DeviceInfo.detect(),
         mean_example_tokens=mean,
-        liger_available=acc.liger_available() and plan_overrides.pop("liger", True),
+        liger_available=choices.liger_available() and plan_overrides.pop("liger", True),
         memory_budget_bytes=plan_overrides.pop("memory_budget_bytes", None),
     )
     if plan_overrides:
         plan = dataclasses.replace(plan, **plan_overrides)
     print("plan:", plan.describe(), file=sys.stderr)
-    applied = apply_plan.apply_acceleration(model, plan)
+    applied = acc.apply_acceleration(model, plan)
     print("applied:", applied, file=sys.stderr)
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(),
@@ -358,7 +358,7 @@ def build_default_prototype(
             pad_token_id=synthetic.PAD_ID, padding_free=True
         ),
     )
-    apply_plan.apply_gradient_checkpointing(trainer.model, plan)
+    acc.apply_gradient_checkpointing(trainer.model, plan)
     trainer._ftj_plan = plan  # type: ignore[attr-defined]
     trainer._ftj_load_s = load_s  # type: ignore[attr-defined]
     return trainer
@@ -376,14 +376,14 @@ def build_trainer_path(
     dropout: float | None = None,
 ) -> Any:
     """The trainer's own code path (``finetune_trainer.run`` minus fetch/publish): spec →
-    ``build_model`` (loading + acceleration plan) → ``make_collator`` → ``sft_config`` →
-    ``build_trainer``, on the synthetic data in the shape ``prepare_data`` leaves it."""
+    ``prepare_training`` (acceleration plan, loading, trainer arguments, trainer), on the
+    synthetic data in the shape ``prepare_data`` leaves it."""
     from types import SimpleNamespace
 
     from finetune_api.spec import FineTuneJobSpec
+    from finetune_trainer.acceleration import DeviceInfo
     from finetune_trainer.data import make_collator
-    from finetune_trainer.model import Hardware, build_model, resolve_precision
-    from finetune_trainer.train import build_trainer, sft_config
+    from finetune_trainer.train import prepare_training
 
     method: dict[str, Any] = {"type": "lora"}
     if qlora_bits:
@@ -410,25 +410,23 @@ def build_trainer_path(
             "resources": {"gpus": 1},
         }
     )
-    hw = Hardware.detect()
-    precision = resolve_precision(spec.training.precision, hw)
-    mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
-    model = build_model(ckpt, spec, precision, hw, mean_example_tokens=mean)
     data = SimpleNamespace(
         train=dataset([{**r, "labels": r["input_ids"]} for r in rows]), validation=None
     )
-    config = sft_config(
-        spec.training,
+    prepared = prepare_training(
+        ckpt,
+        spec,
+        DeviceInfo.detect(),
+        tokenizer=tok,
+        data=data,
+        collator=make_collator(tok, packing=True),
         output_dir=Path(tempfile.mkdtemp()),
-        precision=precision,
-        hw=hw,
-        has_validation=False,
-        gradient_checkpointing=bool(getattr(model, "finetune_gradient_checkpointing", False)),
+        mean_example_tokens=sum(len(r["input_ids"]) for r in rows) / len(rows),
+        # TRL's activation offloading (saved tensors to pinned host memory on a side stream).
+        overrides={"activation_offloading": activation_offloading},
     )
-    # TRL's activation offloading (saved tensors to pinned host memory on a side stream).
-    config.activation_offloading = activation_offloading
-    trainer = build_trainer(model, tok, data, make_collator(tok, packing=True), config, [])
-    trainer._ftj_plan = model.finetune_acceleration  # type: ignore[attr-defined]
+    trainer = prepared.trainer
+    trainer._ftj_plan = prepared.plan  # type: ignore[attr-defined]
     trainer._ftj_load_s = float("nan")  # type: ignore[attr-defined]
     return trainer
 

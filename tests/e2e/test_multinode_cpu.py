@@ -1,11 +1,11 @@
 """Two "nodes" (127.0.0.2 and 127.0.0.3) train one tiny job with torchrun + gloo on CPUs and
 end with the adapter a single process gets from the same data (multi-node path of issue 6).
 
-Each node is one ``torchrun --nnodes 2 --node-rank N --rdzv-backend c10d
---rdzv-endpoint 127.0.0.2:PORT`` agent with one process, as the operator's Indexed Job starts
-pods (node rank = completion index, rendezvous at index 0 behind the headless Service). The
-training itself is the trainer's own code path (``build_model`` → ``make_collator`` →
-``sft_config`` → ``build_trainer``): data sharded per rank by the Trainer's distributed
+Each node is one ``torchrun --nnodes 2 --node-rank N --rdzv-backend c10d --rdzv-endpoint
+127.0.0.2:PORT`` agent with one process, as the operator's Indexed Job starts pods (node rank =
+completion index, rendezvous at index 0 behind the headless Service). The training itself is the
+trainer's own code path (``prepare_training``: the plan, the model, the trainer's arguments and
+the trainer, as ``run_job`` sets them up): data sharded per rank by the Trainer's distributed
 sampler, gradients all-reduced by DDP over gloo, and only rank 0 writes the result.
 
 The whole dataset is one optimizer step (4 examples: 2 per rank, or 4 in the single process),
@@ -36,9 +36,10 @@ def _train(model_dir: Path, out: Path, batch_size: int) -> None:
     import torch
     from datasets import Dataset
     from finetune_api.spec import FineTuneJobSpec
+    from finetune_trainer.acceleration import DeviceInfo
     from finetune_trainer.data import make_collator
-    from finetune_trainer.model import Hardware, build_model, load_tokenizer, resolve_precision
-    from finetune_trainer.train import build_trainer, run_training, sft_config
+    from finetune_trainer.model import load_tokenizer
+    from finetune_trainer.train import prepare_training, run_training
 
     spec = FineTuneJobSpec.model_validate(
         {
@@ -56,8 +57,6 @@ def _train(model_dir: Path, out: Path, batch_size: int) -> None:
             "output": {"uri": tempfile.mkdtemp()},
         }
     )
-    hw = Hardware.detect()
-    precision = resolve_precision(spec.training.precision, hw)
     tokenizer = load_tokenizer(model_dir)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -65,23 +64,19 @@ def _train(model_dir: Path, out: Path, batch_size: int) -> None:
         ids = torch.randint(3, 200, (24 + 8 * i,), generator=gen).tolist()
         rows.append({"input_ids": ids, "labels": ids})
     data = SimpleNamespace(train=Dataset.from_list(rows), validation=None)
-    # The adapter's initial A matrices come from the global RNG (DDP then broadcasts rank 0's).
-    from transformers import set_seed
-
-    set_seed(spec.training.seed)
-    model = build_model(model_dir, spec, precision, hw, mean_example_tokens=36)
-    config = sft_config(
-        spec.training,
+    # The adapter's initial A matrices come from the seeded global RNG (DDP then broadcasts
+    # rank 0's).
+    trainer = prepare_training(
+        model_dir,
+        spec,
+        DeviceInfo.detect(),
+        tokenizer=tokenizer,
+        data=data,
+        collator=make_collator(tokenizer, packing=True),
         output_dir=Path(tempfile.mkdtemp()),
-        precision=precision,
-        hw=hw,
-        has_validation=False,
-        gradient_checkpointing=False,
-    )
-    config.save_strategy = "no"
-    trainer = build_trainer(
-        model, tokenizer, data, make_collator(tokenizer, packing=True), config, []
-    )
+        mean_example_tokens=36,
+        overrides={"save_strategy": "no"},
+    ).trainer
     result = run_training(trainer, None, None)
     if int(os.environ.get("RANK", "0")) == 0:
         weights = {

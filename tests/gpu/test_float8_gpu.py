@@ -8,7 +8,6 @@ reason to exist (speed) is checked against bf16 on a 7B MLP shape.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,11 +28,10 @@ pytestmark = [
 @pytest.fixture
 def dequantized_gemms() -> Iterator[None]:
     """Run the block with FTJ_FP8_COMPUTE=0: the weight-only (dequantized bf16 GEMM) path."""
-    os.environ["FTJ_FP8_COMPUTE"] = "0"
-    try:
+    from finetune_trainer import switches
+
+    with switches.override(fp8_compute=False):
         yield
-    finally:
-        del os.environ["FTJ_FP8_COMPUTE"]
 
 
 def _relative_error(got: Any, want: Any) -> float:
@@ -43,7 +41,8 @@ def _relative_error(got: Any, want: Any) -> float:
 
 @pytest.mark.parametrize("tokens", [1, 7, 1003, 4096])
 def test_fp8_forward_matches_the_dequantized_gemm_within_fp8_rounding(tokens: int) -> None:
-    from finetune_trainer import float8_base
+    from finetune_trainer import switches
+    from finetune_trainer.acceleration import float8_base
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(3584, 512, bias=True, device="cuda", dtype=torch.bfloat16)
@@ -51,11 +50,8 @@ def test_fp8_forward_matches_the_dequantized_gemm_within_fp8_rounding(tokens: in
     x = torch.randn(tokens, 3584, device="cuda", dtype=torch.bfloat16)
     assert float8_base.fp8_tensor_cores(x.device)
     fast = float8_base.linear(x, f8.weight, f8.weight_scale, f8.bias)
-    os.environ["FTJ_FP8_COMPUTE"] = "0"
-    try:
+    with switches.override(fp8_compute=False):
         reference = float8_base.linear(x, f8.weight, f8.weight_scale, f8.bias)
-    finally:
-        del os.environ["FTJ_FP8_COMPUTE"]
     assert fast.dtype == torch.bfloat16 and fast.shape == (tokens, 512)
     # Each input quantized per token to e4m3 (3 mantissa bits): a few percent, not more.
     assert _relative_error(fast, reference) < 0.04
@@ -63,8 +59,8 @@ def test_fp8_forward_matches_the_dequantized_gemm_within_fp8_rounding(tokens: in
 
 
 def _tiny_models() -> tuple[Any, Any]:
-    from finetune_trainer.float8_base import quantize_base_linears
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration.float8_base import quantize_base_linears
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
 
@@ -114,7 +110,8 @@ def _time_ms(fn: Any, repeat: int = 20) -> float:
 
 
 def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: None) -> None:
-    from finetune_trainer import float8_base
+    from finetune_trainer import switches
+    from finetune_trainer.acceleration import float8_base
 
     torch.manual_seed(0)
     weight = torch.randn(18944, 3584, device="cuda", dtype=torch.bfloat16) * 0.02
@@ -124,11 +121,8 @@ def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: No
     x = torch.randn(8192, 3584, device="cuda", dtype=torch.bfloat16)
     bf16_ms = _time_ms(lambda: torch.nn.functional.linear(x, weight))
     dequantized_ms = _time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
-    del os.environ["FTJ_FP8_COMPUTE"]
-    try:
+    with switches.override(fp8_compute=True):
         fp8_ms = _time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
-    finally:
-        os.environ["FTJ_FP8_COMPUTE"] = "0"
     print(
         f"\n8192x3584 @ 3584x18944: bf16 {bf16_ms:.3f} ms, fp8 (with input quantization) "
         f"{fp8_ms:.3f} ms ({bf16_ms / fp8_ms:.2f}x), dequantized bf16 {dequantized_ms:.3f} ms"
@@ -137,7 +131,8 @@ def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: No
 
 
 def test_fp8_backward_ablation_matches_the_bf16_input_gradient() -> None:
-    from finetune_trainer import float8_base
+    from finetune_trainer import switches
+    from finetune_trainer.acceleration import float8_base
 
     torch.manual_seed(0)
     f8 = float8_base.Float8Linear.from_linear(
@@ -145,20 +140,17 @@ def test_fp8_backward_ablation_matches_the_bf16_input_gradient() -> None:
     )
     grad = torch.randn(1003, 18944, device="cuda", dtype=torch.bfloat16)
     exact = float8_base.grad_input(grad, f8.weight, f8.weight_scale)
-    os.environ["FTJ_FP8_BACKWARD"] = "1"
-    try:
+    with switches.override(fp8_backward=True):
         fast = float8_base.grad_input(grad, f8.weight, f8.weight_scale)
         grad8 = torch.randn(8192, 18944, device="cuda", dtype=torch.bfloat16)
         fp8_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
-    finally:
-        del os.environ["FTJ_FP8_BACKWARD"]
     bf16_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
     print(f"\ninput gradient 8192x18944 @ 18944x3584: bf16 {bf16_ms:.3f} ms, fp8 {fp8_ms:.3f} ms")
     assert fast.shape == exact.shape and _relative_error(fast, exact) < 0.04
 
 
 def test_a_model_in_host_memory_reaches_the_gpu_one_quantized_linear_at_a_time() -> None:
-    from finetune_trainer.float8_base import Float8Linear, quantize_base_linears
+    from finetune_trainer.acceleration.float8_base import Float8Linear, quantize_base_linears
 
     torch.manual_seed(0)
     layers = torch.nn.Sequential(

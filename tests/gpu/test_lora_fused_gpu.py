@@ -22,7 +22,7 @@ pytestmark = [
 
 
 def _models(dropout: float) -> tuple[Any, Any]:
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
 
@@ -72,8 +72,8 @@ def test_recomputed_layers_without_their_down_projection_train_like_stored_ones(
     model keeping all its activations, from the same seeds."""
     import types
 
-    from finetune_trainer.apply_plan import apply_gradient_checkpointing
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     stored, recomputed = _models(dropout=0.05)
     fuse_lora_linears(stored)

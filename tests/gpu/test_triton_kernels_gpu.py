@@ -19,7 +19,7 @@ pytestmark = [
 
 
 def test_seeded_dropout_is_a_pure_function_of_seed_and_position() -> None:
-    from finetune_trainer.triton_kernels import seeded_dropout
+    from finetune_trainer.acceleration.triton_kernels import seeded_dropout
 
     x = torch.ones(1003, 3584, device="cuda", dtype=torch.bfloat16)
     first, again = seeded_dropout(x, 0.1, 42), seeded_dropout(x, 0.1, 42)
@@ -36,7 +36,7 @@ def test_seeded_dropout_drops_p_of_the_elements_independently_of_their_neighbour
     """One Philox draw decides eight consecutive elements (16 bits each): over 8M elements the
     drop rate is p within 4 standard deviations at each of the eight positions of a draw, the
     positions are uncorrelated, and neither are two elements eight apart (neighbouring draws)."""
-    from finetune_trainer.triton_kernels import seeded_dropout
+    from finetune_trainer.acceleration.triton_kernels import seeded_dropout
 
     x = torch.ones(4096, 2048, device="cuda", dtype=torch.bfloat16)
     dropped = (seeded_dropout(x, p, 1234) == 0).float().view(-1, 8)
@@ -51,7 +51,7 @@ def test_seeded_dropout_drops_p_of_the_elements_independently_of_their_neighbour
 def test_paired_dropout_draws_one_mask_for_both_tensors() -> None:
     """The backward's kernel: ``seeded_dropout(x)`` exactly, and ``acc + seeded_dropout(t)``
     up to one bf16 rounding of the fp32 sum."""
-    from finetune_trainer.triton_kernels import seeded_dropout, seeded_dropout_pair
+    from finetune_trainer.acceleration.triton_kernels import seeded_dropout, seeded_dropout_pair
 
     torch.manual_seed(0)
     kw = {"device": "cuda", "dtype": torch.bfloat16}
@@ -67,8 +67,8 @@ def test_paired_dropout_draws_one_mask_for_both_tensors() -> None:
 
 
 def test_fused_lora_with_dropout_gets_the_gradients_of_its_forward_mask() -> None:
-    from finetune_trainer.lora_fused import LoraLinearFunction
-    from finetune_trainer.triton_kernels import seeded_dropout
+    from finetune_trainer.acceleration.lora_fused import LoraLinearFunction
+    from finetune_trainer.acceleration.triton_kernels import seeded_dropout
 
     torch.manual_seed(0)
     kw = {"device": "cuda", "dtype": torch.float32}
@@ -91,7 +91,7 @@ def test_fused_lora_with_dropout_gets_the_gradients_of_its_forward_mask() -> Non
 
 
 def test_row_quantization_and_dequantization_match_torch() -> None:
-    from finetune_trainer import float8_base, triton_kernels
+    from finetune_trainer.acceleration import float8_base, triton_kernels
 
     torch.manual_seed(0)
     x = torch.randn(1003, 18944, device="cuda", dtype=torch.bfloat16)

@@ -1,12 +1,12 @@
 """Two GPUs in one pod: the same global batch as one GPU, the same losses, >= 1.8x the speed.
 
-Issue 6's multi-GPU test, for a machine with two GPUs (``nvidia-h200-x2``). Both runs start
-the trainer's own code path (``build_model`` -> ``make_collator`` -> ``sft_config`` ->
-``build_trainer``) under ``torchrun --nproc-per-node N``, as the operator's pod command does,
-on a random-init Qwen2.5-7B-shaped model (the issue's shape; ``FTJ_TWO_GPU_SHAPE`` names
-another bench shape) and the bench's CoT-like synthetic data: 32
-examples per optimizer step, split 16 + 16 over two ranks by the Trainer's distributed sampler
-(DDP, NCCL). Rank 0 writes the per-step losses and the time of the steps after warm-up.
+Issue 6's multi-GPU test, for a machine with two GPUs (``nvidia-h200-x2``). Both runs start the
+trainer's own code path (``prepare_training``: plan, model, arguments, trainer) under ``torchrun
+--nproc-per-node N``, as the operator's pod command does, on a random-init Qwen2.5-7B-shaped
+model (the issue's shape; ``FTJ_TWO_GPU_SHAPE`` names another bench shape) and the bench's
+CoT-like synthetic data: 32 examples per optimizer step, split 16 + 16 over two ranks by the
+Trainer's distributed sampler (DDP, NCCL). Rank 0 writes the per-step losses and the time of the
+steps after warm-up.
 
 This file doubles as the worker script torchrun launches (``__main__``).
 """
@@ -33,11 +33,11 @@ def _train(model_dir: Path, out: Path) -> None:
     import torch
     from datasets import Dataset
     from finetune_api.spec import FineTuneJobSpec
+    from finetune_trainer.acceleration import DeviceInfo
     from finetune_trainer.data import make_collator
-    from finetune_trainer.model import Hardware, build_model, load_tokenizer, resolve_precision
-    from finetune_trainer.sharding import fsdp_arguments
-    from finetune_trainer.train import build_trainer, sft_config
-    from transformers import TrainerCallback, set_seed
+    from finetune_trainer.model import load_tokenizer
+    from finetune_trainer.train import prepare_training
+    from transformers import TrainerCallback
 
     from bench import synthetic
 
@@ -59,26 +59,11 @@ def _train(model_dir: Path, out: Path) -> None:
             "resources": {"gpus": world},
         }
     )
-    hw = Hardware.detect()
-    precision = resolve_precision(spec.training.precision, hw)
     tokenizer = load_tokenizer(model_dir)
     rows = synthetic.examples(EXAMPLES_PER_STEP * STEPS, 32000, seed=1)
     data = SimpleNamespace(
         train=Dataset.from_list([{**r, "labels": r["input_ids"]} for r in rows]), validation=None
     )
-    set_seed(spec.training.seed)
-    mean = sum(len(r["input_ids"]) for r in rows) / len(rows)
-    model = build_model(model_dir, spec, precision, hw, mean_example_tokens=mean)
-    config = sft_config(
-        spec.training,
-        output_dir=Path(tempfile.mkdtemp()),
-        precision=precision,
-        hw=hw,
-        has_validation=False,
-        gradient_checkpointing=False,
-        sharding=fsdp_arguments(model) if model.finetune_acceleration.fsdp else None,
-    )
-    config.save_strategy = "no"
     marks: list[float] = []
     losses: list[float] = []
 
@@ -92,10 +77,19 @@ def _train(model_dir: Path, out: Path) -> None:
             if isinstance(logs, dict) and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
-    trainer = build_trainer(
-        model, tokenizer, data, make_collator(tokenizer, packing=True), config, [Timer()]
+    prepared = prepare_training(
+        model_dir,
+        spec,
+        DeviceInfo.detect(),
+        tokenizer=tokenizer,
+        data=data,
+        collator=make_collator(tokenizer, packing=True),
+        output_dir=Path(tempfile.mkdtemp()),
+        callbacks=[Timer()],
+        mean_example_tokens=sum(len(r["input_ids"]) for r in rows) / len(rows),
+        overrides={"save_strategy": "no"},
     )
-    trainer.train()
+    prepared.trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
         timed = marks[-1] - marks[WARMUP - 1]
         # One epoch of shuffled rows: the timed steps carry their share of all tokens.
@@ -107,7 +101,7 @@ def _train(model_dir: Path, out: Path) -> None:
                     "losses": losses,
                     "step_seconds": timed / (STEPS - WARMUP),
                     "tokens_per_s": tokens / timed,
-                    "plan": model.finetune_acceleration.describe(),
+                    "plan": prepared.plan.describe(),
                     "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                 }
             )

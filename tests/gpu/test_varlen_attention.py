@@ -30,7 +30,7 @@ def _reference(q, k, v, lengths, scale):
 
 @pytest.mark.parametrize("heads,kv_heads", [(28, 4), (8, 8)])
 def test_matches_per_example_attention_forward_and_backward(heads: int, kv_heads: int) -> None:
-    from finetune_trainer.varlen_attention import varlen_attention
+    from finetune_trainer.acceleration.varlen_attention import varlen_attention
 
     torch.manual_seed(0)
     lengths = [5, 300, 1, 700, 64]
@@ -61,7 +61,7 @@ def test_matches_per_example_attention_forward_and_backward(heads: int, kv_heads
 
 def test_packed_model_forward_matches_separate_examples() -> None:
     """A tiny Qwen2 on one packed row gives each example the logits it gets alone."""
-    from finetune_trainer.varlen_attention import register_varlen_attention
+    from finetune_trainer.acceleration.varlen_attention import register_varlen_attention
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     register_varlen_attention()

@@ -1,6 +1,6 @@
 """Frozen weights streamed from pinned host memory on a real GPU (GPU only): the same training
 as resident weights with real side-stream copies, the memory they free, and the host link's
-speed the planner assumes (acceleration._HOST_LINK_BYTES_PER_S)."""
+speed the planner assumes (acceleration.cost.host_link_bytes_per_s)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ SHAPE = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 8,
 
 def _model(shape: dict[str, int]) -> Any:
     """bf16 tiny Qwen2 under a fused LoRA with dropout, every layer recomputed (as planned)."""
-    from finetune_trainer.apply_plan import apply_gradient_checkpointing
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     from tests.harness.tiny_lora import tiny_qwen2, with_lora
 
@@ -58,7 +58,7 @@ def _rel(got: Any, want: Any) -> Any:
 
 
 def test_streamed_weights_train_like_resident_ones_and_free_their_memory() -> None:
-    from finetune_trainer.weight_streaming import WeightStreamer
+    from finetune_trainer.acceleration.weight_streaming import WeightStreamer
 
     ids = torch.randint(0, 1000, (1, 4096), device="cuda")
     reference = _model(SHAPE)
@@ -107,11 +107,8 @@ def test_host_link_speed_and_what_streaming_costs_a_step() -> None:
     layers streamed against none, at a 7B's layer width (8 layers, 8k tokens). Asserts the
     rate the planner assumes for this GPU is within reach, and that streaming half the
     layers costs at most a few percent."""
-    from finetune_trainer.acceleration import (
-        _HOST_LINK_BYTES_PER_S,
-        _HOST_LINK_DEFAULT_BYTES_PER_S,
-    )
-    from finetune_trainer.weight_streaming import WeightStreamer
+    from finetune_trainer.acceleration.cost import host_link_bytes_per_s
+    from finetune_trainer.acceleration.weight_streaming import WeightStreamer
 
     host = torch.empty(512 * 2**20, dtype=torch.uint8, pin_memory=True)
     device = torch.empty_like(host, device="cuda")
@@ -123,7 +120,7 @@ def test_host_link_speed_and_what_streaming_costs_a_step() -> None:
     torch.cuda.synchronize()
     rate = 8 * host.numel() / (time.perf_counter() - start)
     capability = torch.cuda.get_device_capability()
-    assumed = _HOST_LINK_BYTES_PER_S.get(capability, _HOST_LINK_DEFAULT_BYTES_PER_S)
+    assumed = host_link_bytes_per_s(capability)
     print(f"\nhost->GPU pinned copy: {rate / 1e9:.1f} GB/s (planner assumes {assumed / 1e9:.0f})")
     del host, device
 

@@ -105,7 +105,7 @@ COMPILED_DROPOUT = 0.1
 def fused_model(device: str = "cpu", checkpointing: bool = False) -> Any:
     """The SMALL model under a LoRA with dropout and the fused forward (optionally with every
     layer recomputed)."""
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     model = with_lora(tiny_qwen2(SMALL, device), 4, COMPILED_DROPOUT, 0.1)
     fuse_lora_linears(model)
@@ -120,8 +120,8 @@ def compiled_against_eager(monkeypatch: Any, device: str, checkpointing: bool) -
     operator's on GPUs), from the same dropout seeds."""
     import pytest
     import torch._dynamo
-    from finetune_trainer import lora_fused
-    from finetune_trainer.apply_plan import compile_decoder_layers
+    from finetune_trainer.acceleration import lora_fused
+    from finetune_trainer.acceleration.apply import compile_decoder_layers
 
     torch._dynamo.reset()
     torch.manual_seed(7)

@@ -162,7 +162,7 @@ class TokenCounter:
         return batch
 
 
-class ProgressReporter(TrainerCallback):  # type: ignore[misc]
+class ProgressReporter(TrainerCallback):
     """Keeps :class:`ProgressState` current from the trainer's callbacks and serves it.
 
     ``port=None`` (or not rank 0) means no server; the log lines and the state still work, so

@@ -30,21 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from finetune_api.manifest import FineTuneJob
-from transformers import set_seed
 
+from finetune_trainer import switches
+from finetune_trainer.acceleration import DeviceInfo, check_quantization, resolve_precision
+from finetune_trainer.acceleration.sharding import gathered_adapter_state
 from finetune_trainer.data import make_collator, prepare_data
 from finetune_trainer.evaluate import generate_answers, held_out_loss
 from finetune_trainer.merge import merge_adapter
-from finetune_trainer.model import (
-    Hardware,
-    build_model,
-    check_quantization,
-    load_tokenizer,
-    resolve_precision,
-)
+from finetune_trainer.model import load_tokenizer
 from finetune_trainer.plot import plot_losses
 from finetune_trainer.progress import ProgressReporter, TokenCounter, is_main_process
-from finetune_trainer.sharding import fsdp_arguments, gathered_adapter_state
 from finetune_trainer.storage import (
     CheckpointStore,
     JobIdentity,
@@ -55,10 +50,9 @@ from finetune_trainer.storage import (
 )
 from finetune_trainer.train import (
     CheckpointUploader,
-    build_trainer,
+    prepare_training,
     restore_checkpoint,
     run_training,
-    sft_config,
 )
 
 log = logging.getLogger("finetune_trainer")
@@ -125,9 +119,10 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
     log.info("job %s → %s", identity, output_uri)
 
     # 1. Refuse impossible requests and foreign outputs before any download.
-    hw = Hardware.detect()
-    check_quantization(spec.method, hw)
-    precision = resolve_precision(spec.training.precision, hw)
+    switches.load()  # the tuning switches (FTJ_*), read once for the whole run
+    device = DeviceInfo.detect()
+    check_quantization(spec.method, device)
+    resolve_precision(spec.training.precision, device)  # the plan resolves it again, later
     storage = Storage.from_spec(spec.storage)
     if main:
         check_output_ownership(storage, output_uri, identity, spec.output.overwrite)
@@ -155,33 +150,30 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         data.stats.dropped,
     )
 
-    # 4. The model with a fresh adapter, and how it answers before any training.
-    mean_tokens = data.stats.train_tokens / max(data.stats.train, 1)
-    set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
-    model = build_model(model_dir, spec, precision, hw, mean_example_tokens=mean_tokens)
-    plan = getattr(model, "finetune_acceleration", None)
-    sharded = bool(plan is not None and plan.fsdp)
+    # 4. The model with a fresh adapter, built to the acceleration plan, and its trainer; how
+    # it answers before any training.
+    store = CheckpointStore(storage, output_uri)
+    tokens = TokenCounter(make_collator(tokenizer, packing=spec.training.packing))
+    reporter.tokens = tokens
+    prepared = prepare_training(
+        model_dir,
+        spec,
+        device,
+        tokenizer=tokenizer,
+        data=data,
+        collator=tokens,
+        output_dir=checkpoints_dir,
+        callbacks=[reporter, CheckpointUploader(store)],
+        mean_example_tokens=data.stats.train_tokens / max(data.stats.train, 1),
+    )
+    model, plan, trainer = prepared.model, prepared.plan, prepared.trainer
+    sharded = plan.fsdp
     before = generate_answers(model, tokenizer, data.test_prompts) if main and not sharded else []
 
     # 5. Train, continuing from the newest complete checkpoint of this output.
-    store = CheckpointStore(storage, output_uri)
     with dist.local_main_process_first():
         resumed_step, resume_dir = restore_checkpoint(store, checkpoints_dir)
     reporter.set_resumed_from(resumed_step)
-    tokens = TokenCounter(make_collator(tokenizer, packing=spec.training.packing))
-    reporter.tokens = tokens
-    config = sft_config(
-        spec.training,
-        output_dir=checkpoints_dir,
-        precision=precision,
-        hw=hw,
-        has_validation=data.validation is not None and len(data.validation) > 0,
-        gradient_checkpointing=bool(getattr(model, "finetune_gradient_checkpointing", False)),
-        sharding=fsdp_arguments(model) if sharded else None,
-    )
-    trainer = build_trainer(
-        model, tokenizer, data, tokens, config, [reporter, CheckpointUploader(store)]
-    )
     result = run_training(trainer, resume_dir, resumed_step, sharded=sharded)
 
     # 6. Evaluate: held-out losses (all ranks take part), sample answers (rank 0).
@@ -223,7 +215,7 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         eval_loss=eval_loss,
         test_loss=test_loss,
         stats=asdict(data.stats),
-        precision=precision,
+        precision=plan.precision,
         runtime_seconds=result.train_runtime_seconds,
         tokens_per_second=reporter.state.tokens_per_second,
         generations=pair_generations(before, after),

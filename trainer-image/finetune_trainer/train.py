@@ -17,14 +17,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune_api.spec import Training
+from finetune_api.spec import FineTuneJobSpec, Training
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from finetune_trainer.model import Hardware, Precision
+from finetune_trainer.acceleration import AccelerationPlan, DeviceInfo
+from finetune_trainer.acceleration.sharding import fsdp_arguments
+from finetune_trainer.model import build_model
 from finetune_trainer.progress import is_main_process
 
 log = logging.getLogger("finetune_trainer")
@@ -33,28 +36,25 @@ LOCAL_CHECKPOINTS_KEPT = 2  # the newest for resuming, one spare while the next 
 REMOTE_CHECKPOINTS_KEPT = 2
 
 
-def choose_optimizer(setting: str, hw: Hardware) -> str:
-    """``spec.training.optimizer`` → a transformers ``optim`` name (auto: fused AdamW on GPUs)."""
-    if setting == "auto":
-        return "adamw_torch_fused" if hw.cuda else "adamw_torch"
-    return setting
-
-
 def sft_config(
     training: Training,
+    plan: AccelerationPlan,
     *,
     output_dir: Path,
-    precision: Precision,
-    hw: Hardware,
     has_validation: bool,
-    gradient_checkpointing: bool,
-    sharding: dict[str, Any] | None = None,
+    sharding: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The ``SFTConfig`` for ``spec.training``: one place maps our fields to TRL's.
+    """The ``SFTConfig`` for ``spec.training`` run as ``plan`` says: one place maps our fields
+    to TRL's. The plan owns what it decided (micro-step, accumulation, optimizer, precision);
+    the spec the rest. Gradient checkpointing is off here: the plan has already set it per
+    decoder layer (``apply_gradient_checkpointing``), and the Trainer would set it on all.
 
     ``sharding``: FSDP keywords (``sharding.fsdp_arguments``) when the plan shards the weights.
+    ``overrides``: keywords that replace ours (tests: no checkpoints; the bench: TRL's
+    activation offloading).
     """
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
     duration: dict[str, Any] = (
         {"max_steps": training.max_steps}
@@ -66,25 +66,26 @@ def sft_config(
         if has_validation
         else {"eval_strategy": "no"}
     )
-    return SFTConfig(
+    arguments: dict[str, Any] = dict(
         output_dir=str(output_dir),
         **duration,
         **evaluation,
-        per_device_train_batch_size=training.batch_size,
+        # Accumulation folded into larger micro-steps where memory allows (same examples per
+        # optimizer step).
+        per_device_train_batch_size=plan.per_device_batch_size,
         per_device_eval_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
         learning_rate=training.learning_rate,
         lr_scheduler_type=training.lr_scheduler,
         warmup_steps=training.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        optim=choose_optimizer(training.optimizer, hw),
+        optim=plan.optimizer,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
         seed=training.seed,
         data_seed=training.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        gradient_checkpointing=False,
         logging_steps=training.logging_steps,
         save_strategy="steps",
         save_steps=training.save_steps,
@@ -99,13 +100,13 @@ def sft_config(
         padding_free=False,
         max_length=None,
         dataloader_num_workers=0,
-        dataloader_pin_memory=hw.cuda,
+        dataloader_pin_memory=plan.device.cuda,
         ddp_find_unused_parameters=False,
-        **(sharding or {}),
     )
+    return SFTConfig(**{**arguments, **(sharding or {}), **(overrides or {})})
 
 
-class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
+class CheckpointUploader(TrainerCallback):
     """Copies each local checkpoint to ``<output>/checkpoints/`` (rank 0), then prunes old ones.
 
     ``on_save`` runs after the trainer has written the whole checkpoint folder, so the upload
@@ -123,6 +124,7 @@ class CheckpointUploader(TrainerCallback):  # type: ignore[misc]
         if not is_main_process():
             return
         step = state.global_step
+        assert args.output_dir is not None  # sft_config always sets it
         local = Path(args.output_dir) / f"checkpoint-{step}"
         self.store.save(step, local)
         self.store.prune(keep=REMOTE_CHECKPOINTS_KEPT)
@@ -166,12 +168,8 @@ def build_trainer(
 ) -> Any:
     """An ``SFTTrainer`` over the prepared splits with our collator and callbacks."""
     from transformers import PrinterCallback
-    from trl import SFTTrainer
+    from trl.trainer.sft_trainer import SFTTrainer
 
-    plan = getattr(model, "finetune_acceleration", None)
-    if plan is not None:  # accumulation folded into larger micro-steps when memory allows
-        config.per_device_train_batch_size = plan.per_device_batch_size
-        config.gradient_accumulation_steps = plan.gradient_accumulation_steps
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -184,6 +182,53 @@ def build_trainer(
     # The ProgressReporter already logs one line per loggingSteps; the raw dict is noise.
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+@dataclass
+class PreparedTraining:
+    """A run ready to train: the model with its fresh adapter, the plan it was built to and
+    the trainer around it (``trainer.model`` is ``model`` until training wraps it)."""
+
+    model: Any
+    plan: AccelerationPlan
+    trainer: Any
+
+
+def prepare_training(
+    model_dir: Path,
+    spec: FineTuneJobSpec,
+    device: DeviceInfo,
+    *,
+    tokenizer: Any,
+    data: Any,
+    collator: Any,
+    output_dir: Path,
+    callbacks: Sequence[TrainerCallback] = (),
+    mean_example_tokens: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> PreparedTraining:
+    """The one way a run is set up for training (``run_job``, the bench, the multi-rank
+    tests): the seed, the plan and the model built to it (``build_model``), the trainer's
+    arguments from the spec and the plan (``sft_config``), and the trainer.
+
+    ``data``: the prepared splits (``train``, ``validation`` or None); ``collator``: the data
+    collator (``make_collator``, or a wrapper counting tokens); ``overrides``: ``SFTConfig``
+    keywords that replace ours (``sft_config``).
+    """
+    from transformers import set_seed
+
+    set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
+    model, plan = build_model(model_dir, spec, device, mean_example_tokens)
+    config = sft_config(
+        spec.training,
+        plan,
+        output_dir=output_dir,
+        has_validation=data.validation is not None and len(data.validation) > 0,
+        sharding=fsdp_arguments(model) if plan.fsdp else None,
+        overrides=overrides,
+    )
+    trainer = build_trainer(model, tokenizer, data, collator, config, list(callbacks))
+    return PreparedTraining(model, plan, trainer)
 
 
 def finished_checkpoint(checkpoint: Path | None) -> bool:
@@ -209,7 +254,7 @@ def _load_finished(trainer: Any, checkpoint: Path, sharded: bool = False) -> Non
     from transformers import TrainerState
 
     if sharded:
-        from .sharding import load_sharded_adapter, shard_untrained
+        from finetune_trainer.acceleration.sharding import load_sharded_adapter, shard_untrained
 
         set_peft_model_state_dict(trainer.model, load_sharded_adapter(trainer.model, checkpoint))
         shard_untrained(trainer)

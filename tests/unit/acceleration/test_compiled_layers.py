@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from finetune_trainer.apply_plan import compile_decoder_layers
-from finetune_trainer.lora_fused import hashed_keep
+from finetune_trainer.acceleration.apply import compile_decoder_layers
+from finetune_trainer.acceleration.lora_fused import hashed_keep
 
 from tests.harness.tiny_lora import COMPILED_DROPOUT, SMALL, compiled_against_eager, fused_model
 

@@ -7,7 +7,7 @@ a different share of every adapter input than the spec's ``method.lora.dropout``
 from __future__ import annotations
 
 import pytest
-from finetune_trainer.triton_kernels import drop_threshold
+from finetune_trainer.acceleration.triton_kernels import drop_threshold
 
 pytestmark = pytest.mark.unit
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import torch
-from finetune_trainer.float8_base import (
+from finetune_trainer.acceleration.float8_base import (
     FLOAT8,
     Float8Linear,
     dequantize,
     quantize_base_linears,
     quantize_rows,
 )
-from finetune_trainer.lora_fused import fuse_lora_linears
+from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
 from tests.harness.tiny_lora import SMALL, assert_trains_like, loss_and_grads, tiny_qwen2, with_lora
 
@@ -118,7 +118,7 @@ def test_only_frozen_linears_outside_the_head_are_quantized() -> None:
 def test_sibling_projections_share_one_quantized_input_and_changes_invalidate_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from finetune_trainer import float8_base
+    from finetune_trainer.acceleration import float8_base
 
     calls: list[int] = []
     real = float8_base.quantize_rows

@@ -8,7 +8,11 @@ import pytest
 import torch
 from finetune_api.spec import Method, Training
 from finetune_trainer.acceleration import DeviceInfo, ModelShape, plan_acceleration
-from finetune_trainer.lora_fused import LoraLinearFunction, fuse_lora_linears, keep_mask
+from finetune_trainer.acceleration.lora_fused import (
+    LoraLinearFunction,
+    fuse_lora_linears,
+    keep_mask,
+)
 from torch.utils.checkpoint import checkpoint
 
 from tests.harness.tiny_lora import SMALL, assert_trains_like, loss_and_grads, tiny_qwen2, with_lora
@@ -133,7 +137,7 @@ def test_dora_layers_keep_peft_forward_and_plan_turns_fusing_off_for_them() -> N
 
 
 def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> None:
-    from finetune_trainer import lora_fused
+    from finetune_trainer.acceleration import lora_fused
 
     base = _base()
     ids = torch.randint(0, 101, (2, 32))

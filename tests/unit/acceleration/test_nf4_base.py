@@ -40,9 +40,9 @@ def _quantized_base() -> Any:
 
 @pytest.mark.parametrize("recomputed", [0, 2], ids=["stored", "recomputed"])
 def test_4bit_linears_take_the_fused_forward_and_train_like_peft(recomputed: int) -> None:
-    from finetune_trainer import nf4_base
-    from finetune_trainer.apply_plan import apply_gradient_checkpointing
-    from finetune_trainer.lora_fused import fuse_lora_linears
+    from finetune_trainer.acceleration import nf4_base
+    from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     base = _quantized_base()
     reference, fused = with_lora(base, 8, 0.0, 0.02), with_lora(base, 8, 0.0, 0.02)
@@ -64,7 +64,7 @@ def test_4bit_linears_take_the_fused_forward_and_train_like_peft(recomputed: int
 
 
 def test_a_4bit_gemm_reads_the_dequantized_weight() -> None:
-    from finetune_trainer import nf4_base
+    from finetune_trainer.acceleration import nf4_base
 
     pytest.importorskip("bitsandbytes")
     linear = _quantized_base().model.layers[0].mlp.up_proj
@@ -81,7 +81,7 @@ def test_a_skipped_4bit_gemm_still_has_the_layers_output_shape() -> None:
     # While a layer is recomputed its down projection's GEMM is skipped (recompute.py) and an
     # uninitialised output of the layer's shape stands in: (tokens, out_features), not the
     # packed 4-bit weight's first dimension (out * in / 2), which on an 8B asked for 785 GiB.
-    from finetune_trainer import lora_fused, nf4_base
+    from finetune_trainer.acceleration import lora_fused, nf4_base
 
     pytest.importorskip("bitsandbytes")
     down = _quantized_base().model.layers[0].mlp.down_proj

@@ -177,7 +177,7 @@ def test_torch_compile_is_off_by_default_and_only_on_gpus() -> None:
 
 def test_int8_cast_wraps_only_8bit_linears_and_keeps_the_callers_dtype() -> None:
     torch = pytest.importorskip("torch")
-    from finetune_trainer.apply_plan import cast_int8_linear_inputs
+    from finetune_trainer.acceleration.apply import cast_int8_linear_inputs
 
     seen: list[object] = []
 
@@ -210,11 +210,10 @@ def test_8bit_estimate_counts_the_inputs_bitsandbytes_keeps_alive() -> None:
     assert four < 21 * GiB
 
 
-def test_gpu_memory_budget_from_the_spec_and_the_bench_override(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_gpu_memory_budget_from_the_spec_and_the_bench_override() -> None:
     from finetune_api.spec import FineTuneJobSpec
     from finetune_trainer.acceleration import memory_budget_bytes
+    from finetune_trainer.switches import TrainerSwitches
 
     def spec(**resources: object) -> FineTuneJobSpec:
         return FineTuneJobSpec.model_validate(
@@ -227,12 +226,15 @@ def test_gpu_memory_budget_from_the_spec_and_the_bench_override(
             }
         )
 
-    monkeypatch.delenv("FTJ_MEMORY_BUDGET_GIB", raising=False)
-    assert memory_budget_bytes(spec()) is None  # 85% of the card
-    assert memory_budget_bytes(spec(gpuMemoryBudget="20Gi")) == 20 * GiB
-    assert memory_budget_bytes(spec(gpuMemoryBudget="18e9")) == 18 * 10**9
-    monkeypatch.setenv("FTJ_MEMORY_BUDGET_GIB", "18")
-    assert memory_budget_bytes(spec(gpuMemoryBudget="20Gi")) == 18 * GiB
+    def budget(switches: TrainerSwitches, **resources: object) -> int | None:
+        return memory_budget_bytes(spec(**resources).resources, switches)
+
+    unset = TrainerSwitches.from_env({})
+    assert budget(unset) is None  # MEMORY_SHARE of the card
+    assert budget(unset, gpuMemoryBudget="20Gi") == 20 * GiB
+    assert budget(unset, gpuMemoryBudget="18e9") == 18 * 10**9
+    override = TrainerSwitches.from_env({"FTJ_MEMORY_BUDGET_GIB": "18"})
+    assert budget(override, gpuMemoryBudget="20Gi") == 18 * GiB
     # A budget the plan must honour changes it: 18 GiB on the H200 recomputes (nearly) every
     # layer and streams most of their weights from host memory (test_weight_streaming.py).
     small = plan_acceleration(
@@ -482,3 +484,36 @@ def test_predicted_order_matches_the_measured_order_under_18_gib() -> None:
         for m in (20, 4, 2, 1)  # measured 1.21 < 1.95 < 2.6 < 5.0 s
     ]
     assert predicted == sorted(predicted)
+
+
+def test_weights_that_would_overfill_the_card_or_budget_load_through_host_memory() -> None:
+    """A Float8 base above 60% of the plan's memory, or a streaming plan above 60% of the card
+    or above its budget, reads its 16-bit weights into host memory (the 7B: 15.2 GB)."""
+    from finetune_trainer.acceleration import MEMORY_SHARE, loads_through_host
+
+    def through_host(device: DeviceInfo, float8: bool, streamed: int, budget: float | None) -> bool:
+        return loads_through_host(
+            QWEN_7B,
+            device,
+            float8_base=float8,
+            streamed_layers=streamed,
+            budget_bytes=None if budget is None else int(budget * GiB),
+        )
+
+    card_24gb = DeviceInfo("cuda", "24 GB card", 24 * 10**9, True, (8, 9))
+    assert through_host(card_24gb, True, 0, None)
+    assert not through_host(H200, True, 0, None)  # fits: load directly
+    assert through_host(H200, True, 0, 18)  # the budget rules
+    assert not through_host(card_24gb, False, 0, None)
+    assert not through_host(CPU, True, 0, None)
+    # A plan that streams weights: the card's share, and a budget below the weights, rule.
+    assert not through_host(H200, False, 22, None)
+    assert not through_host(H200, False, 22, 18)  # 15.2 GB under 18 GiB
+    assert through_host(H200, False, 22, 12)
+    assert through_host(card_24gb, False, 22, None)
+    assert not through_host(H200, False, 0, 12)  # nothing streams
+    # The plan carries the decision: a Float8 7B planned for the 24 GB card loads via host.
+    float8 = Method(type="qlora", quantization=Quantization(bits=8))
+    assert plan_acceleration(training(), float8, QWEN_7B, card_24gb).loads_through_host
+    assert not plan_acceleration(training(), float8, QWEN_7B, H200).loads_through_host
+    assert MEMORY_SHARE == 0.85

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from finetune_trainer import recompute
-from finetune_trainer.apply_plan import apply_gradient_checkpointing
-from finetune_trainer.lora_fused import fuse_lora_linears
+from finetune_trainer.acceleration import recompute
+from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
+from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.harness.tiny_lora import SMALL, assert_same_training, loss_and_grads, with_lora

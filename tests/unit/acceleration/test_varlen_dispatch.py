@@ -22,7 +22,7 @@ class _Attention(torch.nn.Module):
 
 
 def test_a_decode_step_against_cached_keys_is_plain_attention_over_all_of_them() -> None:
-    from finetune_trainer.varlen_attention import _varlen_attention_forward
+    from finetune_trainer.acceleration.varlen_attention import _varlen_attention_forward
 
     torch.manual_seed(0)
     query = torch.randn(1, 4, 1, 16)  # one new token
@@ -40,7 +40,7 @@ def test_a_packed_forward_never_scans_position_ids_on_the_host(monkeypatch) -> N
     """transformers finds packed sequences by reading position ids back to the host (a device
     sync at every forward) for attentions that build masks; ftj_varlen builds none, so the
     scan must not run (bench/NOTES.md step 26)."""
-    from finetune_trainer import varlen_attention
+    from finetune_trainer.acceleration import varlen_attention
     from transformers import masking_utils
 
     varlen_attention.register_varlen_attention()
@@ -65,11 +65,11 @@ def test_a_packed_forward_never_scans_position_ids_on_the_host(monkeypatch) -> N
 def test_a_padded_batch_on_varlen_attention_is_refused_naming_the_fix() -> None:
     """Without a mask function, a padding mask would reach nothing; the model's pre-hook
     refuses it instead of letting the kernel attend across the padding."""
-    from finetune_trainer import apply_plan, varlen_attention
+    from finetune_trainer.acceleration import apply, varlen_attention
 
     model = tiny_qwen2(SMALL)
     varlen_attention.register_varlen_attention()
-    apply_plan._set_attn_implementation(model, varlen_attention.VARLEN_ATTENTION)
+    apply._set_attn_implementation(model, varlen_attention.VARLEN_ATTENTION)
     model.register_forward_pre_hook(varlen_attention.refuse_padding_masks, with_kwargs=True)
     ids = torch.tensor([[5, 6, 7, 0], [5, 6, 7, 8]])
     padded = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])

@@ -10,11 +10,10 @@ from typing import Any
 import pytest
 import torch
 from finetune_api.spec import Method, Quantization
-from finetune_trainer import recompute
-from finetune_trainer.acceleration import GiB, estimate_memory_bytes, plan_acceleration
-from finetune_trainer.apply_plan import apply_gradient_checkpointing
-from finetune_trainer.lora_fused import fuse_lora_linears
-from finetune_trainer.weight_streaming import WeightStreamer, streamed_indices
+from finetune_trainer.acceleration import GiB, estimate_memory_bytes, plan_acceleration, recompute
+from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
+from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
+from finetune_trainer.acceleration.weight_streaming import WeightStreamer, streamed_indices
 
 from tests.harness.tiny_lora import (
     SMALL,

@@ -3,7 +3,7 @@
 A 7B model's bf16 weights are 14.2 GiB: on a 7B LoRA run that is most of the memory a planner
 cannot move (the adapter and its optimizer state are ~0.6 GiB, activations can be recomputed).
 bitsandbytes' 8-bit format (LLM.int8) halves it but is slow, and its matmul keeps every
-linear's input alive outside checkpointing's reach (acceleration.py). Here each frozen linear
+linear's input alive outside checkpointing's reach (cost.py). Here each frozen linear
 weight is kept as ``float8_e4m3fn`` with one fp32 scale per output channel instead (the
 format FP8 inference checkpoints use; per-channel e4m3 loses far less than 4-bit NF4), and
 
@@ -23,13 +23,13 @@ The LoRA adapter stays in full precision and is what trains; the merge reloads t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from finetune_trainer import triton_kernels
+from finetune_trainer import switches
+from finetune_trainer.acceleration import triton_kernels
 
 FLOAT8 = torch.float8_e4m3fn
 FLOAT8_MAX = float(torch.finfo(FLOAT8).max)  # 448
@@ -95,17 +95,9 @@ def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     return weight.to(dtype).mul_(scale.to(dtype))
 
 
-def _flag(name: str, default: str) -> bool:
-    return os.environ.get(name, default).strip().lower() not in ("0", "false", "no", "off", "")
-
-
-def _fp8_compute_enabled() -> bool:
-    return _flag("FTJ_FP8_COMPUTE", "1")
-
-
 def fp8_tensor_cores(device: torch.device) -> bool:
     """Whether ``device`` multiplies FP8 matrices natively (CUDA compute capability >= 8.9)."""
-    if device.type != "cuda" or not _fp8_compute_enabled():
+    if device.type != "cuda" or not switches.active().fp8_compute:
         return False
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
@@ -155,7 +147,7 @@ def grad_input(grad: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) ->
     tensor cores instead: the weight's per-output scale lies along this product's reduction
     axis, so it is folded into the gradient's columns before the gradient is quantized per row.
     """
-    if _flag("FTJ_FP8_BACKWARD", "0") and _fp8_gemm_fits(grad, weight):
+    if switches.active().fp8_backward and _fp8_gemm_fits(grad, weight):
         q, row_scale = quantize_rows(grad * scale.view(1, -1).to(grad.dtype))
         ones = torch.ones(1, weight.shape[1], dtype=torch.float32, device=grad.device)
         return torch._scaled_mm(
@@ -172,7 +164,7 @@ class Float8LinearFunction(torch.autograd.Function):
     """A frozen Float8 linear: gradient for the input only (the weight never trains)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -185,7 +177,7 @@ class Float8LinearFunction(torch.autograd.Function):
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         weight, scale = ctx.saved_tensors
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         return grad_input(grad, weight, scale).view(ctx.input_shape), None, None, None
@@ -212,7 +204,8 @@ class Float8Linear(torch.nn.Linear):
         self.compute_dtype = compute_dtype  # the replaced weight's dtype
         self.weight = torch.nn.Parameter(weight, requires_grad=False)
         self.register_buffer("weight_scale", scale)
-        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        # nn.Linear annotates its bias as always set; Linear(bias=False) leaves it None too.
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)  # type: ignore[assignment]
 
     @classmethod
     def from_linear(
@@ -233,7 +226,11 @@ class Float8Linear(torch.nn.Linear):
         bias = self.bias
         dtype = self.compute_dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return Float8LinearFunction.apply(x.to(dtype), self.weight, self.weight_scale, bias)
+            # torch types Function.apply as untyped; forward above says what it returns.
+            out: torch.Tensor = Float8LinearFunction.apply(  # type: ignore[no-untyped-call]
+                x.to(dtype), self.weight, self.weight_scale, bias
+            )
+        return out
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, float8_e4m3"
@@ -288,9 +285,8 @@ def _keep_out_of_ddp_sync(model: Any) -> None:
             *module.named_buffers(recurse=False),
         )
     ]
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-        model, names
-    )
+    ddp = torch.nn.parallel.DistributedDataParallel
+    ddp._set_params_and_buffers_to_ignore_for_model(model, names)  # type: ignore[no-untyped-call]  # torch's private helper is untyped
 
 
 def weight_scale(module: Any) -> torch.Tensor | None:

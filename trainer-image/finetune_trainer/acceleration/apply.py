@@ -1,4 +1,4 @@
-"""Applying an acceleration plan (acceleration.py) to a loaded model: the attention kernel,
+"""Applying an acceleration plan (plan.py) to a loaded model: the attention kernel,
 Liger's fused kernels, the 8-bit compute cast, torch.compile of the decoder layers and the
 choice of which layers recompute their activations. Imports torch, transformers and, if
 present, liger-kernel lazily, so the planner stays importable on a CPU-only install.
@@ -9,15 +9,15 @@ from __future__ import annotations
 import typing
 from typing import Any
 
-from finetune_trainer import recompute
-from finetune_trainer.varlen_attention import (
+from finetune_trainer.acceleration import recompute
+from finetune_trainer.acceleration.varlen_attention import (
     VARLEN_ATTENTION,
     refuse_padding_masks,
     register_varlen_attention,
 )
 
 if typing.TYPE_CHECKING:
-    from finetune_trainer.acceleration import AccelerationPlan
+    from finetune_trainer.acceleration.plan import AccelerationPlan
 
 
 def apply_acceleration(model: Any, plan: AccelerationPlan) -> list[str]:

@@ -1,6 +1,6 @@
 """What changes when the base weights are sharded over the ranks (FSDP2).
 
-The plan (acceleration.py) shards a bf16/fp16 model that does not fit one GPU. Training itself
+The plan (plan.py) shards a bf16/fp16 model that does not fit one GPU. Training itself
 is the Trainer's (accelerate wraps every decoder layer with ``fully_shard``); this module holds
 the few things the rest of the run must do differently, because with sharded weights no rank
 holds the whole model any more:
@@ -68,7 +68,7 @@ def empty_model(config: Any, **kwargs: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(config, **kwargs)
+        model = AutoModelForCausalLM.from_config(config, **kwargs)  # type: ignore[no-untyped-call]  # transformers leaves it untyped
     model.tie_weights()  # as from_pretrained does: the same parameters as rank 0's
     storage: dict[int, Any] = {}  # tied parameters stay one parameter
     for module in model.modules():
@@ -84,14 +84,14 @@ def load_sharded_adapter(model: Any, checkpoint: Path) -> dict[str, Any]:
     """The adapter of a sharded checkpoint (``pytorch_model_fsdp_0/``, written by the Trainer
     under FSDP), whole, into ``model``'s unsharded shapes. Every rank must call it (DCP plans
     the read together)."""
-    import torch.distributed.checkpoint as dcp
     from peft import get_peft_model_state_dict
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     state = {
         name: value.detach().clone() for name, value in get_peft_model_state_dict(model).items()
     }
     holder = {"model": state}  # how accelerate nests it when it saves
-    dcp.load(holder, checkpoint_id=str(checkpoint / "pytorch_model_fsdp_0"))
+    load(holder, checkpoint_id=str(checkpoint / "pytorch_model_fsdp_0"))
     return holder["model"]
 
 

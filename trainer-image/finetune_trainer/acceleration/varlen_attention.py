@@ -5,13 +5,15 @@ every example. This attention turns those into cumulative sequence lengths and c
 own FlashAttention-2 varlen kernels (``aten._flash_attention_*``), so each example attends only
 to itself and costs what it would cost alone, with no dense (T x T) mask and no extra package
 (bench/NOTES.md step 3). It registers with transformers' attention interface; the acceleration
-plan (acceleration.py) chooses it and apply_plan.py switches a model to it. Imports torch and
+plan (choices.py) chooses it and apply.py switches a model to it. Imports torch and
 transformers lazily.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from finetune_trainer import switches
 
 VARLEN_ATTENTION = "ftj_varlen"
 
@@ -31,8 +33,6 @@ def register_varlen_attention(compiled: bool = False) -> None:
     sequence lengths, a cache keyed on tensor identity, FlashAttention's own kernels) stays
     outside the graph, which is then split in two around it.
     """
-    import os
-
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
@@ -40,9 +40,9 @@ def register_varlen_attention(compiled: bool = False) -> None:
     if compiled:
         import torch
 
-        forward = torch.compiler.disable(_varlen_attention_forward)
+        forward = torch.compiler.disable(_varlen_attention_forward)  # type: ignore[no-untyped-call]  # torch leaves it untyped
     AttentionInterface.register(VARLEN_ATTENTION, forward)
-    if os.environ.get("FTJ_PACKED_MASK_SCAN") == "1":  # bench ablation: the scan (and sync) back
+    if switches.active().packed_mask_scan:  # bench ablation: the scan (and sync) back
         AttentionMaskInterface.register(VARLEN_ATTENTION, lambda *args, **kwargs: None)
 
 
@@ -170,7 +170,7 @@ def _varlen_attention_forward(
     if key.shape[2] != query.shape[2]:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(  # type: ignore[no-any-return]
+        return sdpa_attention_forward(
             module, query, key, value, None, dropout=dropout, scaling=scaling, **kwargs
         )
     batch, heads, seq, dim = query.shape

@@ -12,25 +12,22 @@ does (``uses_fused_forward``), and the fused LoRA forward dequantizes each 4-bit
 just before its GEMM, forward and again for the input gradient. That is the same
 dequantize-then-GEMM that bitsandbytes itself runs for inputs of more than a few rows on recent
 GPUs, so the base computes the same numbers. fp16 keeps peft's recipe: fp16 norms and
-embeddings can overflow where fp32 ones do not. ``FTJ_FUSED_NF4=0`` (a bench ablation) keeps
-it for bf16 too.
+embeddings can overflow where fp32 ones do not. ``FTJ_FUSED_NF4=0`` (a bench ablation, read by
+the planner) keeps it for bf16 too.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the planner (acceleration.py) imports this module without torch
+if TYPE_CHECKING:  # the planner (choices.py) imports this module without torch
     import torch
-
-_ENABLED = os.environ.get("FTJ_FUSED_NF4", "1") != "0"
 
 
 def uses_fused_forward(weight_bits: int, dtype: str) -> bool:
     """Whether a bitsandbytes base of ``weight_bits`` trained in ``dtype`` (the plan's name:
     ``bfloat16``...) takes the fused forward and keeps its unquantized weights in 16 bits."""
-    return _ENABLED and weight_bits == 4 and dtype == "bfloat16"
+    return weight_bits == 4 and dtype == "bfloat16"
 
 
 def is_nf4_linear(module: Any) -> bool:
@@ -51,8 +48,9 @@ def quant_state(module: Any) -> Any | None:
 def compute_dtype(module: Any) -> torch.dtype:
     """The dtype a 4-bit linear computes in: its configured compute dtype, else the dtype its
     weights were quantized from."""
-    configured = getattr(module, "compute_dtype", None)
-    return configured if configured is not None else module.weight.quant_state.dtype
+    configured: torch.dtype | None = getattr(module, "compute_dtype", None)
+    dtype: torch.dtype = module.weight.quant_state.dtype  # bitsandbytes is untyped
+    return configured if configured is not None else dtype
 
 
 def dequantized(weight: torch.Tensor, state: Any, dtype: torch.dtype) -> torch.Tensor:

@@ -8,7 +8,7 @@ layer reads its weights in two short windows per micro-step: its forward, and it
 recomputation plus backward. In between they need not be on the GPU. Kept in pinned host
 memory, they are copied in on a side stream one streamed layer ahead of use while the layers
 before it compute. One layer of a 7B is 466 MB, ~10 ms over PCIe Gen5, which is about its forward
-at 8k tokens and a third of its recomputation plus backward. The planner (acceleration.py)
+at 8k tokens and a third of its recomputation plus backward. The planner (search.py)
 streams only as many layers as the budget needs and spreads them out, so the copies run behind
 the resident layers' work.
 
@@ -34,7 +34,7 @@ read). The compute stream waits for the copy before the layer runs, or before a 
 copy is freed.
 
 ``FTJ_STREAM_WEIGHTS=0`` stops the planner from streaming (a bench ablation,
-acceleration.plan_for_model).
+plan.plan_for_model).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from finetune_trainer import recompute
+from finetune_trainer.acceleration import recompute
 
 
 def streamed_indices(checkpointed: int, streamed: int) -> list[int]:
@@ -86,7 +86,8 @@ class WeightStreamer:
         self.device = torch.device(device)
         self.order = sorted(set(indices))
         cuda = self.device.type == "cuda"
-        self._side = torch.cuda.Stream(self.device) if cuda else None
+        # torch.cuda.Stream and Event are untyped in torch's own annotations.
+        self._side = torch.cuda.Stream(self.device) if cuda else None  # type: ignore[no-untyped-call]
         self._tensors = {i: _move_to_host(layers[i], pin=cuda) for i in self.order}
         self._present: dict[int, _Copy] = {}
         self.host_bytes = sum(
@@ -178,7 +179,7 @@ class WeightStreamer:
         with torch.cuda.stream(self._side):
             for tensor, host in zip(tensors, hosts, strict=True):
                 tensor.copy_(host, non_blocking=True)
-            ready = torch.cuda.Event()
+            ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
             ready.record(self._side)
         self._present[index] = _Copy(tensors, ready)
 

@@ -23,15 +23,13 @@ torch code next to each call stays the reference and the CPU path.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
+from finetune_trainer import switches
+
 _BLOCK = 256  # Philox draws per program; each decides NUMBERS_PER_DRAW consecutive elements
-# 16-bit numbers per 32-bit Philox word: 2, the default; 1 (FTJ_DROPOUT_HALVES=1, a bench
-# ablation) draws twice as often for the same masks' statistics.
-HALVES = 1 if os.environ.get("FTJ_DROPOUT_HALVES") == "1" else 2
 _THRESHOLD_SCALE = 65536  # p is compared in 65536ths: a 16-bit number below it drops
 _ROW_BLOCK = 2048
 SEED_MODULUS = 2**31 - 1  # seeds reach the kernels as 31-bit numbers
@@ -45,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised on machines without Triton
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
     def dropout_kernel(  # type: ignore[no-untyped-def]
         x_ptr, out_ptr, t_ptr, acc_ptr, n, threshold, scale, seed,
         BLOCK: tl.constexpr, HALVES: tl.constexpr, PAIR: tl.constexpr,
@@ -74,7 +72,7 @@ if triton is not None:
             total = acc.to(tl.float32) + tl.where(keep, t * scale, 0.0)
             tl.store(acc_ptr + offsets, total.to(acc.dtype), mask=inside)
 
-    @triton.jit
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
     def quantize_kernel(x_ptr, q_ptr, scale_ptr, cols, fp8_max, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
         row = tl.program_id(0).to(tl.int64)
         base = row * cols
@@ -93,7 +91,7 @@ if triton is not None:
             q = (x.to(tl.float32) * inverse).to(q_ptr.dtype.element_ty)
             tl.store(q_ptr + base + offsets, q, mask=inside)
 
-    @triton.jit
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
     def dequantize_kernel(q_ptr, scale_ptr, out_ptr, cols, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
         row = tl.program_id(0).to(tl.int64)
         base = row * cols
@@ -132,10 +130,13 @@ def _dropout(
     out = torch.empty_like(x)
     n = x.numel()
     threshold = drop_threshold(p)
-    grid = (triton.cdiv(n, 4 * HALVES * _BLOCK),)
+    # 16-bit numbers per 32-bit Philox word: 2, the default; 1 (FTJ_DROPOUT_HALVES=1, a bench
+    # ablation) draws twice as often for the same masks' statistics.
+    halves = switches.active().dropout_halves
+    grid = (triton.cdiv(n, 4 * halves * _BLOCK),)
     dropout_kernel[grid](
         x, out, t, acc, n, threshold, 1.0 / (1.0 - threshold / _THRESHOLD_SCALE),
-        seed % SEED_MODULUS, BLOCK=_BLOCK, HALVES=HALVES, PAIR=pair is not None,
+        seed % SEED_MODULUS, BLOCK=_BLOCK, HALVES=halves, PAIR=pair is not None,
     )  # fmt: skip
     return out
 

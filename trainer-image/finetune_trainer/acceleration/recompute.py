@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from finetune_trainer import switches
 
 # Model types (as configs name them) whose decoder layers end in ``residual + mlp(x)``, checked
 # against transformers' llama, qwen2, qwen3 and mistral code.
 MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
 
-_ENABLED = os.environ.get("FTJ_RECOMPUTE_SKIP", "1") != "0"
 _state = threading.local()
 
 
@@ -68,7 +68,8 @@ def mark_mlp_output_unused_when_recomputed(model: Any, layers: list[Any]) -> int
     how many were flagged. A fused MLP (lora_fused.py) then skips its down projection's GEMM
     while its layer is being recomputed."""
     config = getattr(model, "config", None)
-    if not skips_down_projection(str(getattr(config, "model_type", ""))):
+    model_type = str(getattr(config, "model_type", ""))
+    if not (switches.active().recompute_skip and skips_down_projection(model_type)):
         return 0
     mlps = [layer.mlp for layer in layers if getattr(layer, "mlp", None) is not None]
     for mlp in mlps:
@@ -78,5 +79,6 @@ def mark_mlp_output_unused_when_recomputed(model: Any, layers: list[Any]) -> int
 
 def skips_down_projection(model_type: str) -> bool:
     """Whether a recomputed layer of this model type skips its down projection (the planner's
-    view of ``mark_mlp_output_unused_when_recomputed``)."""
-    return _ENABLED and model_type in MODEL_TYPES
+    view of ``mark_mlp_output_unused_when_recomputed``; ``FTJ_RECOMPUTE_SKIP=0`` turns both
+    off)."""
+    return model_type in MODEL_TYPES

@@ -33,19 +33,15 @@ bitsandbytes 4-bit base trained in bf16 (nf4_base.py): its weights are dequantiz
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from finetune_trainer import float8_base, nf4_base, recompute, triton_kernels
+from finetune_trainer import switches
+from finetune_trainer.acceleration import float8_base, nf4_base, recompute, triton_kernels
 
 _SEED_BOUND = 2**62
-# Bench ablation: FTJ_TRITON_DROPOUT=0 draws GPU masks with torch's generator, as CPUs do.
-_TRITON_DROPOUT = os.environ.get("FTJ_TRITON_DROPOUT", "1") != "0"
-# Bench ablation: FTJ_PAIRED_DROPOUT=0 draws the backward's two masks in two kernels.
-_PAIRED_DROPOUT = os.environ.get("FTJ_PAIRED_DROPOUT", "1") != "0"
 # Hashed masks outside torch.compile too (tests: the eager reference of a compiled run).
 _HASHED_DROPOUT = False
 
@@ -104,9 +100,11 @@ def dropped(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     same seed and shape give the same mask, call after call."""
     if p <= 0.0:
         return x
-    if _TRITON_DROPOUT and triton_kernels.available(x):
+    # FTJ_TRITON_DROPOUT=0 (a bench ablation): torch's generator on GPUs too, as on CPUs.
+    if triton_kernels.available(x) and switches.active().triton_dropout:
         if torch.compiler.is_compiling():
-            return triton_kernels.seeded_dropout_op(x, p, seed)
+            out: torch.Tensor = triton_kernels.seeded_dropout_op(x, p, seed)
+            return out
         return triton_kernels.seeded_dropout(x, p, seed)
     if _HASHED_DROPOUT or torch.compiler.is_compiling():
         return x * hashed_keep(x, p, seed) * (1.0 / (1.0 - p))
@@ -117,9 +115,10 @@ def _pairs_on_gpu(rows: torch.Tensor, grad_rows: torch.Tensor) -> bool:
     """Whether ``_lora_backward`` takes ``seeded_dropout_pair``: where ``dropped`` takes the
     Triton kernel outside ``torch.compile`` (so the mask is the forward's), into a contiguous
     gradient."""
+    on = switches.active()  # FTJ_PAIRED_DROPOUT=0 (a bench ablation): two kernels
     return (
-        _TRITON_DROPOUT
-        and _PAIRED_DROPOUT
+        on.triton_dropout
+        and on.paired_dropout
         and triton_kernels.available(rows)
         and not torch.compiler.is_compiling()
         and grad_rows.is_contiguous()
@@ -210,7 +209,8 @@ def _save(ctx: Any, *tensors: torch.Tensor | None) -> None:
     ctx.save_for_backward(*[t for t in tensors if t is not None])
 
 
-def _saved(ctx: Any) -> tuple[torch.Tensor | None, ...]:
+def _saved(ctx: Any) -> tuple[Any, ...]:
+    # Any: autograd's context (torch's FunctionCtx) hands its saved tensors back untyped.
     kept = iter(ctx.saved_tensors)
     return tuple(None if none else next(kept) for none in ctx.saved_none)
 
@@ -221,7 +221,7 @@ class LoraLinearFunction(torch.autograd.Function):
     ``quant``)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -243,7 +243,7 @@ class LoraLinearFunction(torch.autograd.Function):
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         x, weight, weight_scale, lora_a, lora_b, down = _saved(ctx)
         rows = x.reshape(-1, x.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(x.dtype)
@@ -263,7 +263,8 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         except ImportError:
             pass
         else:
-            return swiglu_forward(gate, up)[2]
+            h: torch.Tensor = swiglu_forward(gate, up)[2]  # liger-kernel is untyped
+            return h
     return F.silu(gate.float()).mul_(up.float()).to(gate.dtype)
 
 
@@ -277,7 +278,10 @@ def _silu_mul_backward(
         except ImportError:
             pass
         else:
-            return swiglu_backward(gate, up, grad_h.contiguous())
+            grads: tuple[torch.Tensor, torch.Tensor] = swiglu_backward(  # liger: untyped
+                gate, up, grad_h.contiguous()
+            )
+            return grads
     g, u, dh = gate.float(), up.float(), grad_h.float()
     sig = torch.sigmoid(g)
     silu = g * sig
@@ -296,7 +300,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         gate: torch.Tensor,
         up: torch.Tensor,
@@ -323,7 +327,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         return out.view(*gate.shape[:-1], out.shape[-1])
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         gate, up, weight, weight_scale, lora_a, lora_b, down = _saved(ctx)
         rows = _silu_mul(gate, up).reshape(-1, gate.shape[-1])
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(gate.dtype)
@@ -406,11 +410,14 @@ def _fused_forward(module: Any) -> Any:
 
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if _through_peft(module, name, args, kwargs):
-            return peft_forward(x, *args, **kwargs)
+            through_peft: torch.Tensor = peft_forward(x, *args, **kwargs)  # peft: untyped
+            return through_peft
         arguments = _lora_arguments(module, name)
         dtype = _compute_dtype(module.base_layer)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return LoraLinearFunction.apply(x.to(dtype), *arguments)
+            # torch types Function.apply as untyped; forward says what it returns.
+            out: torch.Tensor = LoraLinearFunction.apply(x.to(dtype), *arguments)  # type: ignore[no-untyped-call]
+        return out
 
     return forward
 
@@ -422,7 +429,8 @@ def _fused_mlp_forward(mlp: Any) -> Any:
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if _through_peft(down_proj, name, (), {}):
-            return plain_forward(x)
+            plain: torch.Tensor = plain_forward(x)  # the model's own MLP, as peft wrapped it
+            return plain
         gate, up = mlp.gate_proj(x), mlp.up_proj(x)
         arguments = _lora_arguments(down_proj, name)  # after gate's and up's seeds
         dtype = _compute_dtype(down_proj.base_layer)
@@ -430,7 +438,10 @@ def _fused_mlp_forward(mlp: Any) -> Any:
         unused = getattr(mlp, "_ftj_output_unused_when_recomputed", False)
         needed = not (unused and recompute.recomputing() and not torch.compiler.is_compiling())
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return SwiGLUDownFunction.apply(gate.to(dtype), up.to(dtype), *arguments, needed)
+            out: torch.Tensor = SwiGLUDownFunction.apply(  # type: ignore[no-untyped-call]
+                gate.to(dtype), up.to(dtype), *arguments, needed
+            )
+        return out
 
     return forward
 
