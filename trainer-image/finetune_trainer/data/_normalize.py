@@ -63,7 +63,7 @@ class DatasetNormalizer:
         """The file's layout and the column for each role, or ``None`` (problem recorded)."""
         cols = self.source.columns
         found = set(records.columns)
-        fmt = self.source.format
+        fmt: str | None = self.source.format
         if fmt == "auto":
             fmt = self._detect(found)
             if fmt is None:
