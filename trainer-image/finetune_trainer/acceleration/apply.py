@@ -9,6 +9,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from finetune_trainer import switches
 from finetune_trainer.acceleration import recompute
 from finetune_trainer.acceleration.varlen_attention import (
     VARLEN_ATTENTION,
@@ -88,6 +89,8 @@ def compile_decoder_layers(model: Any) -> int:
     # reproduces from the same ``torch.manual_seed``.
     torch._dynamo.config.capture_scalar_outputs = True
     torch._inductor.config.fallback_random = True
+    # The kernels consult the switches as they run: read them now, not inside a traced graph.
+    switches.active()
     layers = _decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)

@@ -115,13 +115,12 @@ def _pairs_on_gpu(rows: torch.Tensor, grad_rows: torch.Tensor) -> bool:
     """Whether ``_lora_backward`` takes ``seeded_dropout_pair``: where ``dropped`` takes the
     Triton kernel outside ``torch.compile`` (so the mask is the forward's), into a contiguous
     gradient."""
-    on = switches.active()  # FTJ_PAIRED_DROPOUT=0 (a bench ablation): two kernels
     return (
-        on.triton_dropout
-        and on.paired_dropout
-        and triton_kernels.available(rows)
+        triton_kernels.available(rows)
         and not torch.compiler.is_compiling()
         and grad_rows.is_contiguous()
+        and switches.active().triton_dropout
+        and switches.active().paired_dropout  # FTJ_PAIRED_DROPOUT=0: two kernels (ablation)
     )
 
 
