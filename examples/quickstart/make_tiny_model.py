@@ -3,7 +3,7 @@
 The quickstart must run on a laptop CPU without internet, so its base model can't be
 downloaded. Instead this script builds one with the real Qwen3 architecture (so the trainer
 exercises exactly the code paths of a real Qwen3 model: config, attention, RMSNorm, tied
-embeddings, safetensors loading) but tiny (about 0.6M parameters) and randomly initialised,
+embeddings, safetensors loading) but tiny (about 0.37M parameters) and randomly initialised,
 plus a byte-level BPE tokenizer trained here on the identity data and some generic English.
 
 Everything is seeded: running it twice gives the same weights and vocabulary. The folder is

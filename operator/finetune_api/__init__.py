@@ -1,7 +1,8 @@
 """The FineTuneJob contract: spec and status models, manifest loading and CRD generation.
 
 This package is the single source of truth for the API: the CRD, ``ftj validate``, the
-operator and the trainer all import it.
+operator and the trainer all import it. :mod:`finetune_api.contract` holds what the operator
+and a trainer process agree on beyond the spec: exit codes, paths, ports, ``FTJ_*`` variables.
 """
 
 from finetune_api._base import API_VERSION, GROUP, KIND, PLURAL, VERSION

@@ -1,11 +1,14 @@
 """``ftj run FILE``: run a FineTuneJob on this machine, through the same trainer pods run.
 
-Nothing here trains: it sets the environment a trainer pod gets (docs/internals.md) and calls
-the pod's own entry point in this process, so a job that works under ``ftj run`` works in the
-cluster, with the same exit codes (0, 1, 42), the same progress lines and the same outputs.
-``spec.resources.gpus: N > 1`` starts the entry point on N of this machine's GPUs under
-``torchrun --standalone``, as the operator's pod command does; a spec asking for more GPUs than
-the machine has, or for several nodes, is refused with the field to change.
+Nothing here trains: it calls the trainer's one entry,
+:func:`finetune_trainer.entry.run_from_manifest`, in this process, the function a trainer pod's
+``python -m finetune_trainer`` calls, so a job that works under ``ftj run`` works in the
+cluster, with the same exit codes (:mod:`finetune_api.contract`: 0, 1, 42), the same progress
+lines and the same outputs. ``spec.resources.gpus: N > 1`` starts ``python -m finetune_trainer``
+on N of this machine's GPUs under ``torchrun --standalone``, as the operator's pod command
+does, with the variables a pod gets (:class:`~finetune_api.contract.TrainerEnvironment`); a spec
+asking for more GPUs than the machine has, or for several nodes, is refused with the field to
+change.
 """
 
 from __future__ import annotations
@@ -20,8 +23,16 @@ import tempfile
 from pathlib import Path
 
 from finetune_api import ManifestError, load_manifest
+from finetune_api.contract import (
+    EXIT_INVALID_INPUT,
+    EXIT_OK,
+    RUNTIME_ENV_DOCS,
+    TrainerEnvironment,
+    standalone_torchrun_args,
+)
 
-EXIT_INVALID_INPUT = 42  # finetune_trainer.errors.EXIT_INVALID_INPUT (not imported: no torch here)
+# Where ftj run serves progress (--progress-port): this machine only, unlike a pod.
+LOCAL_PROGRESS_HOST = "127.0.0.1"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -88,8 +99,6 @@ def launcher(gpus: int, nodes: int) -> list[str] | None:
             f"Set gpus: {have} to train here, or apply the job to a "
             "cluster."
         )
-    from finetune_operator.contract import standalone_torchrun_args
-
     # torchrun as a module of this interpreter: the same program, whatever PATH holds.
     return [sys.executable, "-m", "torch.distributed.run", *standalone_torchrun_args(gpus)]
 
@@ -113,23 +122,33 @@ def run(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     termination_log = workdir / "termination-log.json"
     termination_log.unlink(missing_ok=True)
-    os.environ["FTJ_MANIFEST"] = str(args.file.resolve())
-    os.environ["FTJ_WORKDIR"] = str(workdir)
-    os.environ["FTJ_PROGRESS_PORT"] = str(args.progress_port)
-    os.environ["FTJ_PROGRESS_HOST"] = "127.0.0.1"
-    os.environ["FTJ_TERMINATION_LOG"] = str(termination_log)
-    if args.output:
-        os.environ["FTJ_OUTPUT_URI"] = _absolute_output(args.output)
+    trainer = TrainerEnvironment(
+        manifest=str(args.file.resolve()),
+        workdir=str(workdir),
+        output_uri=_absolute_output(args.output) if args.output else None,
+        progress_host=LOCAL_PROGRESS_HOST,
+        progress_port=args.progress_port,
+        termination_log=str(termination_log),
+    )
 
     print(f"running {job.metadata.name or args.file} (scratch: {workdir})", file=sys.stderr)
     if command is None:
-        from finetune_trainer.__main__ import main as trainer_main
+        from finetune_trainer.entry import run_from_manifest
 
-        code = int(trainer_main([]))
-    else:  # rank 0 writes the termination log, as in a pod
-        code = subprocess.run(command, check=False).returncode
+        code = run_from_manifest(
+            trainer.manifest,
+            workdir=workdir,
+            output_uri=trainer.output_uri,
+            progress_host=trainer.progress_host,
+            progress_port=trainer.progress_port,
+            termination_log=termination_log,
+        )
+    else:  # each worker reads the variables a pod gets; rank 0 writes the termination log
+        inherited = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENV_DOCS}
+        env = {**inherited, **trainer.to_env()}
+        code = subprocess.run(command, env=env, check=False).returncode
     summary = json.loads(termination_log.read_text()) if termination_log.is_file() else {}
-    if code == 0:
+    if code == EXIT_OK:
         print(f"succeeded: {summary.get('progress', {}).get('summary', '')}")
         for name, uri in summary.get("artifacts", {}).items():
             print(f"  {name:9} {uri}")

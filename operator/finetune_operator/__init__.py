@@ -4,7 +4,8 @@ Pure core (no I/O, unit-tested): :mod:`~finetune_operator.render` (FineTuneJob â
 Job, Service), :mod:`~finetune_operator.observe` (Job, pods, progress â†’ status and Events),
 :mod:`~finetune_operator.status_writes` (when to write), :mod:`~finetune_operator.inventory`
 (which objects belong to a job), :mod:`~finetune_operator.naming`,
-:mod:`~finetune_operator.contract` (the trainer contract), :mod:`~finetune_operator.settings`.
+:mod:`~finetune_operator.settings`; what the operator and the trainer agree on is
+:mod:`finetune_api.contract`.
 
 Edges: :mod:`~finetune_operator.handlers` (kopf), :mod:`~finetune_operator.apply` (idempotent
 create), :mod:`~finetune_operator.kube` (REST client), :mod:`~finetune_operator.progress`

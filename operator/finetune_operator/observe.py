@@ -34,11 +34,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from finetune_api import FineTuneJob
+from finetune_api import FineTuneJob, contract
 from finetune_api.status import Artifacts, Condition, FineTuneJobStatus, Progress
 from pydantic import ValidationError
 
-from finetune_operator import contract, naming
+from finetune_operator import naming
 
 K8sObject = Mapping[str, Any]
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from finetune_api import contract
 
-from finetune_operator import contract, naming
+from finetune_operator import naming
 
 
 @dataclass(frozen=True)

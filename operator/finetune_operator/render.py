@@ -23,9 +23,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_api import FineTuneJob
+from finetune_api import FineTuneJob, contract
 
-from finetune_operator import contract, naming
+from finetune_operator import naming
 from finetune_operator.settings import API_DEFAULT_GPU_RESOURCE, OperatorSettings
 
 Manifest = dict[str, Any]
@@ -184,13 +184,16 @@ def _command(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
 def _env(job: FineTuneJob) -> list[Manifest]:
     has_claim = job.spec.resources.model_cache_claim is not None
     cache = contract.CACHE_DIR if has_claim else f"{contract.SCRATCH_DIR}/cache"
+    trainer = contract.TrainerEnvironment(
+        manifest=contract.MANIFEST_PATH,
+        workdir=contract.SCRATCH_DIR,
+        cache_dir=cache,
+        progress_host=contract.PROGRESS_HOST,
+        progress_port=contract.PROGRESS_PORT,
+        termination_log=contract.TERMINATION_LOG,
+    )
     env: list[Manifest] = [
-        {"name": "FTJ_MANIFEST", "value": contract.MANIFEST_PATH},
-        {"name": "FTJ_WORKDIR", "value": contract.SCRATCH_DIR},
-        {"name": "FTJ_CACHE_DIR", "value": cache},
-        {"name": "FTJ_PROGRESS_HOST", "value": "0.0.0.0"},
-        {"name": "FTJ_PROGRESS_PORT", "value": str(contract.PROGRESS_PORT)},
-        {"name": "FTJ_TERMINATION_LOG", "value": contract.TERMINATION_LOG},
+        *({"name": name, "value": value} for name, value in trainer.to_env().items()),
         # The root filesystem is read-only: every tool's home and caches go to writable volumes.
         {"name": "HOME", "value": contract.TMP_DIR},
         {"name": "HF_HOME", "value": f"{cache}/huggingface"},

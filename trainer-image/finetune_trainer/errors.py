@@ -7,11 +7,8 @@ user's input (data, spec, output location) and fails the job at once: retrying c
 
 from __future__ import annotations
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-# Matched by the Job's podFailurePolicy (action: FailJob). Keep in sync with the operator's
-# renderer, which imports this constant.
-EXIT_INVALID_INPUT = 42
+# The codes are the operator's too: its Job's podFailurePolicy fails the Job at once on 42.
+from finetune_api.contract import EXIT_FAILED, EXIT_INVALID_INPUT
 
 
 class TrainerError(Exception):

@@ -25,14 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, TRAINER_PHASES
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer.step_pace import StepPace
 
 log = logging.getLogger("finetune_trainer")
-
-TERMINATION_MESSAGE_LIMIT = 4096  # bytes; the kubelet truncates longer messages
-PHASES = ("Initializing", "Training", "Merging", "Uploading", "Succeeded", "Failed")
 
 
 def is_main_process() -> bool:
@@ -248,7 +246,7 @@ class ProgressReporter(TrainerCallback):
 
     def set_phase(self, phase: str) -> None:
         """Move to another phase of the run (``Merging``, ``Uploading``...)."""
-        assert phase in PHASES, phase
+        assert phase in TRAINER_PHASES, phase
         with self._lock:
             self.state.phase = phase
             self.state.updated_at = _now()

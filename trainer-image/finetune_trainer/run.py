@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,32 +57,16 @@ log = logging.getLogger("finetune_trainer")
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where this run reads and writes, from the environment the operator sets (internals.md)."""
+    """Where this run reads and writes: the arguments of
+    :func:`finetune_trainer.entry.run_from_manifest`, defaults resolved."""
 
     manifest_path: Path
     workdir: Path
     cache_dir: Path
-    output_uri: str | None = None
-    progress_host: str = "0.0.0.0"
-    progress_port: int | None = 8080
-    termination_log: Path | None = Path("/dev/termination-log")
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunSettings:
-        """Read ``FTJ_*`` variables; unset ones take the documented defaults."""
-        env = os.environ if environ is None else environ
-        manifest = env.get("FTJ_MANIFEST", "/etc/finetune/job.json")
-        workdir = Path(env.get("FTJ_WORKDIR") or tempfile.mkdtemp(prefix="ftj-"))
-        port = int(env.get("FTJ_PROGRESS_PORT", "8080"))
-        return cls(
-            manifest_path=Path(manifest),
-            workdir=workdir,
-            cache_dir=Path(env.get("FTJ_CACHE_DIR") or workdir / "cache"),
-            output_uri=env.get("FTJ_OUTPUT_URI") or None,
-            progress_host=env.get("FTJ_PROGRESS_HOST", "0.0.0.0"),
-            progress_port=port or None,  # 0 disables the server
-            termination_log=Path(env.get("FTJ_TERMINATION_LOG", "/dev/termination-log")),
-        )
+    output_uri: str | None
+    progress_host: str
+    progress_port: int | None  # None: no progress server
+    termination_log: Path | None  # None: no termination message
 
 
 @dataclass

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 import yaml
+from finetune_api.contract import EXIT_INVALID_INPUT
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 QUICKSTART_DIR = REPO / "examples" / "quickstart"
-EXIT_INVALID_INPUT = 42
 
 
 def quickstart_manifest(**training: Any) -> dict[str, Any]:

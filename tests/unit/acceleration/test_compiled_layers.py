@@ -7,6 +7,13 @@ when packed rows change length, the same loss and LoRA gradients as eager (with 
 activation checkpointing, whose recomputation must redraw the forward's masks), and masks
 that drop about ``p`` of the elements. tests/gpu/test_compiled_layers_gpu.py runs the parity
 check with Inductor's Triton code.
+
+The parity check draws the same masks on both sides, so compiled and eager differ only in how
+they round: Inductor fuses elementwise work and may sum in another order, in another number
+of threads. Its tolerances are those rounding allows (tests/rounding.py), nothing looser.
+A layer that does not compile at all runs eagerly and draws torch's generator masks instead of
+the hashed ones, a different dropout, far outside those tolerances: the check also asserts
+that nothing broke the graph.
 """
 
 from __future__ import annotations
@@ -16,18 +23,44 @@ import torch
 from finetune_trainer.acceleration.apply import compile_decoder_layers
 from finetune_trainer.acceleration.lora_fused import hashed_keep
 
-from tests.harness.tiny_lora import COMPILED_DROPOUT, SMALL, compiled_against_eager, fused_model
+from tests.harness.tiny_lora import COMPILED_DROPOUT, SMALL, fused_model, loss_and_grads
+from tests.rounding import assert_same_step, training_step_bounds
 
 pytestmark = pytest.mark.unit
 
 P = COMPILED_DROPOUT
+TOKENS = 24
+# Two float32 computations of SMALL's step: 22 sums in sequence to the loss, 45 to a gradient,
+# the longest of 160 terms (the down projection): loss 3.3e-5, gradients 6.8e-5 apart at most.
+BOUNDS = training_step_bounds(SMALL, TOKENS)
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["stored", "recomputed"])
 def test_compiled_layers_match_eager_loss_and_gradients(
     monkeypatch: pytest.MonkeyPatch, checkpointing: bool
 ) -> None:
-    compiled_against_eager(monkeypatch, "cpu", checkpointing)
+    """The compiled layers give eager's loss and every LoRA gradient, to float32 rounding,
+    eager drawing the compiled path's (hashed) masks from the same dropout seeds."""
+    import torch._dynamo
+    from finetune_trainer.acceleration import lora_fused
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(7)
+    ids = torch.randint(0, SMALL["vocab_size"], (1, TOKENS))
+    reference = fused_model("cpu", checkpointing)
+    model = fused_model("cpu", checkpointing)
+    assert compile_decoder_layers(model) == SMALL["num_hidden_layers"]
+    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", True)  # eager: the compiled path's masks
+    torch.manual_seed(8)  # the same dropout seeds, drawn in the same order, for both
+    ref_loss, ref_grads = loss_and_grads(reference, ids)
+    monkeypatch.setattr(lora_fused, "_HASHED_DROPOUT", False)
+    counters.clear()
+    torch.manual_seed(8)
+    loss, grads = loss_and_grads(model, ids)
+    assert not counters["graph_break"], dict(counters["graph_break"])  # every layer compiled
+    assert len(grads) == 28  # A and B of 7 projections x 2 layers
+    assert_same_step((loss, grads), (ref_loss, ref_grads), BOUNDS)
 
 
 def test_no_graph_breaks_and_no_recompiles_once_lengths_vary() -> None:

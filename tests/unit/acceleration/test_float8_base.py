@@ -22,7 +22,8 @@ from finetune_trainer.acceleration.float8_base import (
 )
 from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
-from tests.harness.tiny_lora import SMALL, assert_trains_like, loss_and_grads, tiny_qwen2, with_lora
+from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
+from tests.rounding import UNIT_ROUNDOFF, assert_same_step, training_step_bounds
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +49,9 @@ def test_rows_quantize_to_e4m3_within_its_rounding_and_zero_rows_survive() -> No
     amax = t.abs().amax(dim=1, keepdim=True)
     normal = t.abs() > amax * 2**-6
     assert ((back - t).abs() <= t.abs() / 16 + 1e-12)[normal].all()
-    torch.testing.assert_close(back.abs().amax(dim=1), amax.squeeze(1), rtol=1e-6, atol=0)
+    # scale = amax / 448, then back = 448 * scale: two float32 roundings (448 is exact in e4m3).
+    rtol = 2 * UNIT_ROUNDOFF[torch.float32]
+    torch.testing.assert_close(back.abs().amax(dim=1), amax.squeeze(1), rtol=rtol, atol=0)
 
 
 def test_float8_linear_is_a_frozen_linear_of_one_byte_weights() -> None:
@@ -61,8 +64,9 @@ def test_float8_linear_is_a_frozen_linear_of_one_byte_weights() -> None:
     x = torch.randn(3, 7, 64, requires_grad=True)
     out = f8(x)
     exact = linear(x)
-    # Close to the original layer (e4m3 weights), equal to the dequantized one.
-    assert (out - exact).norm() / exact.norm() < 0.05
+    # Close to the original layer: each e4m3 weight is within 2**-4 of itself (3 mantissa
+    # bits), so the product norm-wise; equal to the dequantized one.
+    assert (out - exact).norm() / exact.norm() < UNIT_ROUNDOFF[FLOAT8]
     dequantized = dequantize(f8.weight, f8.weight_scale, torch.float32)
     torch.testing.assert_close(out, torch.nn.functional.linear(x, dequantized, linear.bias))
     out.sum().backward()
@@ -92,7 +96,11 @@ def test_quantized_peft_model_trains_the_adapter_like_the_dequantized_model() ->
             twin = quantized.get(name)
             if isinstance(twin, Float8Linear):
                 module.weight.copy_(dequantize(twin.weight, twin.weight_scale, torch.float32))
-    loss = assert_trains_like(model, reference, ids, loss_rel=1e-5, grads=28)
+    want = loss_and_grads(reference, ids)
+    loss, grads = loss_and_grads(model, ids)
+    assert len(grads) == 28
+    # The same weights; the fused forward sums and rounds in another order (tests/rounding.py).
+    assert_same_step((loss, grads), want, training_step_bounds(SMALL, ids.numel()))
 
     # And the quantized model still answers nearly like the 16-bit one.
     exact_loss, _ = loss_and_grads(_peft(base), ids)

@@ -15,7 +15,8 @@ from finetune_trainer.acceleration.lora_fused import (
 )
 from torch.utils.checkpoint import checkpoint
 
-from tests.harness.tiny_lora import SMALL, assert_trains_like, loss_and_grads, tiny_qwen2, with_lora
+from tests.harness.tiny_lora import SMALL, loss_and_grads, tiny_qwen2, with_lora
+from tests.rounding import assert_same_step, training_step_bounds
 
 pytestmark = pytest.mark.unit
 
@@ -48,7 +49,11 @@ def test_without_dropout_fused_model_matches_peft_loss_and_every_gradient() -> N
     ids = torch.randint(0, 101, (2, 16))
     reference, fused = _peft(base, 0.0), _peft(base, 0.0)
     assert fuse_lora_linears(fused) == 14  # 7 projections x 2 layers
-    assert_trains_like(fused, reference, ids, loss_rel=1e-6, grads=28)
+    want = loss_and_grads(reference, ids)
+    got = loss_and_grads(fused, ids)
+    assert len(got[1]) == 28
+    # The same products, summed and rounded in another order (tests/rounding.py).
+    assert_same_step(got, want, training_step_bounds(SMALL, ids.numel()))
 
 
 def test_with_dropout_gradients_are_those_of_the_redrawn_mask() -> None:
@@ -156,12 +161,10 @@ def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> 
     )
     # Same seeds drawn in the same order (gate, up, down): the same masks, the same numbers.
     torch.manual_seed(7)
-    ref_loss, ref_grads = loss_and_grads(linears_only, ids)
+    want = loss_and_grads(linears_only, ids)
     torch.manual_seed(7)
-    loss, grads = loss_and_grads(whole, ids)
-    assert loss == pytest.approx(ref_loss, rel=1e-6)
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    got = loss_and_grads(whole, ids)
+    assert_same_step(got, want, training_step_bounds(SMALL, ids.numel()))  # float32 rounding
     # One intermediate-sized tensor (silu(gate) * up) per layer is no longer kept.
     saved_whole, saved_linears = _saved_bytes(whole, ids), _saved_bytes(linears_only, ids)
     intermediate = 2 * 32 * 160 * 4  # tokens x intermediate_size x fp32, per layer

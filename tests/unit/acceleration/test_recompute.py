@@ -12,7 +12,8 @@ from finetune_trainer.acceleration.apply import apply_gradient_checkpointing
 from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.harness.tiny_lora import SMALL, assert_same_training, loss_and_grads, with_lora
+from tests.harness.tiny_lora import SMALL, loss_and_grads, with_lora
+from tests.rounding import assert_identical_step, same_seeds
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +47,9 @@ def _same_training(model_type: str) -> int:
     base = _tiny(model_type)
     ids = torch.randint(0, SMALL["vocab_size"], (1, TOKENS))
     stored, recomputed = _fused(base, False), _fused(base, True)
-    assert_same_training(recomputed, stored, lambda m: loss_and_grads(m, ids), 14 * LAYERS)
+    got, want = same_seeds(lambda m: loss_and_grads(m, ids), recomputed, stored)
+    assert len(got[1]) == 14 * LAYERS
+    assert_identical_step(got, want)  # the recomputation reruns the forward's own kernels
     return sum(
         bool(getattr(m, "_ftj_output_unused_when_recomputed", False)) for m in recomputed.modules()
     )

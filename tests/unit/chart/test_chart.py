@@ -243,7 +243,8 @@ def test_trainer_pod_meets_restricted_pod_security(nodes: int, gpus: int) -> Non
 
 
 def test_network_policy_allows_trainer_progress_port(render: Render) -> None:
-    from finetune_operator import contract, naming
+    from finetune_api import contract
+    from finetune_operator import naming
 
     objects = render(CHART / "ci" / "namespaced-values.yaml")
     policies = {

@@ -8,6 +8,7 @@ from finetune_trainer.data import make_collator
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from tests.fixtures_tokenizer import make_test_tokenizer
+from tests.rounding import logits_bound, relative_error, training_step_bounds
 
 pytestmark = pytest.mark.unit
 
@@ -40,8 +41,11 @@ def test_packed_row_gives_each_example_the_logits_it_has_alone() -> None:
         alone_a = model(input_ids=torch.tensor([A["input_ids"]])).logits
         alone_b = model(input_ids=torch.tensor([B["input_ids"]])).logits
     n = len(A["input_ids"])
-    torch.testing.assert_close(packed[0, n:], alone_b[0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(packed[0, :n], alone_a[0], atol=1e-4, rtol=0)
+    # The same sums over other shapes (kernels block and order them differently): float32
+    # rounding apart, no more (tests/rounding.py). Seeing the other example would not be.
+    bound = logits_bound(model.config.to_dict(), tokens=packed.shape[1])
+    assert relative_error(packed[0, n:], alone_b[0]) <= bound
+    assert relative_error(packed[0, :n], alone_a[0]) <= bound
 
 
 def test_packed_loss_equals_the_loss_of_the_examples_alone() -> None:
@@ -59,7 +63,8 @@ def test_packed_loss_equals_the_loss_of_the_examples_alone() -> None:
         packed = model(**batch)
     count = int((batch["labels"][0, 1:] != -100).sum())
     assert packed_logits.shape[1] == 12
-    assert packed.loss.item() * count == pytest.approx(total, abs=1e-4)
+    rel = training_step_bounds(model.config.to_dict(), tokens=packed_logits.shape[1]).loss
+    assert packed.loss.item() * count == pytest.approx(total, rel=rel)
 
 
 def test_packed_batch_layout() -> None:

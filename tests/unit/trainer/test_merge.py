@@ -12,6 +12,7 @@ from finetune_trainer.model import lora_config
 from finetune_trainer.plot import plot_losses
 
 from tests.fixtures_tokenizer import make_test_tokenizer
+from tests.rounding import logits_bound, relative_error
 
 pytestmark = pytest.mark.unit
 
@@ -64,10 +65,13 @@ def test_merged_model_loads_and_matches_base_plus_adapter(base_dir: Path, tmp_pa
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     with torch.no_grad():
         got = merged(input_ids=ids).logits
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    # W + s*B@A rounds once per weight where base + adapter rounds W@x and s*B@(A@x) apart:
+    # float32 rounding apart (tests/rounding.py); the adapter moves them further than that.
+    bound = logits_bound(merged.config.to_dict(), tokens=ids.numel())
+    assert relative_error(got, expected) <= bound
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     with torch.no_grad():
-        assert not torch.allclose(base(input_ids=ids).logits, got, atol=1e-3)
+        assert relative_error(base(input_ids=ids).logits, got) > bound  # not rounding
 
 
 def test_merge_writes_the_requested_dtype(base_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,8 +48,11 @@ def publish_artifacts(
     overwrite: bool,
     subdirs: Sequence[str] = ("adapter", "merged"),
     files: Sequence[str] = ("metrics.json", "loss.png"),
+    lineage: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Upload what exists of ``subdirs`` and ``files`` under ``local_root``, then the manifest.
+
+    ``lineage`` (how the model was made: :mod:`.model_card`) goes into the manifest as is.
 
     Returns the artifact URIs (``adapter``, ``merged``, ``metrics``, ``lossPlot``,
     ``manifest``) of what was published: a missing ``merged/`` (``output.merge: false``) is
@@ -95,6 +98,7 @@ def publish_artifacts(
             "spec": spec,
             "files": [e.to_dict() for e in sorted(entries, key=lambda e: e.path)],
             "createdAt": datetime.now(timezone.utc).isoformat(),
+            **({"lineage": dict(lineage)} if lineage is not None else {}),
         },
     )
     artifacts["manifest"] = manifest_uri
