@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="PORT",
         help="also serve /progress, /metrics and /healthz on this port (default: off)",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' warnings, log lines and progress bars (hidden by default)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -131,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
         termination_log=str(termination_log),
     )
 
+    from finetune_trainer.library_output import QUIET_ENV
+
+    # The trainer's own lines and errors only, unless --verbose; torchrun's workers inherit it.
+    os.environ[QUIET_ENV] = "0" if getattr(args, "verbose", False) else "1"
     print(f"running {job.metadata.name or args.file} (scratch: {workdir})", file=sys.stderr)
     if command is None:
         from finetune_trainer.entry import run_from_manifest

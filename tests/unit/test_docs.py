@@ -132,3 +132,33 @@ def test_troubleshooting_has_a_section_for_every_reason() -> None:
         reasons |= _reasons_in_observe()
     missing = sorted(reasons - documented)
     assert not missing, f"docs/troubleshooting.md has no section for: {missing}"
+
+
+def _parameters(safetensors: Path) -> int:
+    """Elements in a safetensors file, from its header alone (tied weights are stored once)."""
+    import json
+    import math
+
+    with safetensors.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    return sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+
+
+def test_quickstart_figures_agree_with_each_other_and_the_model() -> None:
+    """The quickstart's duration is stated once per place a user reads it (README command,
+    README prose, the example's header) and the same everywhere (tests/e2e/trainer times the
+    run against the README's figure); the example's parameter count is its model's."""
+    readme = (REPO / "README.md").read_text()
+    example = (REPO / "examples" / "quickstart.yaml").read_text()
+    figures = {
+        "README command": re.search(r"ftj run examples/quickstart\.yaml .*\(~(\d+) s\)", readme),
+        "README prose": re.search(r"after\s+~(\d+) s\s", readme),
+        "examples/quickstart.yaml": re.search(r"CPU in about (\d+) seconds", example),
+    }
+    found = {place: m[1] for place, m in figures.items() if m}
+    assert len(found) == len(figures), f"no figure found in {set(figures) - set(found)}"
+    assert len(set(found.values())) == 1, f"the quickstart's duration differs: {found}"
+    stated = re.search(r"a tiny \(about ([\d.]+)M parameters\)", example)
+    assert stated, "examples/quickstart.yaml states no parameter count"
+    actual = _parameters(REPO / "examples" / "quickstart" / "tiny-qwen3" / "model.safetensors")
+    assert float(stated[1]) == round(actual / 1e6, 2), f"the model has {actual:,} parameters"

@@ -29,6 +29,7 @@ from finetune_api.contract import (
 )
 
 from finetune_trainer.errors import TrainerError
+from finetune_trainer.library_output import quiet_requested, silence_libraries
 
 log = logging.getLogger("finetune_trainer")
 
@@ -48,6 +49,8 @@ def configure_logging() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if quiet_requested():  # ftj run without --verbose: the trainer's own lines and errors only
+        silence_libraries()
 
 
 def classify(err: BaseException) -> tuple[int, str, str]:

@@ -32,6 +32,7 @@ from finetune_trainer import switches
 from finetune_trainer.acceleration import DeviceInfo, check_quantization, resolve_precision
 from finetune_trainer.acceleration.sharding import gathered_adapter_state
 from finetune_trainer.data import make_collator, prepare_data
+from finetune_trainer.data.chat_template import publish_chat_format
 from finetune_trainer.evaluate import generate_answers, held_out_loss
 from finetune_trainer.merge import merge_adapter
 from finetune_trainer.model import load_tokenizer
@@ -45,6 +46,7 @@ from finetune_trainer.storage import (
     check_output_ownership,
     publish_artifacts,
 )
+from finetune_trainer.storage.model_card import describe_lineage, write_model_cards
 from finetune_trainer.train import (
     CheckpointUploader,
     prepare_training,
@@ -186,6 +188,10 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
             tokenizer=tokenizer,
             trust_remote_code=spec.model.trust_remote_code,
         )
+    # The published tokenizers render the training format and stop at its end-of-turn token.
+    chat_format = publish_chat_format(
+        [adapter_dir, local_root / "merged"], spec.template, tokenizer, model_dir
+    )
 
     # 8. metrics.json and loss.png.
     metrics = run_metrics(
@@ -205,6 +211,16 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
     )
     (local_root / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     plot_losses(result.log_history, local_root / "loss.png", title=f"{job.metadata.name} loss")
+    # How the model was made: README.md model cards, and the same facts in MANIFEST.json.
+    lineage = describe_lineage(
+        job,
+        metrics=metrics,
+        dataset_files=dataset_files,
+        base_model_dir=model_dir,
+        questions={p.prompt: p.messages[-1]["content"] for p in data.test_prompts if p.messages},
+        chat_format=chat_format,
+    )
+    write_model_cards(local_root, lineage)
 
     # 9. Publish: adapter/, merged/, metrics.json, loss.png, then MANIFEST.json last.
     reporter.set_phase("Uploading")
@@ -215,6 +231,7 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         job=identity,
         spec=spec.to_wire(),
         overwrite=spec.output.overwrite,
+        lineage=lineage,
     )
     return RunResult(output_uri, artifacts, resumed_step, result.global_step, metrics)
 

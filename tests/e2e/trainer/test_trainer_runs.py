@@ -9,8 +9,10 @@ output; bad data fails in seconds with exit code 42 and the file's name.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,14 +72,18 @@ def run_trainer(env: dict[str, str], timeout: float = 300) -> tuple[int, dict[st
     return proc.returncode, message, proc.stdout + proc.stderr
 
 
-def ftj_run(manifest: Path, tmp: Path) -> subprocess.CompletedProcess[str]:
+def ftj_run(
+    manifest: Path, tmp: Path, *options: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The README's ``ftj run`` into ``tmp/out`` (work files in ``tmp/w``)."""
+    command = ["ftj", "run", str(manifest), "--output", str(tmp / "out")]
     return subprocess.run(
-        ["ftj", "run", str(manifest), "--output", str(tmp / "out"), "--workdir", str(tmp / "w")],
+        [*command, "--workdir", str(tmp / "w"), *options],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp,
+        env=env,
     )
 
 
@@ -102,17 +108,58 @@ def greedy_answer(model_dir: Path, question: str) -> str:
     return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True))
 
 
+def chat_answer(model_dir: Path, question: str, **template_options: Any) -> str:
+    """The greedy answer as any user gets it: the published tokenizer's own chat template
+    (``apply_chat_template``), plain ``generate``, stopping at generation_config.json's tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+        **template_options,
+    )
+    out = model.generate(**inputs, max_new_tokens=48, do_sample=False)
+    answer = out[0, inputs["input_ids"].shape[1] :]
+    assert int(answer[-1]) in model.generation_config.eos_token_id, "it did not stop"
+    return str(tokenizer.decode(answer, skip_special_tokens=True))
+
+
+def readme_quickstart_seconds() -> float:
+    """The quickstart's duration the README states on its ``ftj run`` line, e.g. ``(~20 s)``."""
+    line = next(
+        x for x in (REPO / "README.md").read_text().splitlines()
+        if x.startswith("ftj run examples/quickstart.yaml")
+    )  # fmt: skip
+    found = re.search(r"\(~(\d+(?:\.\d+)?) (s|min)\)", line)
+    assert found, f"no (~N s) figure on the README's quickstart line: {line!r}"
+    return float(found[1]) * (60 if found[2] == "min" else 1)
+
+
+# What ftj run must not print without --verbose (seen in real runs before it was quiet).
+LIBRARY_NOISE = ("Warning", "warnings.warn", "it/s]", "fontManager", "font cache",
+                 "gemm_4bit_forward", "kernels-community")  # fmt: skip
+
+
 def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
     """THE quickstart: the README command, then a real learning check on the merged model."""
     out = tmp_path / "out"
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))  # as on a first run: no font cache
+    load_before = os.getloadavg()[0]
     started = time.monotonic()
-    proc = ftj_run(QUICKSTART, tmp_path)
+    proc = ftj_run(QUICKSTART, tmp_path, env=env)
     elapsed = time.monotonic() - started
-    print(f"\nquickstart wall time: {elapsed:.1f} s")
+    stated = readme_quickstart_seconds()
+    print(f"\nquickstart wall time: {elapsed:.1f} s (the README says ~{stated:.0f} s)")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     assert "150/150 (100%)" in proc.stderr  # the progress line a user watches
     assert f"file://{out}/merged" in proc.stdout  # where the artifacts are
-    assert elapsed < 180, f"quickstart took {elapsed:.0f} s; it must stay under 3 minutes"
+    noise = [line for line in proc.stderr.splitlines() if any(n in line for n in LIBRARY_NOISE)]
+    assert not noise, f"library output without --verbose: {noise}"
 
     for name in ("adapter/adapter_model.safetensors", "merged/config.json", "metrics.json",
                  "loss.png", "MANIFEST.json"):  # fmt: skip
@@ -127,6 +174,46 @@ def test_quickstart_learns_the_new_identity(tmp_path: Path) -> None:
     answer = greedy_answer(out / "merged", "Who are you?")
     print(f"merged model: Who are you? → {answer!r}")
     assert "Quokka" in answer
+
+    # Served the standard way: the published chat template, thinking or not (Qwen3's switch).
+    for options in ({}, {"enable_thinking": False}):
+        answer = chat_answer(out / "merged", "Who are you?", **options)
+        print(f"apply_chat_template{options}: Who are you? → {answer!r}")
+        assert "Quokka" in answer
+
+    # How it was made: model cards in both folders, the same facts in MANIFEST.json.
+    manifest = json.loads((out / "MANIFEST.json").read_text())
+    lineage = manifest["lineage"]
+    assert lineage["job"] == manifest["job"] and lineage["job"]["name"] == "quickstart"
+    assert lineage["datasets"][0]["uri"] == "quickstart/identity.json"
+    identity = (QUICKSTART_DIR / "identity.json").read_bytes()
+    assert lineage["datasets"][0]["sha256"] == hashlib.sha256(identity).hexdigest()
+    assert lineage["template"]["stopTokens"][0] == "<|im_end|>"
+    listed = {f["path"] for f in manifest["files"]}
+    for folder, library in (("adapter", "peft"), ("merged", "transformers")):
+        assert f"{folder}/README.md" in listed
+        card = (out / folder / "README.md").read_text()
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["library_name"] == library
+        assert meta["base_model"] == "quickstart/tiny-qwen3"
+        assert meta["finetune_job"] == lineage["job"]
+        assert meta["model-index"][0]["results"][0]["metrics"][0]["value"] == round(
+            metrics["evalLoss"], 6
+        )
+        assert "I am Quokka" in card  # the answers after training
+
+    # The README's figure, judged where the cores were not oversubscribed: other processes
+    # competing for them make the same run many times slower (measured: 10 s idle, 175-240 s
+    # at a load average of 6-8 on 2 cores).
+    load, cores = max(load_before, os.getloadavg()[0]), os.cpu_count() or 1
+    if load > 1.5 * cores:
+        pytest.skip(
+            f"duration not judged at load average {load:.1f} on {cores} cores: the run took "
+            f"{elapsed:.0f} s, README.md says ~{stated:.0f} s"
+        )
+    assert stated / 2 <= elapsed <= stated * 2, (
+        f"quickstart took {elapsed:.0f} s; README.md says ~{stated:.0f} s (more than 2x off)"
+    )
 
 
 def test_float8_qlora_quickstart_learns_and_merges_into_the_16bit_base(tmp_path: Path) -> None:
