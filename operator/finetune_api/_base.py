@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, model_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_api.rules import CrossFieldRule
@@ -22,6 +22,8 @@ PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 CATEGORIES = ["finetune", "ml"]
+# Key of the pydantic validation context that asks for the cluster-only rules as well.
+CLUSTER_CONTEXT = "cluster"
 
 
 class ApiModel(BaseModel):
@@ -38,8 +40,13 @@ class ApiModel(BaseModel):
     cross_field_rules: ClassVar[tuple[CrossFieldRule, ...]] = ()
 
     @model_validator(mode="after")
-    def _check_cross_field_rules(self) -> ApiModel:
+    def _check_cross_field_rules(self, info: ValidationInfo) -> ApiModel:
+        # Rules only a job run in the cluster must meet are checked when the caller says the
+        # job is for the cluster (validation context {"cluster": True}); ftj run leaves it out.
+        cluster = bool((info.context or {}).get(CLUSTER_CONTEXT))
         for rule in self.cross_field_rules:
+            if rule.cluster_only and not cluster:
+                continue
             if rule.holds is not None and not rule.holds(self):
                 raise ValueError(rule.message)
         return self

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import ErrorDetails
 
-from finetune_api._base import API_VERSION, KIND
+from finetune_api._base import API_VERSION, CLUSTER_CONTEXT, KIND
 from finetune_api.spec import FineTuneJobSpec
 from finetune_api.status import FineTuneJobStatus
 
@@ -98,8 +98,14 @@ def describe_validation_error(err: PydanticValidationError) -> list[str]:
     return seen
 
 
-def parse_manifest(data: Any, source: str = "manifest") -> FineTuneJob:
-    """Validate a decoded manifest (a dict) as a FineTuneJob."""
+def parse_manifest(data: Any, source: str = "manifest", *, cluster: bool = False) -> FineTuneJob:
+    """Validate a decoded manifest (a dict) as a FineTuneJob.
+
+    ``cluster`` adds the rules only a job run by the operator must meet, as ``kubectl apply``
+    checks them: local model, data and output paths must be on volumes the pod mounts.
+    ``ftj run`` (and the trainer, which reads a spec the API server already admitted) leave it
+    off, so a job on one machine may use any local path.
+    """
     if not isinstance(data, dict):
         raise ManifestError(source, ["(object): expected a mapping with apiVersion, kind, spec"])
     if data.get("apiVersion") != API_VERSION or data.get("kind") != KIND:
@@ -111,13 +117,16 @@ def parse_manifest(data: Any, source: str = "manifest") -> FineTuneJob:
             ],
         )
     try:
-        return FineTuneJob.model_validate(data)
+        return FineTuneJob.model_validate(data, context={CLUSTER_CONTEXT: cluster})
     except PydanticValidationError as err:
         raise ManifestError(source, describe_validation_error(err)) from None
 
 
-def load_manifest(path: str | Path) -> FineTuneJob:
-    """Read a FineTuneJob from a YAML or JSON file (the first FineTuneJob document in it)."""
+def load_manifest(path: str | Path, *, cluster: bool = False) -> FineTuneJob:
+    """Read a FineTuneJob from a YAML or JSON file (the first FineTuneJob document in it).
+
+    ``cluster``: also check the rules of a job run in the cluster (see :func:`parse_manifest`).
+    """
     path = Path(path)
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -128,4 +137,4 @@ def load_manifest(path: str | Path) -> FineTuneJob:
     jobs = [d for d in documents if isinstance(d, dict) and d.get("kind") == KIND]
     if not jobs:
         raise ManifestError(str(path), [f"no document with kind: {KIND} in the file"])
-    return parse_manifest(jobs[0], str(path))
+    return parse_manifest(jobs[0], str(path), cluster=cluster)

@@ -44,7 +44,7 @@ from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
 from finetune_operator.inventory import Key, job_pods, object_key, owned_job
 from finetune_operator.observe import observe_status
 from finetune_operator.progress import fetch_progress, progress_target
-from finetune_operator.render import render_objects
+from finetune_operator.render import RenderError, render_objects
 from finetune_operator.runtime import ProgressReading, Runtime, WrittenStatus
 from finetune_operator.settings import OperatorSettings
 from finetune_operator.status_writes import status_patch
@@ -141,8 +141,12 @@ async def refresh_status(
     k8s_job: Manifest | None,
     pods: list[Manifest],
     logger: kopf.Logger,
+    refusal: tuple[str, str] | None = None,
 ) -> None:
-    """Recompute the status of one FineTuneJob and write it if it changed (rate-limited)."""
+    """Recompute the status of one FineTuneJob and write it if it changed (rate-limited).
+
+    ``refusal`` (reason, message): the Job was not created because the spec can't run here.
+    """
     async with rt.lock(key):
         previous = rt.written.get(key)
         baseline = previous.status if previous else ftj.get("status") or {}
@@ -151,7 +155,7 @@ async def refresh_status(
         target = progress_target(pods)
         live = reading.data if reading and target and reading.pod_uid == target.pod_uid else None
         now = datetime.now(timezone.utc)
-        update = observe_status(job, k8s_job, pods, live, now)
+        update = observe_status(job, k8s_job, pods, live, now, refusal)
         current = (job.status or FineTuneJobStatus()).to_wire()
         wanted = update.status.to_wire()
         patch = status_patch(
@@ -227,7 +231,16 @@ async def ensure_training(
         job = _parse(ftj, ftj.get("status"))
         if job.status is not None and job.status.phase in TERMINAL_PHASES:
             return  # finished: never start training again (e.g. its Job was deleted by hand)
-        objects = render_objects(job, rt.settings)
+        key = _key_of(body.metadata.namespace, body.metadata.name)
+        try:
+            objects = render_objects(job, rt.settings)
+        except RenderError as err:
+            # A spec admission could not judge (e.g. a capability this cluster doesn't allow):
+            # the job fails with the reason instead of being retried forever.
+            metrics.record_error(err)
+            logger.warning(str(err), extra={"reason": err.reason})
+            await refresh_status(rt, key, ftj, None, [], logger, (err.reason, str(err)))
+            return
         try:
             applied = await asyncio.to_thread(ensure_objects, rt.api, objects.in_creation_order())
         except OwnershipConflict as err:
@@ -250,7 +263,6 @@ async def ensure_training(
                 k8s_job["metadata"]["name"],
                 drift,
             )
-        key = _key_of(body.metadata.namespace, body.metadata.name)
         pods = job_pods(_index(kwargs, "pod_index").get(key) or (), k8s_job)
         await refresh_status(rt, key, ftj, k8s_job, pods, logger)
     except (ApiError, kopf.PermanentError) as err:

@@ -358,8 +358,11 @@ def _verdict(
     pods: list[K8sObject],
     progress: Mapping[str, Any] | None,
     terms: list[_Termination],
+    refusal: tuple[str, str] | None = None,
 ) -> _Verdict:
     if k8s_job is None:
+        if refusal is not None:
+            return _Verdict("Failed", refusal[0], refusal[1], False)
         return _Verdict("Pending", "Creating", "creating the Kubernetes Job", False)
     if _true_condition(k8s_job, "Complete") or _true_condition(k8s_job, "SuccessCriteriaMet"):
         return _Verdict(
@@ -499,18 +502,20 @@ def observe_status(
     pods: Sequence[K8sObject],
     progress: Mapping[str, Any] | None,
     now: datetime,
+    refusal: tuple[str, str] | None = None,
 ) -> StatusUpdate:
     """The status a FineTuneJob should have, given its Job, its pods and the latest progress.
 
     ``progress`` is the rank-0 trainer's ``/progress`` answer for the pod running now (or None);
-    ``job.status`` is the status as last written, used for what must carry over.
+    ``job.status`` is the status as last written, used for what must carry over. ``refusal``
+    (reason, message): the operator refused to create the Job, so the job failed without one.
     """
     old = job.status or FineTuneJobStatus()
     stamp = rfc3339(now)
     generation = job.metadata.generation
     pods = list(pods)
     terms = _terminations(pods)
-    verdict = _verdict(job, k8s_job, pods, progress, terms)
+    verdict = _verdict(job, k8s_job, pods, progress, terms, refusal)
     terminal = verdict.phase in ("Succeeded", "Failed")
 
     final = next((t.summary for t in reversed(terms) if t.summary.get("progress")), {})

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api import FineTuneJob, contract
+from finetune_api.spec import PodOverrides
 
 from finetune_operator import naming
 from finetune_operator.settings import API_DEFAULT_GPU_RESOURCE, OperatorSettings
@@ -40,6 +41,16 @@ class RenderError(ValueError):
     """The FineTuneJob can't be rendered (e.g. it has no uid yet)."""
 
     reason = "RenderFailed"
+
+
+class CapabilityNotAllowed(RenderError):
+    """``spec.pod.capabilities`` asks for a capability the operator's settings don't allow.
+
+    Which capabilities trainer pods may add is the cluster operator's decision (the chart's
+    ``trainer.allowedCapabilities``), not the job author's, so admission can't decide it.
+    """
+
+    reason = "CapabilityNotAllowed"
 
 
 @dataclass(frozen=True)
@@ -217,12 +228,29 @@ def _env(job: FineTuneJob) -> list[Manifest]:
     if s3 is not None and s3.credentials_secret is not None:
         ref = s3.credentials_secret
         # Only references: the values stay in the Secret and never pass through the operator.
+        # Without them boto3's default chain finds the pod's web identity or instance role.
         for var, key in (
             ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
             ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key),
         ):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
+    hub = job.spec.storage.hf
+    if hub is not None and hub.token_secret is not None:
+        token = hub.token_secret
+        # huggingface_hub reads HF_TOKEN for gated and private repositories.
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}},
+            }
+        )
+    # The spec's own variables come last; admission refuses the names above (rules.py).
+    env.extend(var.to_wire() for var in _pod(job).env)
     return env
+
+
+def _pod(job: FineTuneJob) -> PodOverrides:
+    return job.spec.pod or PodOverrides()
 
 
 def _resources(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
@@ -234,6 +262,10 @@ def _resources(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
         amounts["memory"] = str(res.memory)
     if res.gpus > 0:
         amounts[gpu_resource_name(job, settings)] = str(res.gpus)
+    for name, amount in _pod(job).extra_resources.items():
+        # cpu, memory and the spec's GPU resource are refused at admission; the cluster's
+        # GPU resource name (settings) could still collide, and spec.resources.gpus wins.
+        amounts.setdefault(name, str(amount))
     # Requests = limits: extended resources (GPUs) require it, and Guaranteed QoS keeps a
     # long training run last in line for node-pressure eviction.
     return {"requests": dict(amounts), "limits": dict(amounts)} if amounts else {}
@@ -280,6 +312,10 @@ def _volumes(job: FineTuneJob, settings: OperatorSettings) -> tuple[list[Manifes
             {"name": "model-cache", "persistentVolumeClaim": {"claimName": res.model_cache_claim}}
         )
         mounts.append({"name": "model-cache", "mountPath": contract.CACHE_DIR})
+    # The spec's volumes after the operator's; their names and paths can't collide (rules.py).
+    pod = _pod(job)
+    volumes.extend(v.to_wire() for v in pod.volumes)
+    mounts.extend(m.to_wire() for m in pod.volume_mounts)
     return volumes, mounts
 
 
@@ -307,20 +343,39 @@ def pod_security_context() -> Manifest:
     }
 
 
-def container_security_context() -> Manifest:
+def container_security_context(add: list[str] | None = None) -> Manifest:
     """The "restricted" Pod Security Standard, plus a read-only root filesystem.
 
+    ``add``: capabilities the spec asks for and the settings allow (e.g. IPC_LOCK for RDMA).
     https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted
     """
+    capabilities: Manifest = {"drop": ["ALL"]}
+    if add:
+        capabilities["add"] = list(add)
     return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS_USER,
         "runAsGroup": RUN_AS_USER,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
-        "capabilities": {"drop": ["ALL"]},
+        "capabilities": capabilities,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def allowed_capabilities(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
+    """``spec.pod.capabilities``, each checked against the settings' allowed list."""
+    wanted = _pod(job).capabilities
+    refused = [c for c in wanted if c not in settings.allowed_capabilities]
+    if refused:
+        allowed = ", ".join(settings.allowed_capabilities) or "none"
+        raise CapabilityNotAllowed(
+            f"spec.pod.capabilities: {', '.join(refused)} not allowed by this operator's "
+            f"settings (allowed: {allowed}); remove it from the spec, or ask the cluster's "
+            "administrators to add it to the chart's trainer.allowedCapabilities "
+            "(FTJ_ALLOWED_CAPABILITIES)"
+        )
+    return list(wanted)
 
 
 def pod_failure_policy() -> Manifest:
@@ -348,12 +403,23 @@ def pod_failure_policy() -> Manifest:
     }
 
 
+def _pod_metadata(job: FineTuneJob) -> Manifest:
+    """The pods' labels and annotations: the spec's beside the operator's (never over them)."""
+    pod = _pod(job)
+    labels = {**pod.labels, **naming.labels(job.metadata.name, "trainer")}
+    metadata: Manifest = {"labels": labels}
+    if pod.annotations:
+        metadata["annotations"] = dict(pod.annotations)
+    return metadata
+
+
 def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
     """The batch/v1 Job running the trainer (Indexed with ``nodes > 1``)."""
     spec = job.spec
     res = spec.resources
     name = naming.resource_name(job.metadata.name)
     volumes, mounts = _volumes(job, settings)
+    pod = _pod(job)
     container: Manifest = {
         "name": contract.CONTAINER_NAME,
         "image": res.image or settings.trainer_image,
@@ -368,7 +434,7 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
             }
         ],
         "volumeMounts": mounts,
-        "securityContext": container_security_context(),
+        "securityContext": container_security_context(allowed_capabilities(job, settings)),
         "terminationMessagePath": contract.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -376,6 +442,8 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
         container["ports"].append(
             {"name": "rendezvous", "containerPort": contract.RENDEZVOUS_PORT, "protocol": "TCP"}
         )
+    if pod.env_from:
+        container["envFrom"] = [source.to_wire() for source in pod.env_from]
     resources = _resources(job, settings)
     if resources:
         container["resources"] = resources
@@ -396,6 +464,10 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
         pod_spec["affinity"] = copy.deepcopy(res.affinity)
     if res.priority_class_name:
         pod_spec["priorityClassName"] = res.priority_class_name
+    if pod.service_account_name:
+        pod_spec["serviceAccountName"] = pod.service_account_name
+    if pod.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [ref.to_wire() for ref in pod.image_pull_secrets]
     if res.nodes > 1:
         pod_spec["subdomain"] = name
     metadata = _metadata(job, "trainer")
@@ -410,10 +482,7 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
         # Kueue admits a Job by unsuspending it, so a queued Job must start suspended
         # (https://kueue.sigs.k8s.io/docs/tasks/run/jobs/).
         "suspend": bool(spec.suspend or spec.queue_name),
-        "template": {
-            "metadata": {"labels": naming.labels(job.metadata.name, "trainer")},
-            "spec": pod_spec,
-        },
+        "template": {"metadata": _pod_metadata(job), "spec": pod_spec},
     }
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds

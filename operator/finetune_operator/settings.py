@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,11 @@ ENV_DOCS: Final[dict[str, str]] = {
     "FTJ_SCRATCH_STORAGE_CLASS": (
         "When set, /scratch is a generic ephemeral volume (a PVC of this StorageClass, "
         "resources.scratchSize) instead of an emptyDir (default: emptyDir)."
+    ),
+    "FTJ_ALLOWED_CAPABILITIES": (
+        "Comma-separated Linux capabilities FineTuneJobs may add to trainer containers with "
+        "spec.pod.capabilities, e.g. IPC_LOCK for RDMA (default: none; a job asking for "
+        "another fails with CapabilityNotAllowed)."
     ),
     "FTJ_WATCH_NAMESPACES": (
         "Comma-separated namespaces to watch; empty: all namespaces (default empty)."
@@ -99,6 +105,22 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+def _capabilities(raw: str) -> tuple[str, ...]:
+    """``IPC_LOCK, cap_sys_nice`` -> ("IPC_LOCK", "SYS_NICE"): the names a pod spec uses."""
+    names = []
+    for item in raw.split(","):
+        name = item.strip().upper().removeprefix("CAP_")
+        if not name:
+            continue
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+            raise SettingsError(
+                f"FTJ_ALLOWED_CAPABILITIES={raw!r}: {item.strip()!r} is not a capability name "
+                "(e.g. IPC_LOCK)"
+            )
+        names.append(name)
+    return tuple(names)
+
+
 def default_priority(identity: str) -> int:
     """A stable peering priority from the replica's name (pod name hash), in [1, 2**31)."""
     return int(hashlib.sha256(identity.encode()).hexdigest()[:8], 16) % (2**31 - 1) + 1
@@ -114,6 +136,7 @@ class OperatorSettings:
     gpu_resource_name: str = API_DEFAULT_GPU_RESOURCE
     s3_endpoint: str | None = None
     scratch_storage_class: str | None = None
+    allowed_capabilities: tuple[str, ...] = ()
     watch_namespaces: tuple[str, ...] = ()
     progress_poll_seconds: float = 10.0
     progress_timeout_seconds: float = 2.0
@@ -154,6 +177,7 @@ class OperatorSettings:
             or API_DEFAULT_GPU_RESOURCE,
             s3_endpoint=endpoint,
             scratch_storage_class=env.get("FTJ_SCRATCH_STORAGE_CLASS", "").strip() or None,
+            allowed_capabilities=_capabilities(env.get("FTJ_ALLOWED_CAPABILITIES", "")),
             watch_namespaces=tuple(
                 ns.strip() for ns in env.get("FTJ_WATCH_NAMESPACES", "").split(",") if ns.strip()
             ),

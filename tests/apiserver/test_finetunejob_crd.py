@@ -24,6 +24,8 @@ pytestmark = pytest.mark.apiserver
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "finetune.dev_finetunejobs.yaml"
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# Examples written for `ftj run` on one machine: their local paths are on no volume of a pod.
+LOCAL_EXAMPLES = {"quickstart"}
 NAMESPACE = "crd-tests"
 COLLECTION = f"/apis/finetune.dev/v1alpha1/namespaces/{NAMESPACE}/finetunejobs"
 
@@ -54,8 +56,49 @@ def _delete(api: KubeApiServer, name: str) -> None:
 def test_every_example_is_accepted(api: KubeApiServer, path: Path) -> None:
     manifest = yaml.safe_load(path.read_text())
     code, body = _create(api, manifest)
+    if path.stem in LOCAL_EXAMPLES:
+        assert code == 422, "a local output path must be refused for the cluster"
+        assert "spec.output.uri is a local path" in body["message"]
+        return
     assert code == 201, body.get("message", body)
     _delete(api, manifest["metadata"]["name"])
+
+
+def test_kubectl_apply_refuses_a_local_output_unless_a_claim_is_mounted(
+    api: KubeApiServer, kube_tools_bin: Path, tmp_path: Path
+) -> None:
+    """Issue 22: `output.uri: /data/out` is accepted only with a PersistentVolumeClaim at /data."""
+    manifest = minimal_manifest("local-output")
+    manifest["metadata"]["namespace"] = NAMESPACE
+    manifest["spec"]["output"]["uri"] = "/data/out"
+    path = tmp_path / "job.yaml"
+
+    def apply() -> subprocess.CompletedProcess[str]:
+        path.write_text(yaml.safe_dump(manifest))
+        return subprocess.run(
+            # --validate=false: the standalone server publishes no OpenAPI for kubectl's
+            # field check; the CRD's schema and CEL rules are enforced by the server anyway.
+            [str(kube_tools_bin / "kubectl"), "apply", "--validate=false", "-f", str(path)],
+            env=api.kubectl_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = apply()
+    assert refused.returncode != 0, refused.stdout
+    assert "spec.output.uri is a local path that no durable volume of the pod holds" in (
+        refused.stderr
+    )
+    assert "mount a PersistentVolumeClaim" in refused.stderr  # the fix
+    manifest["spec"]["pod"] = {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "team-data"}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+    }
+    accepted = apply()
+    assert accepted.returncode == 0, accepted.stderr
+    assert "created" in accepted.stdout
+    _delete(api, "local-output")
 
 
 def test_server_fills_in_defaults(api: KubeApiServer) -> None:

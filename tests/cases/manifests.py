@@ -79,6 +79,17 @@ def _both(*mutations: Callable[[Manifest], None]) -> Callable[[Manifest], None]:
     return apply
 
 
+OUTPUT_NOT_DURABLE = "spec.output.uri is a local path that no durable volume of the pod holds"
+
+
+def _pvc_pod(*, read_only: bool = False, claim: str = "team-data") -> Manifest:
+    """spec.pod mounting a PersistentVolumeClaim at /data."""
+    return {
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": read_only}],
+    }
+
+
 BAD_CASES: list[BadCase] = [
     BadCase("no-model", _delete("spec.model"), "spec.model"),
     BadCase("model-uri-scheme", _set("spec.model.uri", "ftp://host/model"), "spec.model.uri"),
@@ -192,7 +203,237 @@ BAD_CASES: list[BadCase] = [
     BadCase("backoff-negative", _set("spec.backoffLimit", -1), "spec.backoffLimit"),
     BadCase("queue-name", _set("spec.queueName", "Not_A_Queue"), "spec.queueName"),
     BadCase("typo-field", _set("spec.trainig", {"epochs": 1}), "trainig"),
+    # --- spec.pod: what the operator owns is refused by name, with the field to use instead
+    *(
+        BadCase(
+            f"pod-owns-{field}",
+            _set(f"spec.pod.{field}", value),
+            f"spec.pod.{field} is set by the operator",
+        )
+        for field, value in (
+            ("command", ["bash", "-c", "train.sh"]),
+            ("args", ["--fast"]),
+            ("ports", [{"containerPort": 9000}]),
+            ("securityContext", {"privileged": True}),
+            ("image", "my/trainer:1"),
+            ("resources", {"limits": {"cpu": "8"}}),
+            ("containers", [{"name": "sidecar", "image": "busybox"}]),
+            ("initContainers", [{"name": "init", "image": "busybox"}]),
+            ("restartPolicy", "OnFailure"),
+            ("nodeSelector", {"pool": "gpu"}),
+            ("tolerations", [{"operator": "Exists"}]),
+            ("affinity", {"nodeAffinity": {}}),
+            ("priorityClassName", "high"),
+            ("automountServiceAccountToken", True),
+        )
+    ),
+    BadCase(
+        "pod-env-ftj",
+        _set("spec.pod.env", [{"name": "FTJ_WORKDIR", "value": "/data"}]),
+        "spec.pod.env: FTJ_* and HOME",
+    ),
+    BadCase(
+        "pod-env-home",
+        _set("spec.pod.env", [{"name": "HF_HOME", "value": "/data/hf"}]),
+        "spec.pod.env: FTJ_* and HOME",
+    ),
+    BadCase(
+        "pod-env-aws-key",
+        _set(
+            "spec.pod.env",
+            [
+                {
+                    "name": "AWS_SECRET_ACCESS_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}},
+                }
+            ],
+        ),
+        "spec.storage.s3.credentialsSecret",
+    ),
+    BadCase(
+        "pod-env-hf-token",
+        _set("spec.pod.env", [{"name": "HF_TOKEN", "value": "hf_x"}]),
+        "spec.storage.hf.tokenSecret",
+    ),
+    BadCase(
+        "pod-env-value-and-value-from",
+        _set(
+            "spec.pod.env",
+            [
+                {
+                    "name": "A",
+                    "value": "1",
+                    "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}},
+                }
+            ],
+        ),
+        "spec.pod.env[]: set value or valueFrom, not both",
+    ),
+    BadCase(
+        "pod-env-from-both",
+        _set("spec.pod.envFrom", [{"configMapRef": {"name": "a"}, "secretRef": {"name": "b"}}]),
+        "spec.pod.envFrom[]: set exactly one of configMapRef or secretRef",
+    ),
+    BadCase(
+        "pod-volume-named-scratch",
+        _set("spec.pod.volumes", [{"name": "scratch", "emptyDir": {}}]),
+        "spec.pod.volumes[].name: job-config, scratch",
+    ),
+    BadCase(
+        "pod-volume-two-sources",
+        _set(
+            "spec.pod.volumes",
+            [{"name": "data", "emptyDir": {}, "nfs": {"server": "n", "path": "/"}}],
+        ),
+        "spec.pod.volumes[]: set exactly one of persistentVolumeClaim",
+    ),
+    BadCase(
+        "pod-volume-host-path",
+        _set("spec.pod.volumes", [{"name": "data", "hostPath": {"path": "/"}}]),
+        "hostPath",
+    ),
+    BadCase(
+        "pod-volume-names-twice",
+        _set(
+            "spec.pod.volumes", [{"name": "data", "emptyDir": {}}, {"name": "data", "emptyDir": {}}]
+        ),
+        "spec.pod.volumes[].name: each volume needs a name of its own",
+    ),
+    BadCase(
+        "pod-mount-over-scratch",
+        _both(
+            _set("spec.pod.volumes", [{"name": "data", "emptyDir": {}}]),
+            _set("spec.pod.volumeMounts", [{"name": "data", "mountPath": "/scratch"}]),
+        ),
+        "spec.pod.volumeMounts[].mountPath: /etc/finetune, /scratch",
+    ),
+    BadCase(
+        "pod-mount-without-volume",
+        _set("spec.pod.volumeMounts", [{"name": "data", "mountPath": "/data"}]),
+        "spec.pod.volumeMounts[].name must be the name of a volume in spec.pod.volumes",
+    ),
+    BadCase(
+        "pod-mount-relative",
+        _both(
+            _set("spec.pod.volumes", [{"name": "data", "emptyDir": {}}]),
+            _set("spec.pod.volumeMounts", [{"name": "data", "mountPath": "data/"}]),
+        ),
+        "spec.pod.volumeMounts[0].mountPath",
+    ),
+    BadCase(
+        "pod-label-operator",
+        _set("spec.pod.labels", {"app.kubernetes.io/name": "mine"}),
+        "spec.pod.labels: keys under app.kubernetes.io/",
+    ),
+    BadCase(
+        "pod-annotation-job-controller",
+        _set("spec.pod.annotations", {"batch.kubernetes.io/job-completion-index": "3"}),
+        "spec.pod.annotations: keys under finetune.dev/",
+    ),
+    BadCase(
+        "pod-extra-cpu",
+        _set("spec.pod.extraResources", {"cpu": 8}),
+        "spec.pod.extraResources: cpu and memory are spec.resources.cpu",
+    ),
+    BadCase(
+        "pod-extra-gpus",
+        _set("spec.pod.extraResources", {"nvidia.com/gpu": 2}),
+        "spec.pod.extraResources: the GPUs (spec.resources.gpuResourceName) are",
+    ),
+    BadCase(
+        "pod-hugepages-without-memory",
+        _set("spec.pod.extraResources", {"hugepages-2Mi": "1Gi"}),
+        "spec.pod.extraResources: hugepages need spec.resources.memory",
+    ),
+    BadCase(
+        "pod-capability-name",
+        _set("spec.pod.capabilities", ["cap_ipc_lock"]),
+        "spec.pod.capabilities[0]",
+    ),
+    BadCase(
+        "pod-service-account-name",
+        _set("spec.pod.serviceAccountName", "Trainer_SA"),
+        "spec.pod.serviceAccountName",
+    ),
+    # --- durable outputs: a cluster job's local paths must be on volumes its pod mounts
+    BadCase("output-relative-path", _set("spec.output.uri", "results/run1"), OUTPUT_NOT_DURABLE),
+    BadCase("output-file-uri", _set("spec.output.uri", "file:///out"), OUTPUT_NOT_DURABLE),
+    BadCase(
+        "output-on-read-only-claim",
+        _both(
+            _set("spec.pod", _pvc_pod(read_only=True)),
+            _set("spec.output.uri", "/data/out"),
+        ),
+        OUTPUT_NOT_DURABLE,
+    ),
+    BadCase(
+        "output-on-config-map",
+        _both(
+            _set(
+                "spec.pod",
+                {
+                    "volumes": [{"name": "data", "configMap": {"name": "c"}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+                },
+            ),
+            _set("spec.output.uri", "/data/out"),
+        ),
+        OUTPUT_NOT_DURABLE,
+    ),
+    BadCase(
+        "output-beside-the-mount",
+        _both(_set("spec.pod", _pvc_pod()), _set("spec.output.uri", "/database/out")),
+        OUTPUT_NOT_DURABLE,
+    ),
+    BadCase(
+        "output-escapes-the-mount",
+        _both(_set("spec.pod", _pvc_pod()), _set("spec.output.uri", "/data/../etc/out")),
+        OUTPUT_NOT_DURABLE,
+    ),
+    BadCase(
+        "output-on-cache-without-claim",
+        _set("spec.output.uri", "/cache/out"),
+        OUTPUT_NOT_DURABLE,
+    ),
+    BadCase(
+        "model-local-path",
+        _set("spec.model.uri", "/models/qwen3"),
+        "spec.model.uri is a local path that no volume of the pod holds",
+    ),
+    BadCase(
+        "dataset-local-path",
+        _both(_set("spec.pod", _pvc_pod()), _set("spec.datasets[0].uri", "data/train.jsonl")),
+        "spec.datasets[].uri is a local path that no volume of the pod holds",
+    ),
 ]
+
+
+# Every spec.pod field set once (tests/unit/operator/test_pod_overrides.py renders it).
+EVERY_POD_OVERRIDE: Manifest = {
+    "serviceAccountName": "trainer-s3",
+    "env": [
+        {"name": "NCCL_DEBUG", "value": "INFO"},
+        {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+        {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+    ],
+    "envFrom": [
+        {"configMapRef": {"name": "nccl-settings"}},
+        {"secretRef": {"name": "tracking"}, "prefix": "TRACK_"},
+    ],
+    "imagePullSecrets": [{"name": "regcred"}],
+    "volumes": [
+        {"name": "data", "persistentVolumeClaim": {"claimName": "team-data"}},
+        {"name": "hugepages", "emptyDir": {"medium": "HugePages"}},
+    ],
+    "volumeMounts": [
+        {"name": "data", "mountPath": "/data"},
+        {"name": "hugepages", "mountPath": "/hugepages"},
+    ],
+    "annotations": {"prometheus.io/scrape": "true"},
+    "labels": {"team": "nlp"},
+    "extraResources": {"rdma/hca_shared_devices_a": 1, "hugepages-2Mi": "1Gi"},
+    "capabilities": ["IPC_LOCK"],
+}
 
 
 @dataclass(frozen=True)
@@ -230,5 +471,42 @@ GOOD_CASES: list[GoodCase] = [
             _set("spec.method.type", "qlora"),
             _set("spec.method.quantization", {"bits": 4, "format": "nf4"}),
         ),
+    ),
+    GoodCase(  # model, data and output on a PersistentVolumeClaim the pod mounts
+        "paths-on-a-mounted-claim",
+        _both(
+            _set("spec.pod", _pvc_pod()),
+            _set("spec.model.uri", "/data/models/qwen3"),
+            _set("spec.datasets[0].uri", "file:///data/train.jsonl"),
+            _set("spec.output.uri", "/data/out/run1"),
+        ),
+    ),
+    GoodCase(
+        "output-file-uri-on-a-claim",
+        _both(_set("spec.pod", _pvc_pod()), _set("spec.output.uri", "file:///data/out")),
+    ),
+    GoodCase(  # the model cache claim is a PersistentVolumeClaim mounted at /cache
+        "output-on-the-model-cache-claim",
+        _both(
+            _set("spec.resources", {"modelCacheClaim": "model-cache"}),
+            _set("spec.output.uri", "/cache/out/run1"),
+        ),
+    ),
+    GoodCase(  # input may be on any mounted volume, read-only too
+        "dataset-on-a-read-only-config-map",
+        _both(
+            _set(
+                "spec.pod",
+                {
+                    "volumes": [{"name": "data", "configMap": {"name": "tiny-data"}}],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True}],
+                },
+            ),
+            _set("spec.datasets[0].uri", "/data/train.jsonl"),
+        ),
+    ),
+    GoodCase(  # huge pages need a memory (or cpu) request
+        "every-pod-override",
+        _both(_set("spec.pod", EVERY_POD_OVERRIDE), _set("spec.resources.memory", "64Gi")),
     ),
 ]

@@ -16,6 +16,9 @@ from tests.cases.manifests import BAD_CASES, GOOD_CASES, BadCase, GoodCase, mini
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+# Examples for `ftj run` on one machine: their local paths need no volume (see LOCAL_EXAMPLES in
+# tests/apiserver/test_finetunejob_crd.py: the API server refuses them for the cluster).
+LOCAL_EXAMPLES = {"quickstart"}
 
 
 def test_there_are_examples_for_every_seed_scenario() -> None:
@@ -33,7 +36,7 @@ def test_there_are_examples_for_every_seed_scenario() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_every_example_is_valid(path: Path) -> None:
-    job = load_manifest(path)
+    job = load_manifest(path, cluster=path.stem not in LOCAL_EXAMPLES)
     assert job.spec.datasets
     # credentials only ever appear as a Secret reference, never as values in an example
     for line in path.read_text().splitlines():
@@ -55,13 +58,27 @@ def test_minimal_manifest_gets_sensible_defaults() -> None:
 @pytest.mark.parametrize("case", BAD_CASES, ids=lambda c: c.id)
 def test_bad_manifest_is_refused_naming_the_field(case: BadCase) -> None:
     with pytest.raises(ManifestError) as caught:
-        parse_manifest(case.manifest(), "bad.yaml")
+        parse_manifest(case.manifest(), "bad.yaml", cluster=True)
     assert case.fragment in str(caught.value), str(caught.value)
 
 
 @pytest.mark.parametrize("case", GOOD_CASES, ids=lambda c: c.id)
 def test_good_variation_is_accepted(case: GoodCase) -> None:
-    parse_manifest(case.manifest(), "good.yaml")
+    parse_manifest(case.manifest(), "good.yaml", cluster=True)
+
+
+def test_ftj_run_accepts_local_paths_a_cluster_job_may_not_use() -> None:
+    """Local paths are refused only for the cluster: `ftj run` reads them on its machine."""
+    local = [c for c in BAD_CASES if c.id in ("output-relative-path", "model-local-path")]
+    assert len(local) == 2
+    for case in local:
+        parse_manifest(case.manifest(), "local.yaml")  # what ftj run does
+        with pytest.raises(ManifestError, match="is a local path that no"):
+            parse_manifest(case.manifest(), "local.yaml", cluster=True)
+    quickstart = ROOT / "examples/quickstart.yaml"
+    assert load_manifest(quickstart).spec.output.uri == "../out/quickstart"
+    with pytest.raises(ManifestError, match="spec.output.uri is a local path"):
+        load_manifest(quickstart, cluster=True)
 
 
 def test_eight_bits_mean_float8_unless_int8_is_asked_for() -> None:
@@ -123,10 +140,25 @@ def test_ftj_validate_command_reports_field_and_exit_code(tmp_path: Path) -> Non
             "-m",
             "finetune_cli.main",
             "validate",
+            "--local",
             str(ROOT / "examples/quickstart.yaml"),
         ],
         capture_output=True,
         text=True,
     )
     assert good.returncode == 0, good.stderr
-    assert "valid FineTuneJob quickstart" in good.stdout
+    assert "valid FineTuneJob quickstart (for ftj run)" in good.stdout
+    # For the cluster (the default, as kubectl apply checks it) its local output is refused.
+    cluster = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "finetune_cli.main",
+            "validate",
+            str(ROOT / "examples/quickstart.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert cluster.returncode == 2
+    assert "spec.output.uri is a local path that no durable volume" in cluster.stderr

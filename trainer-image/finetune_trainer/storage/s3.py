@@ -102,8 +102,9 @@ def explain(err: BaseException, action: str, uri: str) -> TrainerError:
     if isinstance(err, NoCredentialsError):
         return StorageError(
             f"cannot {action} {uri}: no S3 credentials found. Set "
-            "spec.storage.s3.credentialsSecret, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for "
-            "ftj run.",
+            "spec.storage.s3.credentialsSecret, or spec.pod.serviceAccountName to a service "
+            "account with a web identity (IAM role), or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "for ftj run.",
             reason="StorageCredentialsMissing",
         )
     if isinstance(err, TruncatedTransfer):
