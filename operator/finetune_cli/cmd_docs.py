@@ -3,7 +3,11 @@
 ``docs/reference.md`` is this command's output (``ftj docs --write docs/reference.md``) and a
 test fails when it drifts, so the reference can't disagree with the CRD or ``ftj validate``:
 all three read the same pydantic declarations (type, default, bounds, description) and the
-same cross-field rules (:mod:`finetune_api.rules`).
+same cross-field rules (:mod:`finetune_api.rules`). Its last section lists every ``FTJ_*``
+environment variable from the registries the code reads them through: the operator's settings
+(``finetune_operator.settings.ENV_DOCS``), the trainer process's contract
+(``finetune_api.contract.RUNTIME_ENV_DOCS``) and the trainer's tuning switches
+(``finetune_trainer.switches.SWITCHES``).
 """
 
 from __future__ import annotations
@@ -210,7 +214,45 @@ def render_reference() -> str:
         f"Only {mutable} may change after creation; the API server refuses any other "
         f'change with: "{rules.IMMUTABLE_SPEC_MESSAGE}".\n'
     )
-    return "\n".join(out)
+    out.extend(render_environment())
+    return "\n".join(out) + "\n"
+
+
+def render_environment() -> list[str]:
+    """The environment variables section: one table per registry."""
+    from finetune_api.contract import RUNTIME_ENV_DOCS
+    from finetune_operator.settings import ENV_DOCS
+    from finetune_trainer import switches
+    from finetune_trainer.library_output import ENV_DOCS as OUTPUT_ENV_DOCS
+
+    out = ["\n## Environment variables\n"]
+    out.append(
+        "### Operator\n\nSet on the operator's Deployment (the Helm chart's values); a malformed "
+        "value stops the operator with a message naming the variable.\n"
+    )
+    out.append("| Variable | Description |")
+    out.append("|---|---|")
+    out.extend(f"| `{name}` | {_cell(text)} |" for name, text in ENV_DOCS.items())
+    out.append(
+        "\n### Trainer process\n\nSet by the operator on every trainer pod, and by `ftj run` "
+        "on this machine's trainer.\n"
+    )
+    out.append("| Variable | Description |")
+    out.append("|---|---|")
+    out.extend(f"| `{name}` | {_cell(text)} |" for name, text in RUNTIME_ENV_DOCS.items())
+    out.extend(f"| `{name}` | {_cell(text)} |" for name, text in OUTPUT_ENV_DOCS.items())
+    out.append(
+        "\n### Trainer tuning switches\n\nRead once when a run starts. They change how a run "
+        "is made fast, never what it computes for the spec; most are ablations for the bench "
+        "(bench/NOTES.md). Set them on the trainer container (or before `ftj run`).\n"
+    )
+    out.append("| Variable | Type | Default | Description |")
+    out.append("|---|---|---|---|")
+    out.extend(
+        f"| `{name}` | {kind} | `{default}` | {_cell(text)} |"
+        for name, kind, default, text in switches.documentation()
+    )
+    return out
 
 
 def run(args: argparse.Namespace) -> int:

@@ -134,6 +134,20 @@ def test_troubleshooting_has_a_section_for_every_reason() -> None:
     assert not missing, f"docs/troubleshooting.md has no section for: {missing}"
 
 
+def test_every_ftj_variable_the_code_names_is_in_the_reference() -> None:
+    """Operator settings, the trainer process's variables and the trainer's tuning switches:
+    a name in operator/ or trainer-image/ that the generated reference does not list is a
+    variable nobody can find out about."""
+    named: set[str] = set()
+    for root in ("operator", "trainer-image"):
+        for path in (REPO / root).rglob("*.py"):
+            named |= set(re.findall(r"\bFTJ_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()))
+    assert len(named) > 30  # the scan found the code
+    listed = set(re.findall(r"`(FTJ_[A-Z0-9_]+)`", render_reference()))
+    missing = sorted(named - listed)
+    assert not missing, f"not in `ftj docs` (docs/reference.md): {missing}"
+
+
 def _parameters(safetensors: Path) -> int:
     """Elements in a safetensors file, from its header alone (tied weights are stored once)."""
     import json
