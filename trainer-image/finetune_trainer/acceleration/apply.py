@@ -41,8 +41,11 @@ def apply_acceleration(model: Any, plan: AccelerationPlan) -> list[str]:
         count = cast_int8_linear_inputs(model, plan.dtype)
         done.append(f"int8 linears computing in {plan.dtype}: {count}")
     if plan.torch_compile:
-        count = compile_decoder_layers(model)
-        done.append(f"torch.compile: {count} decoder layers")
+        count = compile_decoder_layers(model, plan.checkpointed_layers)
+        done.append(
+            f"torch.compile: {count} decoder layers "
+            f"({plan.checkpointed_layers} recomputed layers stay eager)"
+        )
     return done
 
 
@@ -76,10 +79,18 @@ def cast_int8_linear_inputs(model: Any, dtype: str) -> int:
     return count
 
 
-def compile_decoder_layers(model: Any) -> int:
+def compile_decoder_layers(model: Any, recomputed: int = 0) -> int:
     """``torch.compile`` each decoder layer in place (lazily: compiled at its first call, after
     peft has put its LoRA layers in). Layers share one graph; shapes are dynamic from the
-    start because packed rows change length every step. Returns how many layers."""
+    start because packed rows change length every step. Returns how many layers.
+
+    The first ``recomputed`` layers (those the plan recomputes) stay eager. Since transformers
+    5.25 a layer's checkpoint call sits inside its own ``forward``, so compiling a recomputed
+    layer puts the recomputation's side effects inside the graph; Dynamo refuses them ("HOP:
+    unsafe side effect") and ran such layers eagerly anyway, behind a graph break, drawing
+    generator masks where the compiled path draws hashed ones. Leaving them eager on purpose
+    keeps that explicit, with no graph break and no silent change of dropout scheme.
+    """
     import torch._dynamo
     import torch._inductor.config
 
@@ -91,7 +102,7 @@ def compile_decoder_layers(model: Any) -> int:
     torch._inductor.config.fallback_random = True
     # The kernels consult the switches as they run: read them now, not inside a traced graph.
     switches.active()
-    layers = _decoder_layers(model)
+    layers = _decoder_layers(model)[recomputed:]
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
