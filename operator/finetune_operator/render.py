@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api import FineTuneJob, contract
-from finetune_api.spec import PodOverrides
+from finetune_api.pod import PodOverrides
 
 from finetune_operator import naming
 from finetune_operator.settings import API_DEFAULT_GPU_RESOURCE, OperatorSettings
