@@ -109,6 +109,16 @@ def fake_trainer_job(
     return [config, job]
 
 
+def cluster_quickstart() -> dict[str, Any]:
+    """examples/quickstart.yaml as a cluster takes it: its local paths (fine for ``ftj run``)
+    moved to S3, since admission refuses a local output no durable volume holds."""
+    body: dict[str, Any] = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    body["spec"]["model"]["uri"] = "s3://models/tiny-qwen3"
+    body["spec"]["datasets"][0]["uri"] = "s3://datasets/identity.json"
+    body["spec"]["output"]["uri"] = "s3://artifacts/quickstart"
+    return body
+
+
 def apply_all(kube_env: KubeEnv, ns: str, docs: list[dict[str, Any]]) -> None:
     kube_env.apply(yaml.safe_dump_all(docs), ns)
 
@@ -139,7 +149,7 @@ def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) 
     )  # second apply: a patch of an existing object
     assert kube_env.kubectl_json("get", "cm", "data", "-n", ns)["data"] == {"a": "2"}
 
-    quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    quickstart = cluster_quickstart()
     out = kube_env.apply(quickstart, ns)
     assert "finetunejob.finetune.dev/quickstart created" in out
     # Stored by the real server: defaults applied by its structural schema, and Table output.
@@ -152,7 +162,7 @@ def test_kubectl_apply_lands_in_the_real_api_server(kube_env: KubeEnv, ns: str) 
     assert table.split()[:6] == ["NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "MODEL"]
     assert "quickstart" in table
 
-    invalid = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    invalid = cluster_quickstart()
     invalid["metadata"]["name"] = "both-epochs-and-steps"
     invalid["spec"]["training"]["epochs"] = 2
     result = kube_env.kubectl(
@@ -262,7 +272,7 @@ def test_kubectl_logs_and_follow(kube_env: KubeEnv, ns: str) -> None:
 
 def test_deleting_owners_garbage_collects_dependents(kube_env: KubeEnv, ns: str) -> None:
     # A FineTuneJob on the real server owning emulated objects: deleting it collects them.
-    quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    quickstart = cluster_quickstart()
     kube_env.apply(quickstart, ns)
     owner = kube_env.kubectl_json("get", "ftj", "quickstart", "-n", ns)
     ref = {
@@ -350,7 +360,7 @@ def test_watch_streams_deliver_events(kube_env: KubeEnv, ns: str) -> None:
     kube_env.apply(cm, ns)
     kube_env.kubectl("patch", "cm", "w", "-n", ns, "--type=merge", "-p", '{"data":{"a":"2"}}')
     kube_env.kubectl("delete", "cm", "w", "-n", ns)
-    quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    quickstart = cluster_quickstart()
     kube_env.apply(quickstart, ns)
     kube_env.kubectl("label", "ftj", "quickstart", "-n", ns, "seen=yes")
     for thread in threads:
