@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.images.conftest import JOB_NAMESPACE, KIND_SCRIPT, S3_KEYS, S3_SECRET
 pytestmark = pytest.mark.images
 
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
+RUN = f"image-tier-{uuid.uuid4().hex[:6]}"  # this run's output prefix
 BAD_DATA = b'{"instruction": "hi", "output": "hello"}\n{"instruction": "a", "output": "b"}\n{"instruction": "broken", "output": \n'  # noqa: E501
 
 
@@ -57,7 +59,8 @@ def quickstart_on_s3(name: str, dataset: str = "s3://datasets/identity.json") ->
     body["metadata"] = {"name": name}
     spec = body["spec"]
     spec["datasets"][0]["uri"] = dataset
-    spec["output"]["uri"] = f"s3://artifacts/{name}"
+    # moto keeps one store per process: the e2e tier's jobs wrote (and own) s3://artifacts/<name>
+    spec["output"]["uri"] = f"s3://artifacts/{RUN}/{name}"
     spec["resources"]["gpus"] = 0  # the same job on a CPU node
     assert spec["storage"]["s3"]["credentialsSecret"]["name"] == S3_SECRET
     return body

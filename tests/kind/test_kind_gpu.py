@@ -324,7 +324,9 @@ def test_upload_inputs_fills_the_buckets_and_clears_an_old_output() -> None:
         assert sizes["tiny-qwen3/model.safetensors"] == (model / "model.safetensors").stat().st_size
         data = client.get_object(Bucket="datasets", Key="identity.json")["Body"].read()
         assert data == (QUICKSTART / "identity.json").read_bytes()
-        assert "Contents" not in client.list_objects_v2(Bucket="artifacts")
+        # The old output is gone (other tests' objects may share moto's process-wide store).
+        old = client.list_objects_v2(Bucket="artifacts", Prefix="quickstart-gpu/")
+        assert "Contents" not in old
 
 
 def fake_artifacts(folder: Path, **metrics: Any) -> Path:
