@@ -90,6 +90,14 @@ def wait_phase(
     )
 
 
+def operator_and_pod_logs(kube_env: KubeEnv, ns: str, operator: OperatorProcess) -> str:
+    """The ends of the operator's log and of every pod's in ``ns``: what a failed wait shows."""
+    pods = kube_env.gateway.objects("pods", ns)
+    return operator.logs()[-3000:] + "\n".join(
+        kube_env.simulator.pod_log(p["metadata"]["name"], ns)[-3000:] for p in pods
+    )
+
+
 def trainer_jobs(kube_env: KubeEnv, ns: str) -> list[dict[str, Any]]:
     return kube_env.gateway.objects("jobs", ns, group="batch")
 
@@ -384,13 +392,7 @@ def test_quickstart_real_trainer(kube_env: KubeEnv, ns: str, operator: OperatorP
         timeout=400,
         interval=1,
         what="quickstart finished",
-        details=lambda: (
-            operator.logs()[-3000:]
-            + "\n".join(
-                kube_env.simulator.pod_log(p["metadata"]["name"], ns)[-3000:]
-                for p in kube_env.gateway.objects("pods", ns)
-            )
-        ),
+        details=lambda: operator_and_pod_logs(kube_env, ns, operator),
     )
     assert done["phase"] == "Succeeded", done
     assert "Training" in seen, seen

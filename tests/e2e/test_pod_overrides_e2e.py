@@ -28,7 +28,13 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import REPO, KubeEnv, wait_for
-from tests.e2e.test_operator_e2e import buckets, ftj, status, verify_manifest  # noqa: F401
+from tests.e2e.test_operator_e2e import (  # noqa: F401 (buckets: an autouse fixture)
+    buckets,
+    ftj,
+    operator_and_pod_logs,
+    status,
+    verify_manifest,
+)
 from tests.harness.operator_process import OperatorProcess
 
 pytestmark = pytest.mark.e2e
@@ -162,13 +168,7 @@ def test_web_identity_s3_pvc_dataset_and_env(
         timeout=400,
         interval=1,
         what="web-identity finished",
-        details=lambda: (
-            operator.logs()[-3000:]
-            + "\n".join(
-                kube_env.simulator.pod_log(p["metadata"]["name"], ns)[-3000:]
-                for p in kube_env.gateway.objects("pods", ns)
-            )
-        ),
+        details=lambda: operator_and_pod_logs(kube_env, ns, operator),
     )
     assert done["phase"] == "Succeeded", done
     # The pod is the one spec.pod asked for.

@@ -134,11 +134,6 @@ class ContainerRuntime:
             self._configs[image] = ImageConfig.from_oci(oci)
         return self._configs[image]
 
-    def image_id(self, image: str) -> str:
-        """``sha256:...`` of the image (the pod's ``imageID``)."""
-        out = _buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", image)
-        return f"sha256:{out.stdout.strip()}"
-
     def _root(self, image: str, writable: bool) -> Path:
         if not writable and image in self._shared:
             return self._shared[image].path
@@ -213,7 +208,7 @@ class ContainerRuntime:
         if "/dev/shm" not in mounted:
             bwrap += ["--tmpfs", "/dev/shm"]
         for mount in sorted(mounts, key=lambda m: len(m.container_path)):
-            _grant(mount, uid, fs_group)
+            _grant(mount, fs_group)
             bwrap += [
                 "--ro-bind" if mount.read_only else "--bind",
                 str(mount.host_path),
@@ -278,7 +273,7 @@ def _identity(
     return int(uid), int(gid), sorted(set(groups))
 
 
-def _grant(mount: Mount, uid: int, fs_group: int | None) -> None:
+def _grant(mount: Mount, fs_group: int | None) -> None:
     """Make a volume usable the way the kubelet leaves it: writable volumes are 0777 (emptyDir)
     or, with a fsGroup, group-owned by it with the setgid bit; read-only ones readable."""
     path = mount.host_path
