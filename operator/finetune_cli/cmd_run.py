@@ -9,6 +9,11 @@ on N of this machine's GPUs under ``torchrun --standalone``, as the operator's p
 does, with the variables a pod gets (:class:`~finetune_api.contract.TrainerEnvironment`); a spec
 asking for more GPUs than the machine has, or for several nodes, is refused with the field to
 change.
+
+Its scratch folder (downloads, the model cache, local checkpoints, the files before they are
+published) is a temporary folder that is deleted when the run ends, whatever the outcome
+(success, failure, Ctrl-C): for a real model that is gigabytes every run. ``--keep-work``
+keeps it and says where; a folder given with ``--workdir`` is the user's and is never deleted.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ import argparse
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from finetune_api import ManifestError, load_manifest
+from finetune_api import FineTuneJob, ManifestError, load_manifest
 from finetune_api.contract import (
     EXIT_INVALID_INPUT,
     EXIT_OK,
@@ -33,6 +40,8 @@ from finetune_api.contract import (
 
 # Where ftj run serves progress (--progress-port): this machine only, unlike a pod.
 LOCAL_PROGRESS_HOST = "127.0.0.1"
+# How long torchrun gets to stop its workers after Ctrl-C (its own grace period is 30 s).
+STOP_WORKERS_SECONDS = 40
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -53,7 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--workdir",
         type=Path,
         metavar="DIR",
-        help="scratch folder for downloads and local checkpoints (default: a temporary folder)",
+        help=(
+            "scratch folder for downloads and local checkpoints, kept afterwards (default: a "
+            "temporary folder, deleted when the run ends)"
+        ),
+    )
+    parser.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the temporary scratch folder when the run ends, and print where it is",
     )
     parser.add_argument(
         "--progress-port",
@@ -123,8 +140,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{err}", file=sys.stderr)
         return EXIT_INVALID_INPUT
 
-    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="ftj-run-"))).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir is not None:
+        workdir = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _run_in(job, command, args, workdir)
+    workdir = Path(tempfile.mkdtemp(prefix="ftj-run-")).resolve()
+    try:
+        return _run_in(job, command, args, workdir)
+    finally:
+        # Whatever the outcome, Ctrl-C included: the scratch of a real model is gigabytes.
+        if getattr(args, "keep_work", False):
+            print(f"work files kept in {workdir} (--keep-work)", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(
+    job: FineTuneJob, command: list[str] | None, args: argparse.Namespace, workdir: Path
+) -> int:
+    """Run the job with ``workdir`` as its scratch folder; print the outcome; the exit code."""
     termination_log = workdir / "termination-log.json"
     termination_log.unlink(missing_ok=True)
     trainer = TrainerEnvironment(
@@ -155,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # each worker reads the variables a pod gets; rank 0 writes the termination log
         inherited = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENV_DOCS}
         env = {**inherited, **trainer.to_env()}
-        code = subprocess.run(command, env=env, check=False).returncode
+        code = _run_workers(command, env)
     summary = json.loads(termination_log.read_text()) if termination_log.is_file() else {}
     if code == EXIT_OK:
         print(f"succeeded: {summary.get('progress', {}).get('summary', '')}")
@@ -165,3 +199,20 @@ def run(args: argparse.Namespace) -> int:
         reason = summary.get("reason", "Failed")
         print(f"failed ({reason}): {summary.get('message', '')}", file=sys.stderr)
     return code
+
+
+def _run_workers(command: list[str], env: dict[str, str]) -> int:
+    """torchrun and its workers to their end; on Ctrl-C they are stopped before returning, so
+    that no worker still writes into the scratch folder when it is deleted."""
+    with subprocess.Popen(command, env=env) as launcher_process:
+        try:
+            return launcher_process.wait()
+        except KeyboardInterrupt:
+            # A terminal's Ctrl-C reached torchrun too; a SIGINT sent to ftj alone did not.
+            # torchrun stops its workers on SIGINT; wait for that, then make sure.
+            launcher_process.send_signal(signal.SIGINT)
+            try:
+                launcher_process.wait(timeout=STOP_WORKERS_SECONDS)
+            except subprocess.TimeoutExpired:
+                launcher_process.kill()
+            raise
