@@ -591,7 +591,13 @@ class FineTuneJobSpec(ApiModel):
         description="Kueue LocalQueue; the Job is created suspended for Kueue to admit.",
     )
     backoff_limit: int = Field(
-        default=3, ge=0, le=100, description="Retries of failed pods (preemptions are not counted)."
+        default=3,
+        ge=0,
+        le=100,
+        description=(
+            "Retries of failed pods (preemptions are not counted). With resources.nodes > 1: "
+            "retries of each node's pod; the job fails, naming the node, when one has none left."
+        ),
     )
     active_deadline_seconds: int | None = Field(
         default=None, ge=1, description="Fail the job after this many seconds of running."

@@ -18,6 +18,9 @@ OOMKilled              trainer container ``state``/``lastState.terminated.reason
 InvalidInput           trainer exit code 42; message from the termination message JSON
 DeadlineExceeded,      Job condition ``Failed=True`` reason (Job controller)
 BackoffLimitExceeded
+NodeFailed             ``nodes > 1``: Job ``Failed=True`` reason ``MaxFailedIndexesExceeded``; the
+                       node: the Job's ``status.failedIndexes``; its last failure: the pods with
+                       that ``batch.kubernetes.io/job-completion-index`` annotation
 Preempted              pod condition ``DisruptionTarget=True`` or pod ``reason: Evicted``
                        (https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
 ResumedFromCheckpoint  ``resumedFromStep > 0`` in the progress or the termination message
@@ -60,6 +63,7 @@ WARNING_REASONS = frozenset(
         "InvalidInput",
         "DeadlineExceeded",
         "BackoffLimitExceeded",
+        "NodeFailed",
     }
 )
 OOM_HINT = (
@@ -67,6 +71,9 @@ OOM_HINT = (
     "spec.training.gradientCheckpointing: always (or raise spec.resources.memory)"
 )
 MAX_MESSAGE = 2048
+# The Job controller's reasons for an Indexed Job whose index ran out of backoffLimitPerIndex
+# (with maxFailedIndexes: 0 the first; the second once every index has finished).
+FAILED_INDEX_REASONS = ("MaxFailedIndexesExceeded", "FailedIndexes")
 CONDITION_ORDER = {
     "Running": 0,
     "Suspended": 1,
@@ -108,6 +115,7 @@ class _Termination:
     """One terminated run of the trainer container."""
 
     pod_name: str
+    node: str | None  # the completion index of a multi-node job's pod; None on one node
     exit_code: int
     reason: str
     finished_at: str
@@ -208,6 +216,7 @@ def _terminations(pods: Iterable[K8sObject]) -> list[_Termination]:
             found.append(
                 _Termination(
                     pod_name=str(_get(pod, "metadata", "name") or ""),
+                    node=_completion_index(pod),
                     exit_code=int(term.get("exitCode", 0)),
                     reason=str(term.get("reason") or ""),
                     finished_at=str(term.get("finishedAt") or ""),
@@ -226,9 +235,23 @@ def _is_active(pod: K8sObject) -> bool:
     )
 
 
-def _is_rank0(pod: K8sObject) -> bool:
+def _completion_index(pod: K8sObject) -> str | None:
     index = _get(pod, "metadata", "annotations", naming.COMPLETION_INDEX_ANNOTATION)
-    return index in (None, "0")
+    return str(index) if index is not None else None
+
+
+def _is_rank0(pod: K8sObject) -> bool:
+    return _completion_index(pod) in (None, "0")
+
+
+def parse_index_set(text: str | None) -> list[int]:
+    """``"1,3-5"`` (the format of a Job's ``status.failedIndexes``) → ``[1, 3, 4, 5]``."""
+    found: list[int] = []
+    for part in (text or "").split(","):
+        first, _, last = part.strip().partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            found.extend(range(int(first), int(last or first) + 1))
+    return found
 
 
 def _created(pod: K8sObject) -> str:
@@ -290,16 +313,40 @@ def _failure_of(term: _Termination) -> tuple[str, str]:
     """Reason and message of one failed trainer run."""
     summary_reason = term.summary.get("reason")
     summary_message = str(term.summary.get("message") or "")
+    pod = f"pod {term.pod_name}" + (f" (node {term.node})" if term.node is not None else "")
     if term.reason == "OOMKilled" or term.exit_code == 137 and not term.summary:
         limit = f" (memory limit {term.memory_limit})" if term.memory_limit else ""
-        message = f"the trainer in pod {term.pod_name} ran out of memory{limit}: {OOM_HINT}"
+        message = f"the trainer in {pod} ran out of memory{limit}: {OOM_HINT}"
         return "OOMKilled", message
     named = summary_reason if isinstance(summary_reason, str) and summary_reason else None
     if term.exit_code == contract.EXIT_INVALID_INPUT:
         return named or "InvalidInput", summary_message or term.raw_message or "input refused"
     reason = named or "TrainerFailed"
     detail = summary_message or term.raw_message or term.reason or "no message"
-    return reason, f"pod {term.pod_name} exited with code {term.exit_code}: {detail}"
+    return reason, f"{pod} exited with code {term.exit_code}: {detail}"
+
+
+def _failed_nodes(job: FineTuneJob, k8s_job: K8sObject, terms: list[_Termination]) -> str:
+    """Which node of a multi-node job used up its retries, and how it last failed.
+
+    One node's failure usually makes its peers fail too (their collectives lose a member), so
+    every index fails about as often; the one the Job lists in ``status.failedIndexes`` is the
+    first whose retries ran out, normally the node whose failures started each round, and its
+    own last failure (not its peers' echo of it) is the lead to follow.
+    """
+    nodes = job.spec.resources.nodes
+    failed = parse_index_set(_get(k8s_job, "status", "failedIndexes"))
+    which = ", ".join(str(i) for i in failed) or "?"
+    message = (
+        f"node {which} of {nodes} (Job index {which}) failed more often than spec.backoffLimit "
+        f"({job.spec.backoff_limit}) allows each node"
+    )
+    for index in failed:
+        own = [t for t in terms if t.node == str(index) and t.exit_code != 0]
+        if own:
+            reason, detail = _failure_of(own[-1])
+            message += f"; node {index}'s last failure: {reason}: {detail}"
+    return message
 
 
 def _pending_verdict(job: FineTuneJob, k8s_job: K8sObject, pods: list[K8sObject]) -> _Verdict:
@@ -376,6 +423,8 @@ def _verdict(
             return _Verdict("Failed", reason, message, False)
         job_reason = str(failed.get("reason") or "Failed")
         message = str(failed.get("message") or job_reason)
+        if job_reason in FAILED_INDEX_REASONS:
+            return _Verdict("Failed", "NodeFailed", _failed_nodes(job, k8s_job, terms), False)
         if (
             job_reason == "PodFailurePolicy"
             and f"exit code {contract.EXIT_INVALID_INPUT}" in message

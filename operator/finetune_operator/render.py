@@ -176,7 +176,7 @@ def _command(job: FineTuneJob, settings: OperatorSettings) -> list[str]:
     # The pods of one Job start minutes apart (scheduling, node scale-up, image pulls), and
     # <job>-0 does not resolve until pod 0 has an IP. torchrun's defaults give a pod 60 s
     # (read_timeout) to reach pod 0's store and 600 s (join_timeout) for all pods to join;
-    # past them torchrun exits 1 and the early pods fail, using up backoffLimit.
+    # past them torchrun exits 1 and the early pods fail, using up their retries.
     timeout = RENDEZVOUS_TIMEOUT_SECONDS
     return [
         "torchrun",
@@ -382,7 +382,8 @@ def pod_failure_policy() -> Manifest:
     """Fail at once on InvalidInput; don't count preemptions and evictions as failures.
 
     Pods disrupted by preemption, eviction or node drain get the ``DisruptionTarget``
-    condition; ``Ignore`` recreates them without using up ``backoffLimit``
+    condition; ``Ignore`` recreates them without using up ``backoffLimit`` (or, with several
+    nodes, ``backoffLimitPerIndex``: :func:`retry_limits`)
     (https://kubernetes.io/docs/tasks/job/pod-failure-policy/). Requires ``restartPolicy: Never``.
     """
     return {
@@ -401,6 +402,25 @@ def pod_failure_policy() -> Manifest:
             },
         ]
     }
+
+
+def retry_limits(job: FineTuneJob) -> Manifest:
+    """How many failed pods the Job tolerates: ``spec.backoffLimit`` in all, or per node.
+
+    One node's pod failing breaks the torchrun rendezvous, so its peers fail with it and the
+    Job starts every index again. Counted in one ``backoffLimit``, a job of N nodes would use
+    up its retries N times as fast as a single-node job. So for ``nodes > 1`` the Indexed Job
+    counts failures per index instead (``backoffLimitPerIndex``, GA in Kubernetes 1.33;
+    ``backoffLimit`` then defaults to 2147483647 and is left out) and fails as soon as one
+    index has used up its retries (``maxFailedIndexes: 0``): training can't finish without
+    every node. The Job lists that index in ``status.failedIndexes``, which names the node in
+    the FineTuneJob's reason (``observe``). The pod failure policy's ``FailJob`` and
+    ``Ignore`` rules apply unchanged.
+    https://kubernetes.io/docs/concepts/workloads/controllers/job/#backoff-limit-per-index
+    """
+    if job.spec.resources.nodes > 1:
+        return {"backoffLimitPerIndex": job.spec.backoff_limit, "maxFailedIndexes": 0}
+    return {"backoffLimit": job.spec.backoff_limit}
 
 
 def _pod_metadata(job: FineTuneJob) -> Manifest:
@@ -474,7 +494,7 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
     if spec.queue_name:
         metadata["labels"][naming.QUEUE_LABEL] = spec.queue_name
     job_spec: Manifest = {
-        "backoffLimit": spec.backoff_limit,
+        **retry_limits(job),
         "completions": res.nodes,
         "parallelism": res.nodes,
         "completionMode": "Indexed" if res.nodes > 1 else "NonIndexed",

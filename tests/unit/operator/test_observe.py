@@ -500,3 +500,99 @@ def test_messages_never_carry_secret_looking_values() -> None:
     text = " ".join(c.message for c in status.conditions) + (status.message or "")
     assert "AKIAxxxxSECRET123" not in text
     assert "aws_secret_access_key=***" in text
+
+
+def two_node_attempts(rounds: int, *, failing: str) -> list[dict[str, Any]]:
+    """The pods of a 2-node job whose node ``failing`` crashed ``rounds`` times; each time the
+    other node's torchrun failed too, a moment later, when the rendezvous broke."""
+    pods = []
+    for attempt in range(rounds):
+        for index in ("0", "1"):
+            crashed = index == failing
+            message = (
+                {"phase": "Failed", "reason": "TrainerFailed", "message": f"NCCL timeout {attempt}"}
+                if crashed
+                else "torch.distributed.elastic.rendezvous.api.RendezvousClosedError"
+            )
+            pods.append(
+                pod(
+                    f"ftj-demo-{index}-try{attempt}",
+                    "Failed",
+                    index=index,
+                    created=f"2025-06-01T10:{10 * attempt:02d}:00Z",
+                    state=terminated(
+                        1,
+                        message=message,
+                        finished=f"2025-06-01T10:{10 * attempt + 5 + (not crashed):02d}:00Z",
+                    ),
+                )
+            )
+    return pods
+
+
+def test_a_node_out_of_retries_fails_the_job_naming_that_node() -> None:
+    """nodes: 2, backoffLimit: 2 (per node). Node 1 crashed three times; node 0 failed with it
+    each time. The Job controller gives up on index 1 (maxFailedIndexes: 0): the reason says
+    which node it was and how it last failed, not the peer's echo of it."""
+    job = ftj(resources={"gpus": 8, "nodes": 2}, backoffLimit=2)
+    k8s = k8s_job(
+        job_condition(
+            "FailureTarget",
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes",
+        ),
+        job_condition(
+            "Failed",
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes",
+        ),
+        failed=6,
+        failedIndexes="1",
+    )
+    update = observe_status(job, k8s, two_node_attempts(3, failing="1"), None, NOW)
+    status = update.status
+    assert status.phase == "Failed"
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert failed.reason == "NodeFailed"
+    assert failed.message.startswith(
+        "node 1 of 2 (Job index 1) failed more often than spec.backoffLimit (2) allows each node"
+    ), failed.message
+    # Its last failure, from its own pod's termination message.
+    assert "node 1's last failure: TrainerFailed: pod ftj-demo-1-try2 (node 1)" in failed.message
+    assert "NCCL timeout 2" in failed.message
+    assert "node 0" not in failed.message and "Rendezvous" not in failed.message
+    assert ("Warning", "NodeFailed") in [(e.type, e.reason) for e in update.events]
+
+    # The other node, the same way: the message follows status.failedIndexes.
+    k8s["status"]["failedIndexes"] = "0"
+    status = observe_status(job, k8s, two_node_attempts(3, failing="0"), None, NOW).status
+    failed = next(c for c in status.conditions if c.type == "Failed")
+    assert failed.message.startswith("node 0 of 2 (Job index 0)"), failed.message
+    assert "pod ftj-demo-0-try2 (node 0)" in failed.message
+
+
+def test_a_multi_node_interruption_names_the_node_of_the_failed_pod() -> None:
+    """While the Job retries, the Interrupted condition says on which node the trainer failed."""
+    job = ftj(resources={"gpus": 8, "nodes": 2})
+    crashed = pod(
+        "ftj-demo-1-old",
+        "Failed",
+        index="1",
+        state=terminated(
+            1, message={"phase": "Failed", "reason": "TrainerFailed", "message": "boom"}
+        ),
+    )
+    running = [pod(f"ftj-demo-{i}-new", index=str(i), created="2025-06-01T10:40:00Z") for i in "01"]
+    status = observe_status(
+        job, k8s_job(active=2, failed=1), [crashed, *running], PROGRESS, NOW
+    ).status
+    interrupted = next(c for c in status.conditions if c.type == "Interrupted")
+    assert interrupted.reason == "TrainerFailed"
+    assert "pod ftj-demo-1-old (node 1) exited with code 1: boom" in interrupted.message
+
+
+FRESH = (
+    "output s3://finetunes/demo held checkpoints of ml/demo (uid old), trained with another "
+    "recipe (spec.datasets[0] content (sha256 1a2b… → 3c4d…)): they were removed and training "
+    "starts from step 0"
+)

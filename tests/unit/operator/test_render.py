@@ -334,7 +334,6 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     spec = objects.job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 2
-    assert spec["backoffLimit"] == 5
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "ftj-two-nodes"
     assert pod["nodeSelector"] == {"gpu.nvidia.com/class": "H100"}
@@ -359,6 +358,25 @@ def test_multi_node_is_an_indexed_job_with_a_headless_service() -> None:
     }
     template_labels = spec["template"]["metadata"]["labels"]
     assert all(template_labels[k] == v for k, v in service["spec"]["selector"].items())
+
+
+def test_multi_node_failures_are_counted_per_node() -> None:
+    """spec.backoffLimit retries each node's pod (one node's failure fails its peers too, so
+    one shared limit would run out N times as fast); the first node out of retries fails the
+    job. Single-node jobs keep the plain backoffLimit."""
+    spec = rendered("two-nodes-affinity").job["spec"]
+    assert spec["backoffLimitPerIndex"] == 5  # the fixture's spec.backoffLimit
+    assert spec["maxFailedIndexes"] == 0
+    # Left to Kubernetes' default with a per-index limit (2147483647): a shared limit would
+    # count every node's failures again.
+    assert "backoffLimit" not in spec
+    # What Kubernetes requires of backoffLimitPerIndex.
+    assert spec["completionMode"] == "Indexed"
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    for name in ("quickstart-cpu", "one-gpu-secret"):
+        single = rendered(name).job["spec"]
+        assert single["backoffLimit"] == 3  # the API default of spec.backoffLimit
+        assert "backoffLimitPerIndex" not in single and "maxFailedIndexes" not in single
 
 
 def test_trainer_command_override() -> None:
