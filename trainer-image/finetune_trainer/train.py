@@ -28,7 +28,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from finetune_trainer.acceleration import AccelerationPlan, DeviceInfo
 from finetune_trainer.acceleration.sharding import fsdp_arguments
 from finetune_trainer.model import build_model
-from finetune_trainer.progress import is_main_process
+from finetune_trainer.node import this_node, wait_for_every_rank
 
 log = logging.getLogger("finetune_trainer")
 
@@ -107,7 +107,8 @@ def sft_config(
 
 
 class CheckpointUploader(TrainerCallback):
-    """Copies each local checkpoint to ``<output>/checkpoints/`` (rank 0), then prunes old ones.
+    """Copies each local checkpoint to ``<output>/checkpoints/``, then prunes old ones. Local
+    rank 0 of every node uploads: each node's disk holds its own ranks' files (node.py).
 
     ``on_save`` runs after the trainer has written the whole checkpoint folder, so the upload
     sees a finished checkpoint; the store writes the COMPLETE marker last, so a pod killed
@@ -116,17 +117,19 @@ class CheckpointUploader(TrainerCallback):
 
     def __init__(self, store: Any) -> None:
         self.store = store
+        self.node = this_node()
         self.uploaded: list[int] = []
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        if not is_main_process():
+        wait_for_every_rank()  # every rank's files of this checkpoint are on its node's disk
+        if not self.node.local_main:
             return
         step = state.global_step
         assert args.output_dir is not None  # sft_config always sets it
         local = Path(args.output_dir) / f"checkpoint-{step}"
-        self.store.save(step, local)
+        self.store.save(step, local, node=self.node.index, nodes=self.node.count)
         self.store.prune(keep=REMOTE_CHECKPOINTS_KEPT)
         self.uploaded.append(step)
         log.info("checkpoint %d uploaded", step)

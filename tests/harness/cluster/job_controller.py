@@ -4,6 +4,8 @@ Why: the operator reads a Job's status and conditions to decide a FineTuneJob's 
 reason, so the controller's decisions are reproduced with upstream's reasons
 (https://kubernetes.io/docs/concepts/workloads/controllers/job/): ``parallelism`` and
 ``completions`` (``Indexed`` too), ``backoffLimit`` (with a short, configurable backoff),
+``backoffLimitPerIndex`` and ``maxFailedIndexes`` (``status.failedIndexes``, reason
+``MaxFailedIndexesExceeded``),
 ``podFailurePolicy`` (``FailJob``, ``Ignore``, ``Count`` on exit codes and pod conditions),
 ``activeDeadlineSeconds`` and ``suspend`` (pods stopped; condition ``Suspended``), and the
 status fields ``active/ready/succeeded/failed``, ``startTime``, ``completionTime`` and the
@@ -121,6 +123,7 @@ class JobController:
 
         # Pod failure policy, then the backoff limit.
         counted, fail_job = 0, None
+        per_index: dict[int, int] = {}
         failed_pods = [
             p
             for p in failed_pods
@@ -142,10 +145,17 @@ class JobController:
                 )
             if action not in ("Ignore",):
                 counted += 1
+                per_index[_index(pod)] = per_index.get(_index(pod), 0) + 1
         counted += self._lost.get(uid, 0)
         status["failed"] = counted
         status["succeeded"] = len(succeeded)
         backoff_limit = int(spec.get("backoffLimit", 6))
+        failed_indexes: list[int] = []
+        if spec.get("backoffLimitPerIndex") is not None:
+            limit = int(spec["backoffLimitPerIndex"])
+            failed_indexes = sorted(i for i, n in per_index.items() if n > limit)
+            status["failedIndexes"] = ",".join(str(i) for i in failed_indexes)
+        max_failed = spec.get("maxFailedIndexes")
 
         # Suspension.
         if spec.get("suspend"):
@@ -169,6 +179,12 @@ class JobController:
         finish: tuple[str, str, str] | None = None
         if fail_job is not None:
             finish = ("Failed", "PodFailurePolicy", fail_job)
+        elif max_failed is not None and len(failed_indexes) > int(max_failed):
+            finish = (
+                "Failed",
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes",
+            )
         elif counted > backoff_limit:
             finish = (
                 "Failed",
@@ -197,7 +213,7 @@ class JobController:
         indexed = spec.get("completionMode") == "Indexed"
         wanted = min(parallelism, completions - len(succeeded)) - len(active)
         if wanted > 0 and self._backoff_over(uid, counted):
-            busy = {_index(p) for p in active + succeeded}
+            busy = {_index(p) for p in active + succeeded} | set(failed_indexes)
             free = [i for i in range(completions) if i not in busy]
             for i in range(wanted):
                 index = free[i] if indexed and i < len(free) else i

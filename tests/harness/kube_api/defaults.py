@@ -18,7 +18,8 @@ def apply_defaults(res: ResourceType, obj: dict[str, Any]) -> None:
     """Fill in, in place, the few defaults controllers and kubectl rely on."""
     spec = obj.get("spec")
     if res.kind == "Job" and isinstance(spec, dict):
-        spec.setdefault("backoffLimit", 6)
+        # Upstream: 6, or the largest int32 with a per-index limit (counted per index then).
+        spec.setdefault("backoffLimit", 2147483647 if "backoffLimitPerIndex" in spec else 6)
         spec.setdefault("completions", 1)
         spec.setdefault("parallelism", 1)
         spec.setdefault("suspend", False)
