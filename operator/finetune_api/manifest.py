@@ -78,10 +78,62 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path or "(object)"
 
 
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The API model that holds the field at ``loc`` (list indices, map keys and pydantic's
+    union branch names are stepped over); None when the path leaves the models."""
+    model: type[BaseModel] = FineTuneJob
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        fields.update(model.model_fields)
+        field = fields.get(part)
+        if field is None:
+            continue  # a union branch or a map key: same model
+        inner = _models_in(field.annotation)
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+def did_you_mean(name: str, candidates: list[str]) -> str | None:
+    """The known field ``name`` was probably meant to be (case, ``_`` and ``-`` ignored:
+    ``cutoff_len`` → ``cutoffLength``); None when nothing is close."""
+    import difflib
+
+    def squash(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    by_squashed = {squash(c): c for c in candidates}
+    close = difflib.get_close_matches(squash(name), list(by_squashed), n=1, cutoff=0.6)
+    return by_squashed[close[0]] if close else None
+
+
+def _unknown_field(loc: tuple[int | str, ...]) -> str:
+    """``unknown field`` with a guess at the intended one and where to look the fields up."""
+    parent = _field_path(loc[:-1]) if len(loc) > 1 else ""
+    where = f"`ftj explain {parent}`" if parent and parent != "(object)" else "`ftj explain`"
+    model = _model_at(loc[:-1])
+    name = loc[-1] if loc else ""
+    guess = None
+    if model is not None and isinstance(name, str):
+        guess = did_you_mean(name, [f.alias or n for n, f in model.model_fields.items()])
+    if guess is not None:
+        return f"unknown field (did you mean {guess}? {where} lists the fields)"
+    return f"unknown field (check the spelling; {where} lists the fields)"
+
+
 def _friendly(error: ErrorDetails) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        return "unknown field (check the spelling; `ftj explain` lists the fields)"
+        return _unknown_field(tuple(error["loc"]))
     if kind == "missing":
         return "Required value"
     message = str(error["msg"])

@@ -27,8 +27,10 @@ HEADER = f"""# FineTuneJob field reference
      change the models' descriptions and regenerate (tests/unit/test_docs.py checks drift). -->
 
 `apiVersion: {API_VERSION}`, `kind: {KIND}` (short name `{SHORT_NAMES[0]}`). Fields are written in
-camelCase; unknown fields are refused. `kubectl explain ftj.spec` shows the same descriptions.
-A field without a default is optional unless it is marked **required**.
+camelCase; unknown fields are refused (`ftj validate` suggests the field meant).
+`kubectl explain ftj.spec` and `ftj explain spec.training.cutoffLength` (no cluster needed)
+show the same descriptions. A field without a default is optional unless it is marked
+**required**. `ftj validate FILE --data` checks a job's data the way the trainer will.
 """
 
 
@@ -183,6 +185,15 @@ def _walk(
         )
         for sub in submodels:
             _walk(sub, f"{path}[]" if is_list else path, rows, where_rules)
+
+
+def field_rows() -> list[list[str]]:
+    """Every field of the spec and the status as the reference's table rows (path, type,
+    default, allowed values, description; Markdown cells): what ``ftj explain`` prints."""
+    rows: list[list[str]] = []
+    for model, prefix in ((FineTuneJobSpec, "spec"), (FineTuneJobStatus, "status")):
+        _walk(model, prefix, rows, [])
+    return rows
 
 
 def render_reference() -> str:

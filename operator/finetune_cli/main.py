@@ -16,6 +16,7 @@ from finetune_cli import (
     cmd_crd,
     cmd_describe,
     cmd_docs,
+    cmd_explain,
     cmd_get,
     cmd_logs,
     cmd_run,
@@ -23,7 +24,7 @@ from finetune_cli import (
     cmd_watch,
 )
 
-COMMAND_MODULES = [cmd_crd, cmd_validate, cmd_run]
+COMMAND_MODULES = [cmd_crd, cmd_validate, cmd_explain, cmd_run]
 COMMAND_MODULES += [cmd_get, cmd_describe, cmd_logs, cmd_watch, cmd_artifacts, cmd_docs]
 
 

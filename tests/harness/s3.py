@@ -16,6 +16,10 @@ Usage::
         s3.create_bucket("models")
         client = s3.client()
         env = s3.env()   # AWS_* variables for a child process (fake test credentials)
+
+``S3Server(record=True)`` (in-process only) also keeps a log of every request it answered,
+with the bytes of each response body (:class:`RequestLog`): what a test counts to show that a
+process it started never downloaded an object, whichever client that process used.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -44,16 +51,101 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServedRequest:
+    """One request the server answered: method, path (``/bucket/key``) and body bytes sent."""
+
+    method: str
+    path: str
+    body_bytes: int
+
+
+class RequestLog:
+    """WSGI middleware in front of moto: records each request and counts the response body's
+    bytes as they are written to the socket."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.requests: list[ServedRequest] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        method, path = str(environ["REQUEST_METHOD"]), str(environ.get("PATH_INFO", ""))
+        body = self.app(environ, start_response)
+
+        def counted() -> Iterator[bytes]:
+            sent = 0
+            try:
+                for chunk in body:
+                    sent += len(chunk)
+                    yield chunk
+            finally:
+                close = getattr(body, "close", None)
+                if close is not None:
+                    close()
+                with self._lock:
+                    self.requests.append(ServedRequest(method, path, sent))
+
+        return counted()
+
+    def bytes_served(self, path: str, method: str = "GET") -> int:
+        """Body bytes sent for ``method`` requests of ``path`` (``/bucket/key``)."""
+        with self._lock:
+            return sum(r.body_bytes for r in self.requests if r.method == method and r.path == path)
+
+
+class _LoggedServer:
+    """moto's app behind :class:`RequestLog` on a werkzeug server thread (what
+    ``ThreadedMotoServer`` does, with the log in between)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class Quiet(WSGIRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                pass  # the log is ours; one stderr line per request is noise
+
+        self.log = RequestLog(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(host, port, self.log, threaded=True, request_handler=Quiet)
+        self.port = int(self._server.server_port)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only once
+            self._server.shutdown()
+            self._thread.join()
+
+
 class S3Server:
     """A started moto S3 server; use as a context manager (or call start/stop)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, process: bool = False) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        process: bool = False,
+        record: bool = False,
+    ) -> None:
+        if process and record:
+            raise ValueError("record=True needs the in-process server")
         self.host = host
         self.port = port
         self.process_mode = process
+        self.record = record
         self._threaded: Any = None
         self._process: subprocess.Popen[bytes] | None = None
         self._admin: Any = None
+        self._logged: _LoggedServer | None = None
+
+    @property
+    def requests(self) -> RequestLog:
+        """The requests answered so far (``record=True`` only)."""
+        if self._logged is None:
+            raise RuntimeError("S3Server(record=True) keeps a request log; this one does not")
+        return self._logged.log
 
     @property
     def endpoint_url(self) -> str:
@@ -70,6 +162,9 @@ class S3Server:
                 stderr=subprocess.DEVNULL,
             )
             self._wait_ready(timeout=30.0)
+        elif self.record:
+            self._logged = _LoggedServer(self.host, self.port)
+            self.port = self._logged.port
         else:
             from moto.server import ThreadedMotoServer
 
@@ -96,6 +191,8 @@ class S3Server:
         if self._threaded is not None:
             self._threaded.stop()
             self._threaded = None
+        if self._logged is not None:
+            self._logged.stop()
         if self._process is not None:
             self._process.terminate()
             try:

@@ -165,3 +165,53 @@ def test_download_dir_copies_everything(
     s3.put_object(Bucket=bucket, Key="ck/c.bin", Body=b"c")
     out = storage.download_dir(f"s3://{bucket}/ck", tmp_path / "restore")
     assert (out / "a" / "b.bin").read_bytes() == b"b" and (out / "c.bin").read_bytes() == b"c"
+
+
+def test_tokenizer_files_come_first_and_are_not_fetched_again(
+    storage: Storage,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    count_requests: Callable[[str], list[str]],
+) -> None:
+    """The data is checked with the tokenizer before a weight byte moves; the full fetch that
+    follows reuses the tokenizer's files and keeps them."""
+    tokenizer = {
+        "config.json": b"{}",
+        "tokenizer.json": b"{}",
+        "tokenizer_config.json": b"{}",
+        "special_tokens_map.json": b"{}",
+        "tokenizer.model": b"sp",
+        "chat_template.jinja": b"{{ messages }}",
+        "additional_chat_templates/tools.jinja": b"{{ tools }}",
+    }
+    weights = {
+        "model-00001-of-00002.safetensors": b"w" * 100,
+        "model.safetensors.index.json": b"{}",
+        "original/tokenizer.model": b"not read by AutoTokenizer",
+        "tokenizer.safetensors": b"weights, whatever the name",
+    }
+    for key, body in {**tokenizer, **weights}.items():
+        s3.put_object(Bucket=bucket, Key=f"models/m/{key}", Body=body)
+    gets = count_requests("GetObject")
+    folder = storage.fetch_tokenizer(f"s3://{bucket}/models/m", tmp_path / "cache")
+    assert sorted(gets) == sorted(f"models/m/{k}" for k in tokenizer)
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} == set(
+        tokenizer
+    )
+
+    gets.clear()
+    assert storage.fetch(f"s3://{bucket}/models/m", tmp_path / "cache") == folder
+    assert sorted(gets) == sorted(f"models/m/{k}" for k in weights)
+    assert all((folder / k).read_bytes() == v for k, v in {**tokenizer, **weights}.items())
+
+    gets.clear()  # a tokenizer-first fetch on a warm cache leaves the weights in place
+    storage.fetch_tokenizer(f"s3://{bucket}/models/m", tmp_path / "cache")
+    assert gets == [] and (folder / "model-00001-of-00002.safetensors").is_file()
+
+
+def test_tokenizer_of_a_local_model_is_read_in_place(storage: Storage, tmp_path: Path) -> None:
+    model = make_tree(tmp_path / "model", {"tokenizer.json": b"{}", "model.safetensors": b"w"})
+    assert storage.fetch_tokenizer(str(model), tmp_path / "cache") == model
+    with pytest.raises(InvalidInput, match="nothing found"):
+        storage.fetch_tokenizer(str(tmp_path / "missing"), tmp_path / "cache")

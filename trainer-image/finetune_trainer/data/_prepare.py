@@ -7,6 +7,7 @@ model is even loaded onto a GPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ def prepare_data(spec: FineTuneJobSpec, dataset_files: list[Path], tokenizer: An
         train_tokens=sum(len(t.input_ids) for t in kept_train),
         assistant_tokens=sum(sum(1 for x in t.labels if x != -100) for t in kept_train),
         notes=tuple(notes),
+        token_lengths=length_summary([t.length for t in tokenized]),
     )
     return PreparedData(
         train=_dataset(kept_train),
@@ -107,6 +109,18 @@ def prepare_data(spec: FineTuneJobSpec, dataset_files: list[Path], tokenizer: An
         test_prompts=[_test_prompt(spec, tokenizer, e) for e in prompt_source[:MAX_TEST_PROMPTS]],
         stats=stats,
     )
+
+
+def length_summary(lengths: Sequence[int]) -> dict[str, int]:
+    """``{min, median, p95, max}`` of ``lengths`` (nearest-rank percentiles); {} when empty."""
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def rank(fraction: float) -> int:
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+    return {"min": ordered[0], "median": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
 
 
 def load_examples(spec: FineTuneJobSpec, dataset_files: Sequence[Path]) -> list[list[Example]]:

@@ -28,6 +28,7 @@ class Tokenized:
     labels: list[int]
     truncated: bool
     prompt_tokens: int  # untrained tokens before the first trained one (before truncation)
+    length: int = 0  # tokens before truncation
 
 
 def tokenize(
@@ -59,6 +60,7 @@ def tokenize(
                 labels[:cutoff_length],
                 truncated,
                 prompt_tokens if prompt_tokens >= 0 else len(input_ids),
+                len(input_ids),
             )
         )
     return out

@@ -54,6 +54,9 @@ class DataStats:
     train_tokens: int
     assistant_tokens: int  # trained tokens in the training split
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. numSamples above the dataset size
+    # Tokens per example before truncation, all splits: min, median, p95, max (what to set
+    # cutoffLength from; ftj validate --data prints them).
+    token_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass

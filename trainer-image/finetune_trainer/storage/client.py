@@ -24,6 +24,7 @@ from finetune_trainer.storage import hub, local
 from finetune_trainer.storage.cache import CacheEntry
 from finetune_trainer.storage.entries import FileEntry, hash_file
 from finetune_trainer.storage.location import Location, safe_relative
+from finetune_trainer.storage.model_files import hub_patterns, is_tokenizer_file
 from finetune_trainer.storage.s3 import ObjectInfo, S3Objects, TransferSettings
 
 T = TypeVar("T")
@@ -104,7 +105,28 @@ class Storage:
             return hub.snapshot(location, cache_dir, revision)
         return self._fetch_s3(location, cache_dir)
 
-    def _fetch_s3(self, location: Location, cache_dir: Path) -> Path:
+    def fetch_tokenizer(self, uri: str, cache_dir: Path, *, revision: str | None = None) -> Path:
+        """A local folder holding the tokenizer's files of the model folder at ``uri``.
+
+        Only the small files ``AutoTokenizer`` reads (:mod:`.model_files`), so the data can be
+        checked before the weights are fetched. They land where :meth:`fetch` puts the whole
+        model (the same cache entry, or hub snapshot), so they are not downloaded twice;
+        local folders are used in place.
+        """
+        location = Location.parse(uri)
+        if location.scheme == "file":
+            return self.fetch(uri, cache_dir)
+        if location.scheme == "hf":
+            return hub.snapshot(
+                location, cache_dir, revision, allow_patterns=hub_patterns(location.key)
+            )
+        return self._fetch_s3(location, cache_dir, only=is_tokenizer_file)
+
+    def _fetch_s3(
+        self, location: Location, cache_dir: Path, only: Callable[[str], bool] | None = None
+    ) -> Path:
+        """Fetch an object or a prefix through the cache; ``only``: just the files of a prefix
+        it accepts (the rest of the cache entry is left as it is)."""
         s3 = self.s3
         entry = CacheEntry(cache_dir, str(location))
         with entry.locked():
@@ -123,7 +145,8 @@ class Storage:
                     raise _not_found(str(location))
             for relative in objects:
                 safe_relative(relative)  # refuses keys with '..' segments
-            stale = [(r, i) for r, i in objects.items() if not entry.is_fresh(r, i.etag, i.size)]
+            wanted = {r: i for r, i in objects.items() if only is None or only(r)}
+            stale = [(r, i) for r, i in wanted.items() if not entry.is_fresh(r, i.etag, i.size)]
 
             def download(item: tuple[str, ObjectInfo]) -> None:
                 relative, info = item
@@ -131,7 +154,8 @@ class Storage:
                 entry.record(relative, info.etag, info.size)
 
             self._parallel(download, stale)
-            entry.forget_except(set(objects))
+            if only is None:
+                entry.forget_except(set(objects))
         return result
 
     def download_dir(self, uri: str, local_dir: Path) -> Path:

@@ -12,8 +12,20 @@ from finetune_trainer.errors import StorageError
 from finetune_trainer.storage.location import Location
 
 
-def snapshot(location: Location, cache_dir: Path, revision: str | None) -> Path:
-    """Download (or reuse from the hub cache) a repo snapshot; the path of ``location`` in it."""
+def snapshot(
+    location: Location,
+    cache_dir: Path,
+    revision: str | None,
+    *,
+    allow_patterns: list[str] | None = None,
+) -> Path:
+    """Download (or reuse from the hub cache) a repo snapshot; the path of ``location`` in it.
+
+    ``allow_patterns``: only the files matching them (the tokenizer's, fetched before the
+    weights); a later full snapshot of the same revision reuses them.
+    """
+    if allow_patterns is None and location.key:
+        allow_patterns = [f"{location.key}/*", location.key]
     try:
         from huggingface_hub import snapshot_download
 
@@ -22,7 +34,7 @@ def snapshot(location: Location, cache_dir: Path, revision: str | None) -> Path:
             repo_type=location.repo_type,
             revision=revision,
             cache_dir=cache_dir / "hf",
-            allow_patterns=[f"{location.key}/*", location.key] if location.key else None,
+            allow_patterns=allow_patterns,
         )
     except Exception as err:  # the hub client raises many unrelated types for "offline"
         at = f" at revision {revision}" if revision else ""
