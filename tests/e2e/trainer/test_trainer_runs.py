@@ -3,7 +3,8 @@
 What a user observes: the README's ``ftj run`` command produces a model that has learned its
 new name; the same pipeline against S3 publishes a manifest whose checksums verify; a killed
 trainer resumes from its last complete checkpoint; a second job can't take another job's
-output; bad data fails in seconds with exit code 42 and the file's name.
+output; bad data fails in seconds with exit code 42 and the file's name. Deleting and
+re-creating a job (a new uid) is tested in test_fix_and_retry.py.
 """
 
 from __future__ import annotations
@@ -327,11 +328,12 @@ def test_sigkilled_trainer_resumes_from_its_last_checkpoint(tmp_path: Path) -> N
 
 
 def test_second_job_is_refused_another_jobs_output(tmp_path: Path) -> None:
-    """A job with another uid pointed at a claimed output fails at once with exit 42."""
-    from finetune_trainer.storage import JobIdentity, Storage, check_output_ownership
+    """A job with another name pointed at a claimed output fails at once with exit 42."""
+    from finetune_trainer.storage import JobIdentity, Storage, TrainingFingerprint, claim_output
 
     out = tmp_path / "out"
-    check_output_ownership(Storage(), str(out), JobIdentity("default", "first", "uid-1"), False)
+    first = JobIdentity("default", "first", "uid-1")
+    claim_output(Storage(), str(out), first, TrainingFingerprint({}), overwrite=False)
 
     manifest = quickstart_manifest(maxSteps=5)
     manifest["metadata"].update(name="second", uid="uid-2")
@@ -388,17 +390,3 @@ def test_rerun_after_the_last_checkpoint_trains_no_extra_step(tmp_path: Path) ->
     )
     assert first_weights.keys() == again.keys()
     assert all(first_weights[k].equal(again[k]) for k in first_weights)
-
-
-def test_an_edited_local_spec_is_another_job_at_the_same_output(tmp_path: Path) -> None:
-    """`ftj run` twice into one output with a changed recipe: refused, never a silent resume
-    from weights trained with the old settings."""
-    out = str(tmp_path / "out")
-    manifest = quickstart_manifest(maxSteps=2, saveSteps=2, loggingSteps=1)
-    manifest["spec"]["output"]["uri"] = out
-    assert run_trainer(trainer_env(tmp_path / "a", manifest))[0] == 0
-    manifest["spec"]["training"]["learningRate"] = 0.001
-    code, message, log = run_trainer(trainer_env(tmp_path / "b", manifest))
-    assert code == EXIT_INVALID_INPUT, log[-3000:]
-    assert message["reason"] == "OutputConflict"
-    assert "overwrite" in message["message"]

@@ -8,12 +8,16 @@ One :class:`Storage` serves every scheme (``s3://``, ``file://`` and plain paths
 from finetune_trainer.storage.checkpoints import COMPLETE_MARKER, CheckpointStore
 from finetune_trainer.storage.client import Storage
 from finetune_trainer.storage.entries import FileEntry
+from finetune_trainer.storage.fingerprint import TrainingFingerprint, training_fingerprint
 from finetune_trainer.storage.identity import LOCAL_UID, JobIdentity
 from finetune_trainer.storage.location import Location
 from finetune_trainer.storage.ownership import (
     MANIFEST_FILE,
     OWNER_FILE,
-    check_output_ownership,
+    Claim,
+    check_output,
+    claim_output,
+    confirm_ownership,
 )
 from finetune_trainer.storage.publish import publish_artifacts, verify_manifest
 from finetune_trainer.storage.s3 import TransferSettings
@@ -24,12 +28,17 @@ __all__ = [
     "MANIFEST_FILE",
     "OWNER_FILE",
     "CheckpointStore",
+    "Claim",
     "FileEntry",
     "JobIdentity",
     "Location",
     "Storage",
+    "TrainingFingerprint",
     "TransferSettings",
-    "check_output_ownership",
+    "check_output",
+    "claim_output",
+    "confirm_ownership",
     "publish_artifacts",
+    "training_fingerprint",
     "verify_manifest",
 ]

@@ -1,18 +1,19 @@
-"""Which job owns an output: namespace, name and uid, as recorded in OWNER.json and MANIFEST.json.
+"""Which job owns an output: its namespace and name, as recorded in OWNER.json and MANIFEST.json.
 
-The uid tells apart two jobs that reuse a name (delete and re-create), so a re-created job
-does not silently take over its predecessor's artifacts. ``ftj run`` has no API server to
-hand out uids; it uses ``local-<fingerprint of the spec>``: re-running one manifest is the same
-job (it resumes from its checkpoints), while an edited spec is another job, refused at an
-output that holds the old run's work instead of silently resuming from weights trained with
-other settings.
+An output belongs to the identity users apply: ``namespace/name``. The spec is immutable, so a
+user fixes a job by deleting and re-creating it; the new object gets a new uid but is the same
+job to its author, and takes over its output (:mod:`.ownership` decides whether it resumes
+from the checkpoints there, by the training fingerprint). The uid is still recorded, to tell
+the incarnations of one name apart in messages and to stop a deleted job's last pod from
+publishing over the run that replaced it. ``ftj run`` has no API server to hand out uids; it
+uses ``local-<fingerprint of the spec>``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_api.manifest import FineTuneJob
@@ -22,11 +23,12 @@ LOCAL_UID = "local"
 
 @dataclass(frozen=True)
 class JobIdentity:
-    """namespace/name/uid of one FineTuneJob."""
+    """namespace/name/uid of one FineTuneJob. Two identities are the same job when namespace
+    and name match (``==`` ignores the uid); :meth:`same_object` also compares the uid."""
 
     namespace: str
     name: str
-    uid: str
+    uid: str = field(compare=False)
 
     @classmethod
     def of(cls, job: FineTuneJob) -> JobIdentity:
@@ -44,6 +46,10 @@ class JobIdentity:
             return cls(str(data["namespace"]), str(data["name"]), str(data["uid"]))
         except KeyError:
             return None
+
+    def same_object(self, other: JobIdentity | None) -> bool:
+        """The same Kubernetes object: same name and same uid (one incarnation of the name)."""
+        return other is not None and self == other and self.uid == other.uid
 
     def to_dict(self) -> dict[str, str]:
         """The JSON form written into OWNER.json and MANIFEST.json."""

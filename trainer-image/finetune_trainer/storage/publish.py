@@ -22,7 +22,7 @@ from finetune_trainer.storage.client import Storage
 from finetune_trainer.storage.entries import FileEntry
 from finetune_trainer.storage.identity import JobIdentity
 from finetune_trainer.storage.location import Location
-from finetune_trainer.storage.ownership import MANIFEST_FILE, check_output_ownership
+from finetune_trainer.storage.ownership import MANIFEST_FILE, confirm_ownership
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def publish_artifacts(
     job: JobIdentity,
     spec: dict[str, Any],
     overwrite: bool,
-    subdirs: Sequence[str] = ("adapter", "merged"),
+    subdirs: Sequence[str] = ("adapter", "merged", "tensorboard"),
     files: Sequence[str] = ("metrics.json", "loss.png"),
     lineage: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
@@ -54,12 +54,13 @@ def publish_artifacts(
 
     ``lineage`` (how the model was made: :mod:`.model_card`) goes into the manifest as is.
 
-    Returns the artifact URIs (``adapter``, ``merged``, ``metrics``, ``lossPlot``,
-    ``manifest``) of what was published: a missing ``merged/`` (``output.merge: false``) is
-    simply left out. Ownership is checked again first (the claim may be hours old).
+    Returns the artifact URIs (``adapter``, ``merged``, ``tensorboard``, ``metrics``,
+    ``lossPlot``, ``manifest``) of what was published: a missing ``merged/`` (``output.merge:
+    false``) or ``tensorboard/`` (``tracking.tensorboard: false``) is simply left out.
+    Ownership is checked again first (the claim may be hours old).
     """
     root = Location.parse(output_uri)
-    check_output_ownership(storage, output_uri, job, overwrite)
+    confirm_ownership(storage, output_uri, job, overwrite)
     manifest_uri = str(root.join(MANIFEST_FILE))
     storage.delete(manifest_uri)
 
