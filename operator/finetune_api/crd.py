@@ -232,6 +232,20 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "description": "Kubernetes Job.",
     },
+    {
+        "name": "GPU-Hours",
+        "type": "number",
+        "jsonPath": ".status.gpuHours",
+        "priority": 1,
+        "description": "GPUs x running time of every trainer pod so far.",
+    },
+    {
+        "name": "Cost",
+        "type": "number",
+        "jsonPath": ".status.cost.amount",
+        "priority": 1,
+        "description": "Estimated cost of the GPU-hours (currency: status.cost.currency).",
+    },
 ]
 
 

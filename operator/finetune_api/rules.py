@@ -105,6 +105,24 @@ OUTPUT_DIFFERS_FROM_MODEL = CrossFieldRule(
     holds=lambda s: s.output.uri != s.model.uri,
 )
 
+REGISTERED_MERGED_NEEDS_MERGE = CrossFieldRule(
+    cel=(
+        "!has(self.tracking) || !has(self.tracking.mlflow) || "
+        "!has(self.tracking.mlflow.registeredModel) || "
+        "self.tracking.mlflow.registeredModel.artifact != 'merged' || self.output.merge"
+    ),
+    message=(
+        "spec.tracking.mlflow.registeredModel.artifact: merged needs spec.output.merge: true "
+        "(or register the adapter: artifact: adapter)"
+    ),
+    holds=lambda s: (
+        s.tracking.mlflow is None
+        or s.tracking.mlflow.registered_model is None
+        or s.tracking.mlflow.registered_model.artifact != "merged"
+        or s.output.merge
+    ),
+)
+
 # Fields of the spec that may change after creation. Everything else is frozen because a
 # running trainer already read it: changing it would make status describe a run that never was.
 MUTABLE_SPEC_FIELDS = frozenset({"suspend"})
@@ -139,7 +157,14 @@ OPERATOR_ENV_NAMES = (
     "JOB_COMPLETION_INDEX",
 )
 # Credentials come only from Secret references of their own spec fields, never as env values.
-CREDENTIAL_ENV_NAMES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN")
+CREDENTIAL_ENV_NAMES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "HF_TOKEN",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
 OPERATOR_VOLUME_NAMES = ("job-config", "scratch", "tmp", "dshm", "model-cache")
 OPERATOR_MOUNT_PATHS = (
     contract.CONFIG_DIR,
@@ -238,8 +263,9 @@ ENV_NOT_CREDENTIALS = CrossFieldRule(
     cel=f"!has(self.env) || self.env.all(e, !(e.name in {_cel_list(CREDENTIAL_ENV_NAMES)}))",
     message=(
         "spec.pod.env: " + ", ".join(CREDENTIAL_ENV_NAMES) + " come from Secret references: "
-        "set spec.storage.s3.credentialsSecret or spec.storage.hf.tokenSecret (or, for S3, "
-        "nothing: the pod's service account identity is used)"
+        "set spec.storage.s3.credentialsSecret, spec.storage.hf.tokenSecret or "
+        "spec.tracking.mlflow.credentialsSecret (or, for S3, nothing: the pod's service "
+        "account identity is used)"
     ),
     holds=lambda p: all(e.name not in CREDENTIAL_ENV_NAMES for e in p.env),
 )

@@ -43,6 +43,7 @@ from finetune_api.fields import (
     quantity_value as quantity_value,
 )
 from finetune_api.pod import PodOverrides
+from finetune_api.tracking import Limits, Tracking
 
 
 class ModelSource(ApiModel):
@@ -541,6 +542,7 @@ class FineTuneJobSpec(ApiModel):
         rules.OUTPUT_ON_A_DURABLE_VOLUME,
         rules.MODEL_ON_A_MOUNTED_VOLUME,
         rules.DATASETS_ON_MOUNTED_VOLUMES,
+        rules.REGISTERED_MERGED_NEEDS_MERGE,
     )
 
     model: ModelSource = Field(description="The base model.")
@@ -563,6 +565,13 @@ class FineTuneJobSpec(ApiModel):
     )
     resources: Resources = Field(
         default_factory=Resources, description="GPUs, nodes and placement."
+    )
+    tracking: Tracking = Field(
+        default_factory=Tracking,
+        description="Experiment tracking: MLflow, and TensorBoard event files in the output.",
+    )
+    limits: Limits = Field(
+        default_factory=Limits, description="Budgets: the job stops when one is spent."
     )
     pod: PodOverrides | None = Field(
         default=None,

@@ -82,8 +82,21 @@ class Artifacts(ApiModel):
     merged: str | None = Field(default=None, description="URI of the merged model folder.")
     metrics: str | None = Field(default=None, description="URI of metrics.json.")
     loss_plot: str | None = Field(default=None, description="URI of loss.png.")
+    tensorboard: str | None = Field(
+        default=None, description="URI of the TensorBoard event files (tensorboard/)."
+    )
     manifest: str | None = Field(
         default=None, description="URI of MANIFEST.json; present only when the output is complete."
+    )
+
+
+class Cost(ApiModel):
+    """What the GPU time cost, at the operator's price per GPU-hour (an estimate)."""
+
+    amount: float = Field(ge=0, description="gpuHours x gpuHourPrice, rounded to cents.")
+    currency: str = Field(max_length=16, description="Currency of the price, e.g. USD.")
+    gpu_hour_price: float = Field(
+        ge=0, description="Price of one GPU-hour the operator is configured with."
     )
 
 
@@ -103,6 +116,22 @@ class FineTuneJobStatus(ApiModel):
         default=None, description="When the job succeeded or failed."
     )
     restarts: int | None = Field(default=None, ge=0, description="Trainer pod restarts so far.")
+    gpu_hours: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "GPU-hours used so far: GPUs per pod x running time of every trainer pod, over "
+            "every attempt."
+        ),
+    )
+    gpu_hours_as_of: str | None = Field(
+        default=None,
+        description="Moment up to which gpuHours is counted (RFC 3339).",
+    )
+    cost: Cost | None = Field(
+        default=None,
+        description="Estimated cost of gpuHours, when the operator has a price per GPU-hour.",
+    )
     job_name: str | None = Field(default=None, description="Name of the Kubernetes Job running it.")
     observed_generation: int | None = Field(
         default=None, ge=0, description="Last spec generation acted on."

@@ -3,6 +3,8 @@
 * create/resume of a FineTuneJob → :func:`render_objects` + :func:`ensure_objects` (idempotent),
   then the first status write (``jobName``, phase Pending);
 * update of ``spec.suspend`` → patch the Job's ``spec.suspend``;
+* ``status.gpuHours`` reached ``spec.limits.maxGPUHours`` → suspend the Job (its pods get
+  SIGTERM, save a checkpoint and exit), then the job fails with reason BudgetExceeded;
 * any event of a labelled Job or pod → recompute the status with :func:`observe_status`;
 * a timer per unfinished FineTuneJob (``FTJ_PROGRESS_POLL_SECONDS``) → poll ``/progress`` of the
   rank-0 pod, recompute the status (also a periodic resync in case an event was missed).
@@ -38,7 +40,7 @@ from finetune_api import FineTuneJob, ManifestError, parse_manifest
 from finetune_api.status import TERMINAL_PHASES, FineTuneJobStatus
 from pydantic import ValidationError
 
-from finetune_operator import metrics, naming
+from finetune_operator import gpu_usage, metrics, naming
 from finetune_operator.apply import ensure_objects, suspend_patch
 from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
 from finetune_operator.inventory import Key, job_pods, object_key, owned_job
@@ -155,7 +157,18 @@ async def refresh_status(
         target = progress_target(pods)
         live = reading.data if reading and target and reading.pod_uid == target.pod_uid else None
         now = datetime.now(timezone.utc)
-        update = observe_status(job, k8s_job, pods, live, now, refusal)
+        update = observe_status(
+            job,
+            k8s_job,
+            pods,
+            live,
+            now,
+            refusal,
+            gpu_hour_price=rt.settings.gpu_hour_price,
+            currency=rt.settings.gpu_hour_currency,
+        )
+        if update.stop_job and k8s_job is not None:
+            await _stop_for_budget(rt, k8s_job, logger)
         current = (job.status or FineTuneJobStatus()).to_wire()
         wanted = update.status.to_wire()
         patch = status_patch(
@@ -195,6 +208,31 @@ async def refresh_status(
                 reason=event.reason,
                 message=event.message,
             )
+
+
+async def _stop_for_budget(rt: Runtime, k8s_job: Manifest, logger: kopf.Logger) -> None:
+    """Suspend the Job of a FineTuneJob whose GPU budget is spent.
+
+    Suspending, not deleting: the Job controller sends the pods SIGTERM and waits their
+    ``terminationGracePeriodSeconds``, in which the trainer saves and uploads a checkpoint
+    (https://kubernetes.io/docs/concepts/workloads/controllers/job/#suspending-a-job).
+    """
+    meta = k8s_job["metadata"]
+    await asyncio.to_thread(
+        rt.api.patch,
+        "batch/v1",
+        "Job",
+        meta["namespace"],
+        meta["name"],
+        {"spec": {"suspend": True}},
+    )
+    logger.info(
+        f"GPU budget spent: suspended Job {meta['name']}", extra={"reason": "BudgetExceeded"}
+    )
+
+
+def _budget_spent(job: FineTuneJob) -> bool:
+    return gpu_usage.budget_spent(job, job.status.gpu_hours if job.status else None)
 
 
 async def refresh_from_indices(
@@ -253,7 +291,9 @@ async def ensure_training(
                     extra={"object": {"kind": item.kind, "name": item.name}},
                 )
         k8s_job = applied[-1].obj
-        drift = suspend_patch(job.spec.suspend, job.spec.queue_name, k8s_job)
+        # A job whose GPU budget is spent stays suspended (refresh_status fails it).
+        wanted = job.spec.suspend or _budget_spent(job)
+        drift = suspend_patch(wanted, job.spec.queue_name, k8s_job)
         if drift is not None:
             k8s_job = await asyncio.to_thread(
                 rt.api.patch,
@@ -287,7 +327,7 @@ async def suspend_changed(
         k8s_job = await asyncio.to_thread(rt.api.get, "batch/v1", "Job", namespace, name)
     except NotFound:
         return  # the create/resume handler will create it with the right suspend value
-    drift = suspend_patch(bool(new), job.spec.queue_name, k8s_job)
+    drift = suspend_patch(bool(new) or _budget_spent(job), job.spec.queue_name, k8s_job)
     if drift is not None:
         await asyncio.to_thread(rt.api.patch, "batch/v1", "Job", namespace, name, drift)
         logger.info(f"Job {name} suspend={bool(new)}", extra={"suspend": bool(new)})

@@ -24,6 +24,9 @@ NodeFailed             ``nodes > 1``: Job ``Failed=True`` reason ``MaxFailedInde
 Preempted              pod condition ``DisruptionTarget=True`` or pod ``reason: Evicted``
                        (https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
 ResumedFromCheckpoint  ``resumedFromStep > 0`` in the progress or the termination message
+BudgetExceeded         ``status.gpuHours`` reached ``spec.limits.maxGPUHours`` (gpu_usage.py): the
+                       Job is suspended (SIGTERM: checkpoint, exit), then the job fails
+Tracking condition     ``tracking`` in the progress or the termination message (tracking_report.py)
 =====================  ==========================================================================
 """
 
@@ -41,7 +44,8 @@ from finetune_api import FineTuneJob, contract
 from finetune_api.status import Artifacts, Condition, FineTuneJobStatus, Progress
 from pydantic import ValidationError
 
-from finetune_operator import naming
+from finetune_operator import gpu_usage, naming
+from finetune_operator.tracking_report import tracking_condition
 
 K8sObject = Mapping[str, Any]
 
@@ -63,6 +67,7 @@ WARNING_REASONS = frozenset(
         "InvalidInput",
         "DeadlineExceeded",
         "BackoffLimitExceeded",
+        "BudgetExceeded",
         "NodeFailed",
     }
 )
@@ -103,6 +108,8 @@ class StatusUpdate:
 
     status: FineTuneJobStatus
     events: tuple[Event, ...]
+    # The GPU budget is spent and the Job still runs: suspend it (its pods get SIGTERM).
+    stop_job: bool = False
 
     @property
     def phase(self) -> str:
@@ -542,7 +549,29 @@ def _events(old: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -
             cond.message,
         ):
             events.append(Event(kind(cond.reason), cond.reason, clean_message(cond.message, 1024)))
+    tracking = next((c for c in new.conditions if c.type == "Tracking"), None)
+    before = old_by_type.get("Tracking")
+    if tracking is not None and (before is None or before.reason != tracking.reason):
+        severity: Literal["Normal", "Warning"] = (
+            "Normal" if tracking.status == "True" else "Warning"
+        )
+        events.append(Event(severity, tracking.reason, clean_message(tracking.message, 1024)))
     return events
+
+
+def _budget_verdict(
+    job: FineTuneJob, k8s_job: K8sObject | None, pods: list[K8sObject], hours: float, now: _Verdict
+) -> tuple[_Verdict, bool]:
+    """The GPU budget is spent: stop the Job (its pods save a checkpoint on SIGTERM), then fail.
+
+    Returns the verdict and whether the Job must (still) be suspended.
+    """
+    stopped = bool(_get(k8s_job, "spec", "suspend")) and not any(_is_active(p) for p in pods)
+    message = gpu_usage.budget_message(job, hours, stopped)
+    if stopped:
+        return _Verdict("Failed", "BudgetExceeded", message, False), False
+    phase = now.phase if now.phase in ACTIVE_PHASES else "Pending"
+    return _Verdict(phase, "BudgetExceeded", message, False), not _get(k8s_job, "spec", "suspend")
 
 
 def observe_status(
@@ -552,12 +581,15 @@ def observe_status(
     progress: Mapping[str, Any] | None,
     now: datetime,
     refusal: tuple[str, str] | None = None,
+    gpu_hour_price: float | None = None,
+    currency: str = "USD",
 ) -> StatusUpdate:
     """The status a FineTuneJob should have, given its Job, its pods and the latest progress.
 
     ``progress`` is the rank-0 trainer's ``/progress`` answer for the pod running now (or None);
     ``job.status`` is the status as last written, used for what must carry over. ``refusal``
     (reason, message): the operator refused to create the Job, so the job failed without one.
+    ``gpu_hour_price`` (in ``currency``): the operator's price, for ``status.cost``.
     """
     old = job.status or FineTuneJobStatus()
     stamp = rfc3339(now)
@@ -565,6 +597,15 @@ def observe_status(
     pods = list(pods)
     terms = _terminations(pods)
     verdict = _verdict(job, k8s_job, pods, progress, terms, refusal)
+    usage = gpu_usage.count_gpu_hours(
+        gpu_usage.GpuHours.of(old.gpu_hours, old.gpu_hours_as_of),
+        pods,
+        gpu_usage.gpus_per_pod(job),
+        now,
+    )
+    stop_job = False
+    if gpu_usage.budget_spent(job, usage.hours) and verdict.phase not in ("Succeeded", "Failed"):
+        verdict, stop_job = _budget_verdict(job, k8s_job, pods, usage.hours, verdict)
     terminal = verdict.phase in ("Succeeded", "Failed")
 
     final = next((t.summary for t in reversed(terms) if t.summary.get("progress")), {})
@@ -608,6 +649,11 @@ def observe_status(
     if resumed:
         message = f"training resumed from the checkpoint at step {resumed}"
         wanted.append(("Resumed", "True", "ResumedFromCheckpoint", message))
+    tracking = tracking_condition(
+        progress if verdict.running else None, [t.summary for t in reversed(terms)]
+    )
+    if tracking is not None:
+        wanted.append(tracking)
 
     failed_pods = sum(1 for p in pods if _get(p, "status", "phase") == "Failed")
     restarts_now = max(failed_pods, int(_get(k8s_job, "status", "failed") or 0)) + sum(
@@ -631,8 +677,11 @@ def observe_status(
         start_time=_start_time(old.start_time, k8s_job, pods),
         completion_time=completion,
         restarts=max(old.restarts or 0, restarts_now),
+        gpu_hours=usage.hours,
+        gpu_hours_as_of=rfc3339(usage.as_of) if usage.as_of else None,
+        cost=gpu_usage.estimated_cost(usage.hours, gpu_hour_price, currency),
         job_name=old.job_name or (str(_get(k8s_job, "metadata", "name")) if k8s_job else None),
         observed_generation=generation,
         message=clean_message(verdict.message),
     )
-    return StatusUpdate(status=new, events=tuple(_events(old, new, verdict)))
+    return StatusUpdate(status=new, events=tuple(_events(old, new, verdict)), stop_job=stop_job)

@@ -244,6 +244,18 @@ def _env(job: FineTuneJob) -> list[Manifest]:
                 "valueFrom": {"secretKeyRef": {"name": token.name, "key": token.key}},
             }
         )
+    mlflow = job.spec.tracking.mlflow
+    if mlflow is not None and mlflow.credentials_secret is not None:
+        secret = mlflow.credentials_secret
+        # The MLflow client reads these; optional, so a Secret holding either a user name and a
+        # password or a token works (a missing key would keep the pod from starting).
+        for var, key in (
+            ("MLFLOW_TRACKING_USERNAME", secret.username_key),
+            ("MLFLOW_TRACKING_PASSWORD", secret.password_key),
+            ("MLFLOW_TRACKING_TOKEN", secret.token_key),
+        ):
+            key_ref = {"name": secret.name, "key": key, "optional": True}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": key_ref}})
     # The spec's own variables come last; admission refuses the names above (rules.py).
     env.extend(var.to_wire() for var in _pod(job).env)
     return env

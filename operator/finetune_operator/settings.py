@@ -48,6 +48,11 @@ ENV_DOCS: Final[dict[str, str]] = {
         "spec.pod.capabilities, e.g. IPC_LOCK for RDMA (default: none; a job asking for "
         "another fails with CapabilityNotAllowed)."
     ),
+    "FTJ_GPU_HOUR_PRICE": (
+        "Price of one GPU-hour; when set, status.cost shows gpuHours x this price "
+        "(default: none, no cost shown)."
+    ),
+    "FTJ_GPU_HOUR_CURRENCY": "Currency of FTJ_GPU_HOUR_PRICE, e.g. USD or EUR (default USD).",
     "FTJ_WATCH_NAMESPACES": (
         "Comma-separated namespaces to watch; empty: all namespaces (default empty)."
     ),
@@ -105,6 +110,19 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float) ->
     return value
 
 
+def _price(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a price such as 2.49") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name}={raw!r}: must be a finite number, at least 0")
+    return value
+
+
 def _capabilities(raw: str) -> tuple[str, ...]:
     """``IPC_LOCK, cap_sys_nice`` -> ("IPC_LOCK", "SYS_NICE"): the names a pod spec uses."""
     names = []
@@ -137,6 +155,8 @@ class OperatorSettings:
     s3_endpoint: str | None = None
     scratch_storage_class: str | None = None
     allowed_capabilities: tuple[str, ...] = ()
+    gpu_hour_price: float | None = None
+    gpu_hour_currency: str = "USD"
     watch_namespaces: tuple[str, ...] = ()
     progress_poll_seconds: float = 10.0
     progress_timeout_seconds: float = 2.0
@@ -167,6 +187,11 @@ class OperatorSettings:
         endpoint = env.get("FTJ_S3_ENDPOINT", "").strip() or None
         if endpoint and not endpoint.startswith(("http://", "https://")):
             raise SettingsError(f"FTJ_S3_ENDPOINT={endpoint!r}: expected an http(s):// URL")
+        currency = env.get("FTJ_GPU_HOUR_CURRENCY", "").strip() or "USD"
+        if not re.fullmatch(r"[A-Za-z]{1,16}", currency):
+            raise SettingsError(
+                f"FTJ_GPU_HOUR_CURRENCY={currency!r}: expected a currency code such as USD"
+            )
         identity = env.get("POD_NAME") or env.get("HOSTNAME") or "finetune-operator"
         liveness = env.get("FTJ_LIVENESS_ENDPOINT")
         return cls(
@@ -178,6 +203,8 @@ class OperatorSettings:
             s3_endpoint=endpoint,
             scratch_storage_class=env.get("FTJ_SCRATCH_STORAGE_CLASS", "").strip() or None,
             allowed_capabilities=_capabilities(env.get("FTJ_ALLOWED_CAPABILITIES", "")),
+            gpu_hour_price=_price(env, "FTJ_GPU_HOUR_PRICE"),
+            gpu_hour_currency=currency,
             watch_namespaces=tuple(
                 ns.strip() for ns in env.get("FTJ_WATCH_NAMESPACES", "").split(",") if ns.strip()
             ),

@@ -2,8 +2,8 @@
 
 Pure decision, so the rule is unit-tested without a clock or a server. Phase, condition and
 artifact changes are written at once (a person waits for them); a change that only moves the
-progress numbers waits until ``min_interval`` has passed since this job's last write, which
-bounds the API server load at ``jobs / min_interval`` PATCHes per second.
+progress numbers (or the GPU-hours) waits until ``min_interval`` has passed since this job's
+last write, which bounds the API server load at ``jobs / min_interval`` PATCHes per second.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+# Keys that move on every count while pods run: written at the progress rate, not at once.
+# (GPU-hours lose nothing by waiting: the count resumes from the last written gpuHoursAsOf.)
+PROGRESS_LIKE = frozenset({"progress", "gpuHours", "gpuHoursAsOf", "cost"})
+
 
 def _without_progress(status: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in status.items() if k != "progress"}
+    return {k: v for k, v in status.items() if k not in PROGRESS_LIKE}
 
 
 def status_patch(

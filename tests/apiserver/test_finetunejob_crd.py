@@ -255,3 +255,49 @@ def test_server_accepts_good_variation(api: KubeApiServer, case: GoodCase) -> No
     code, body = _create(api, manifest)
     assert code == 201, body.get("message", body)
     _delete(api, manifest["metadata"]["name"])
+
+
+def test_kubectl_get_wide_shows_gpu_hours_and_cost(
+    api: KubeApiServer, kube_tools_bin: Path
+) -> None:
+    code, _ = _create(api, minimal_manifest("gpu-hours"))
+    assert code == 201
+    code, body = api.request(
+        "PATCH",
+        f"{COLLECTION}/gpu-hours/status",
+        {
+            "status": {
+                "phase": "Training",
+                "gpuHours": 12.345678,
+                "gpuHoursAsOf": "2025-06-01T12:00:00Z",
+                "cost": {"amount": 30.74, "currency": "USD", "gpuHourPrice": 2.49},
+            }
+        },
+        content_type="application/merge-patch+json",
+    )
+    assert code == 200, body  # the status schema takes the GPU-hours and the cost
+    done = subprocess.run(
+        [str(kube_tools_bin / "kubectl"), "get", "ftj", "gpu-hours", "-n", NAMESPACE, "-o", "wide"],
+        env=api.kubectl_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+
+    def cell(name: str) -> str:  # empty cells (no progress yet) make split() unreliable
+        start = header.index(name)
+        return row[start:].split()[0]
+
+    assert cell("GPU-HOURS") == "12.345678"
+    assert cell("COST") == "30.74"
+    narrow = subprocess.run(
+        [str(kube_tools_bin / "kubectl"), "get", "ftj", "gpu-hours", "-n", NAMESPACE],
+        env=api.kubectl_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "GPU-HOURS" not in narrow.stdout  # priority 1: only with -o wide
+    _delete(api, "gpu-hours")

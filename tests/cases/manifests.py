@@ -200,6 +200,23 @@ BAD_CASES: list[BadCase] = [
         _set("spec.storage.s3", {"endpoint": "minio:9000"}),
         "spec.storage.s3.endpoint",
     ),
+    BadCase(
+        "register-merged-without-merge",
+        _both(
+            _set("spec.output.merge", False),
+            _set(
+                "spec.tracking",
+                {"mlflow": {"trackingUri": "http://mlflow:5000", "registeredModel": {"name": "m"}}},
+            ),
+        ),
+        "registeredModel.artifact: merged needs spec.output.merge: true",
+    ),
+    BadCase(
+        "tracking-uri-credentials",
+        _set("spec.tracking.mlflow", {"trackingUri": "https://user:secret@mlflow.example.com"}),
+        "spec.tracking.mlflow.trackingUri",
+    ),
+    BadCase("budget-zero", _set("spec.limits.maxGPUHours", 0), "spec.limits.maxGPUHours"),
     BadCase("backoff-negative", _set("spec.backoffLimit", -1), "spec.backoffLimit"),
     BadCase("queue-name", _set("spec.queueName", "Not_A_Queue"), "spec.queueName"),
     BadCase("typo-field", _set("spec.trainig", {"epochs": 1}), "trainig"),

@@ -76,6 +76,8 @@ class ProgressState:
     gpu_memory_gib: float | None = None
     eta_seconds: int | None = None
     resumed_from_step: int | None = None
+    # Experiment tracking's state ({ok, reason, message}, tracking/): the Tracking condition.
+    tracking: dict[str, Any] | None = None
     updated_at: str = field(default_factory=_now)
 
     @property
@@ -105,6 +107,7 @@ class ProgressState:
             "eta": None if self.eta_seconds is None else format_eta(self.eta_seconds),
             "updatedAt": self.updated_at,
             "resumedFromStep": self.resumed_from_step,
+            "tracking": self.tracking,
         }
         return {k: v for k, v in doc.items() if v is not None}
 
@@ -251,6 +254,13 @@ class ProgressReporter(TrainerCallback):
             self.state.phase = phase
             self.state.updated_at = _now()
         log.info("phase: %s", phase)
+
+    def set_tracking(self, report: dict[str, Any]) -> None:
+        """Record experiment tracking's state (``{ok, reason, message}``)."""
+        with self._lock:
+            if report != self.state.tracking:
+                self.state.tracking = report
+                self.state.updated_at = _now()
 
     def set_resumed_from(self, step: int | None) -> None:
         """Record the checkpoint step this run continues from."""

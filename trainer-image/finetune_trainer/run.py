@@ -47,6 +47,7 @@ from finetune_trainer.storage import (
     publish_artifacts,
 )
 from finetune_trainer.storage.model_card import describe_lineage, write_model_cards
+from finetune_trainer.tracking import ExperimentTracking
 from finetune_trainer.train import (
     CheckpointUploader,
     prepare_training,
@@ -137,6 +138,8 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
     # it answers before any training.
     store = CheckpointStore(storage, output_uri)
     tokens = TokenCounter(make_collator(tokenizer, packing=spec.training.packing))
+    # Experiment tracking (rank 0): TensorBoard files in the output, the MLflow run.
+    tracking = ExperimentTracking(job, local_root, reporter) if main else None
     reporter.tokens = tokens
     prepared = prepare_training(
         model_dir,
@@ -146,7 +149,7 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         data=data,
         collator=tokens,
         output_dir=checkpoints_dir,
-        callbacks=[reporter, CheckpointUploader(store)],
+        callbacks=[reporter, CheckpointUploader(store), *([tracking] if tracking else [])],
         mean_example_tokens=data.stats.train_tokens / max(data.stats.train, 1),
     )
     model, plan, trainer = prepared.model, prepared.plan, prepared.trainer
@@ -224,6 +227,8 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
 
     # 9. Publish: adapter/, merged/, metrics.json, loss.png, then MANIFEST.json last.
     reporter.set_phase("Uploading")
+    if tracking is not None:
+        tracking.close_files()
     artifacts = publish_artifacts(
         storage,
         local_root,
@@ -233,6 +238,8 @@ def run_job(job: FineTuneJob, settings: RunSettings, reporter: ProgressReporter)
         overwrite=spec.output.overwrite,
         lineage=lineage,
     )
+    if tracking is not None:  # the artifact URIs into the MLflow run, the model registered
+        tracking.finish(artifacts, metrics, result.global_step, local_root / "loss.png")
     return RunResult(output_uri, artifacts, resumed_step, result.global_step, metrics)
 
 
