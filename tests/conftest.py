@@ -19,6 +19,7 @@ MARKERS = {
     "unit": "fast component tests: no cluster; at most a loopback S3 server or a subprocess",
     "apiserver": "needs the real apiextensions-apiserver + etcd (.ci/install-apiserver.sh)",
     "e2e": "operator end to end: kopf, trainer process, S3 server, kubectl/helm",
+    "faults": "the fault suite: kills, SIGTERMs, a faulty S3 and injected OOMs (tests/faults)",
     "images": "the built images run as pods (buildah, bubblewrap; bash .ci/build-images.sh)",
     "kind": "a kind cluster with a GPU node (Docker, kind, NVIDIA container toolkit)",
     "gpu": "needs a CUDA GPU (the lent device machine)",

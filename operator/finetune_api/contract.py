@@ -23,6 +23,10 @@ EXIT_FAILED: Final = 1
 # podFailurePolicy fails the Job at once on it
 # (https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy).
 EXIT_INVALID_INPUT: Final = 42
+# Stopped by SIGTERM (preemption, eviction, a deleted pod, a suspended Job) after saving and
+# uploading a checkpoint: 128 + SIGTERM, as a shell reports it. The podFailurePolicy ignores it,
+# so the replacement pod resumes without using up backoffLimit.
+EXIT_STOPPED: Final = 143
 
 # -- the container -----------------------------------------------------------------------------
 

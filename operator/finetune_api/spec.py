@@ -529,6 +529,17 @@ class Resources(ApiModel):
         default="200Gi",
         description="Size limit of the scratch volume for the model, data and checkpoints.",
     )
+    termination_grace_period_seconds: int | None = Field(
+        default=None,
+        ge=30,
+        le=7200,
+        description=(
+            "Seconds between SIGTERM (preemption, eviction, drain) and SIGKILL: the trainer "
+            "finishes its step, saves and uploads a checkpoint in that time. Default: sized "
+            "from the adapter's checkpoint (one step's allowance plus its upload), between "
+            "90 and 900 s; raise it for very large models or slow object storage."
+        ),
+    )
 
 
 class FineTuneJobSpec(ApiModel):

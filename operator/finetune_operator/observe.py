@@ -24,6 +24,13 @@ NodeFailed             ``nodes > 1``: Job ``Failed=True`` reason ``MaxFailedInde
 Preempted              pod condition ``DisruptionTarget=True`` or pod ``reason: Evicted``
                        (https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)
 ResumedFromCheckpoint  ``resumedFromStep > 0`` in the progress or the termination message
+StartedFresh           ``startedFresh`` in the progress or the termination message: the output
+                       held checkpoints of an earlier job of this name with another recipe; the
+                       trainer removed them (condition ``Resumed=False``, a Normal Event)
+OutOfMemoryReplanned   ``memoryReplan`` in the progress or the termination message (the trainer
+                       ran out of GPU memory and went on with a smaller plan)
+OutOfMemory            trainer exit code 42 with that reason: no smaller plan fits
+Stopped                trainer exit code 143: SIGTERM, checkpoint saved and uploaded
 BudgetExceeded         ``status.gpuHours`` reached ``spec.limits.maxGPUHours`` (gpu_usage.py): the
                        Job is suspended (SIGTERM: checkpoint, exit), then the job fails
 Tracking condition     ``tracking`` in the progress or the termination message (tracking_report.py)
@@ -62,6 +69,8 @@ WARNING_REASONS = frozenset(
         *WAITING_REASONS_SHOWN,
         "Unschedulable",
         "OOMKilled",
+        "OutOfMemory",
+        "OutOfMemoryReplanned",
         "Preempted",
         "TrainerFailed",
         "InvalidInput",
@@ -86,6 +95,7 @@ CONDITION_ORDER = {
     "Failed": 3,
     "Interrupted": 4,
     "Resumed": 5,
+    "MemoryReplanned": 6,
 }
 
 _SECRETISH = re.compile(
@@ -302,6 +312,37 @@ def progress_from(data: Mapping[str, Any] | None) -> Progress | None:
             continue
         kept[key] = value
     return Progress.model_validate(kept) if kept else None
+
+
+def _memory_replan(
+    progress: Mapping[str, Any] | None, terms: list[_Termination]
+) -> tuple[str, str] | None:
+    """Reason and message of the trainer's latest re-plan after an out-of-memory error
+    (``memoryReplan`` in /progress, or in the last termination message's progress)."""
+    found = _get(progress, "memoryReplan")
+    for term in reversed(terms):
+        if found:
+            break
+        found = _get(term.summary, "progress", "memoryReplan")
+    if not isinstance(found, Mapping):
+        return None
+    count = found.get("count") or 1
+    message = (
+        f"out of GPU memory at step {found.get('step')}; re-planned ({count} time(s)) from "
+        f"[{found.get('before')}] to [{found.get('after')}]"
+    )
+    return "OutOfMemoryReplanned", message
+
+
+def _started_fresh(progress: Mapping[str, Any] | None, terms: list[_Termination]) -> str | None:
+    """Why the trainer removed the output's earlier checkpoints (``startedFresh`` in /progress,
+    or in the last termination message's progress); None when it did not."""
+    found = _get(progress, "startedFresh")
+    for term in reversed(terms):
+        if found:
+            break
+        found = _get(term.summary, "progress", "startedFresh")
+    return found if isinstance(found, str) and found else None
 
 
 def _resumed_from(progress: Mapping[str, Any] | None, terms: list[_Termination]) -> int:
@@ -540,7 +581,9 @@ def _events(old: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -
         )
     old_by_type = {c.type: c for c in old.conditions}
     for cond in new.conditions:
-        if cond.type not in ("Interrupted", "Resumed") or cond.status != "True":
+        if cond.type not in ("Interrupted", "Resumed", "MemoryReplanned") or (
+            cond.status != "True" and cond.reason != "StartedFresh"
+        ):
             continue
         before = old_by_type.get(cond.type)
         if before is None or (before.status, before.reason, before.message) != (
@@ -645,6 +688,12 @@ def observe_status(
     # A failure that already is the job's Failed reason isn't an interruption as well.
     if interruption is not None and not (terminal and interruption[0] == verdict.reason):
         wanted.append(("Interrupted", "True", *interruption))
+    replan = _memory_replan(progress if verdict.running else None, terms)
+    if replan is not None:
+        wanted.append(("MemoryReplanned", "True", *replan))
+    fresh = _started_fresh(progress if verdict.running else None, terms)
+    if fresh is not None:  # a later resume from this run's own checkpoints replaces it
+        wanted.append(("Resumed", "False", "StartedFresh", fresh))
     resumed = _resumed_from(progress if verdict.running else None, terms)
     if resumed:
         message = f"training resumed from the checkpoint at step {resumed}"

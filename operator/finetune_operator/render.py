@@ -27,6 +27,7 @@ from finetune_api import FineTuneJob, contract
 from finetune_api.pod import PodOverrides
 
 from finetune_operator import naming
+from finetune_operator.grace import termination_grace_seconds
 from finetune_operator.settings import API_DEFAULT_GPU_RESOURCE, OperatorSettings
 
 Manifest = dict[str, Any]
@@ -391,7 +392,8 @@ def allowed_capabilities(job: FineTuneJob, settings: OperatorSettings) -> list[s
 
 
 def pod_failure_policy() -> Manifest:
-    """Fail at once on InvalidInput; don't count preemptions and evictions as failures.
+    """Fail at once on InvalidInput (and OutOfMemory with no plan left); don't count
+    preemptions, evictions and SIGTERM stops (exit 143) as failures.
 
     Pods disrupted by preemption, eviction or node drain get the ``DisruptionTarget``
     condition; ``Ignore`` recreates them without using up ``backoffLimit`` (or, with several
@@ -411,6 +413,16 @@ def pod_failure_policy() -> Manifest:
             {
                 "action": "Ignore",
                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
+            {
+                # Stopped by SIGTERM after saving a checkpoint (a deleted pod, a suspended
+                # Job): the next pod resumes from it, at no cost to the retries.
+                "action": "Ignore",
+                "onExitCodes": {
+                    "containerName": contract.CONTAINER_NAME,
+                    "operator": "In",
+                    "values": [contract.EXIT_STOPPED],
+                },
             },
         ]
     }
@@ -481,6 +493,8 @@ def render_job(job: FineTuneJob, settings: OperatorSettings) -> Manifest:
         container["resources"] = resources
     pod_spec: Manifest = {
         "restartPolicy": "Never",
+        # SIGTERM to SIGKILL: the trainer's last step, checkpoint and upload (grace.py).
+        "terminationGracePeriodSeconds": termination_grace_seconds(job),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pod_security_context(),

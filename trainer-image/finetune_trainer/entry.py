@@ -4,7 +4,8 @@ A trainer pod (``python -m finetune_trainer``, which reads the arguments from th
 variables of :mod:`finetune_api.contract`) and ``ftj run`` on a laptop both call
 :func:`run_from_manifest`. It turns the outcome of :func:`finetune_trainer.run.run_job` into
 what Kubernetes and the operator read (docs/internals.md): an exit code the Job's
-podFailurePolicy understands (0, 1 = retry may help, 42 = the input is wrong) and a
+podFailurePolicy understands (0; 1 = retry may help; 42 = the input is wrong, or no plan
+fits the GPU; 143 = stopped by SIGTERM after saving a checkpoint) and a
 termination message with a reason and a one-paragraph message, never a traceback. The
 traceback still goes to the log, where a person debugging wants it.
 
@@ -61,12 +62,12 @@ def classify(err: BaseException) -> tuple[int, str, str]:
         return err.exit_code, err.reason, err.message
     if isinstance(err, ManifestError):
         return EXIT_INVALID_INPUT, "InvalidSpec", str(err)
-    if type(err).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+    if type(err).__name__ == "OutOfMemoryError":  # outside training, where no re-plan helps
         return (
-            EXIT_FAILED,
+            EXIT_INVALID_INPUT,
             "OutOfMemory",
-            f"the GPU ran out of memory ({err}). Lower spec.training.batchSize or "
-            "cutoffLength, set gradientCheckpointing: always, or use type: qlora.",
+            f"the GPU ran out of memory outside training ({err}). Lower "
+            "spec.training.batchSize or cutoffLength, or use spec.method.type: qlora.",
         )
     return EXIT_FAILED, "TrainerFailed", f"{type(err).__name__}: {err}"
 
@@ -119,9 +120,11 @@ def run_from_manifest(
         from finetune_api.manifest import load_manifest
 
         from finetune_trainer.run import run_job
+        from finetune_trainer.stop_signal import StopOnSignal
 
         job = load_manifest(settings.manifest_path)
-        result = run_job(job, settings, reporter)
+        with StopOnSignal().installed() as stop:  # SIGTERM: save a checkpoint, exit 143
+            result = run_job(job, settings, reporter, stop)
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):
             raise

@@ -8,7 +8,7 @@ user's input (data, spec, output location) and fails the job at once: retrying c
 from __future__ import annotations
 
 # The codes are the operator's too: its Job's podFailurePolicy fails the Job at once on 42.
-from finetune_api.contract import EXIT_FAILED, EXIT_INVALID_INPUT
+from finetune_api.contract import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_STOPPED
 
 
 class TrainerError(Exception):
@@ -51,3 +51,18 @@ class StorageError(TrainerError):
     """A transfer failed after its retries (network, permissions, missing object)."""
 
     reason = "StorageError"
+
+
+class OutOfMemory(InvalidInput):
+    """The GPU ran out of memory and no smaller plan fits (or re-planning is used up): the
+    same pod again would run out again, so the job fails at once with the planner's advice."""
+
+    reason = "OutOfMemory"
+
+
+class Stopped(TrainerError):
+    """SIGTERM (preemption, eviction, a deleted pod) stopped the run after it saved and
+    uploaded a checkpoint; the next pod resumes from it."""
+
+    reason = "Stopped"
+    exit_code = EXIT_STOPPED

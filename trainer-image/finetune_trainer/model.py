@@ -24,6 +24,7 @@ from finetune_trainer.acceleration import (
     local_rank,
     plan_for_model,
 )
+from finetune_trainer.acceleration.replan import MemoryLimits
 from finetune_trainer.errors import InvalidInput
 
 log = logging.getLogger("finetune_trainer")
@@ -143,14 +144,36 @@ def load_config(model_dir: Path, spec: FineTuneJobSpec) -> Any:
         ) from None
 
 
+def plan_model(
+    model_dir: Path,
+    spec: FineTuneJobSpec,
+    device: DeviceInfo,
+    mean_example_tokens: float | None = None,
+    limits: MemoryLimits | None = None,
+) -> AccelerationPlan:
+    """The acceleration plan for the model in ``model_dir``, from its config alone (no weight
+    is read); ``limits`` narrow it after an out-of-memory error (acceleration/replan.py)."""
+    limits = limits or MemoryLimits()
+    return plan_for_model(
+        load_config(model_dir, spec),
+        spec,
+        device,
+        mean_example_tokens=mean_example_tokens,
+        memory_budget=limits.memory_budget_bytes,
+        micro_cap=limits.micro_cap,
+    )
+
+
 def build_model(
     model_dir: Path,
     spec: FineTuneJobSpec,
     device: DeviceInfo,
     mean_example_tokens: float | None = None,
+    plan: AccelerationPlan | None = None,
 ) -> tuple[Any, AccelerationPlan]:
     """The base model wrapped with a fresh LoRA adapter, ready for the trainer, and the plan
-    it was built to (which the trainer's arguments follow too).
+    it was built to (which the trainer's arguments follow too): ``plan`` when given (a
+    re-plan after an out-of-memory error), else :func:`plan_model`'s.
 
     At initialisation LoRA's B matrices are zero, so this model still answers exactly like the
     base model: the "before" generations in metrics.json are taken from it.
@@ -159,7 +182,8 @@ def build_model(
 
     # Planned before loading: a sharded or streamed model loads differently.
     config = load_config(model_dir, spec)
-    plan = plan_for_model(config, spec, device, mean_example_tokens=mean_example_tokens)
+    if plan is None:
+        plan = plan_for_model(config, spec, device, mean_example_tokens=mean_example_tokens)
     log.info("acceleration: %s", plan.describe())
     for reason in plan.reasons:  # why: what the user can change is named here
         (log.warning if "exceeds" in reason else log.info)("  because %s", reason)

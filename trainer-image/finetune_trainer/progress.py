@@ -76,6 +76,12 @@ class ProgressState:
     gpu_memory_gib: float | None = None
     eta_seconds: int | None = None
     resumed_from_step: int | None = None
+    # The latest re-plan after an out-of-memory error (oom_recovery.Replan.to_json) and how
+    # many there were: the operator's MemoryReplanned condition and Event.
+    memory_replan: dict[str, Any] | None = None
+    # Why this run removed the checkpoints in its output and started from step 0 (another
+    # recipe than the earlier job of the same name): the operator's Resumed=False condition.
+    started_fresh: str | None = None
     # Experiment tracking's state ({ok, reason, message}, tracking/): the Tracking condition.
     tracking: dict[str, Any] | None = None
     updated_at: str = field(default_factory=_now)
@@ -107,6 +113,8 @@ class ProgressState:
             "eta": None if self.eta_seconds is None else format_eta(self.eta_seconds),
             "updatedAt": self.updated_at,
             "resumedFromStep": self.resumed_from_step,
+            "memoryReplan": self.memory_replan,
+            "startedFresh": self.started_fresh,
             "tracking": self.tracking,
         }
         return {k: v for k, v in doc.items() if v is not None}
@@ -255,6 +263,18 @@ class ProgressReporter(TrainerCallback):
             self.state.updated_at = _now()
         log.info("phase: %s", phase)
 
+    def set_resumed_from(self, step: int | None) -> None:
+        """Record the checkpoint step this run continues from."""
+        with self._lock:
+            self.state.resumed_from_step = step
+
+    def set_started_fresh(self, why: str | None) -> None:
+        """Record that the output's earlier checkpoints were removed, and why (None: they
+        were not)."""
+        with self._lock:
+            self.state.started_fresh = why
+            self.state.updated_at = _now()
+
     def set_tracking(self, report: dict[str, Any]) -> None:
         """Record experiment tracking's state (``{ok, reason, message}``)."""
         with self._lock:
@@ -262,10 +282,12 @@ class ProgressReporter(TrainerCallback):
                 self.state.tracking = report
                 self.state.updated_at = _now()
 
-    def set_resumed_from(self, step: int | None) -> None:
-        """Record the checkpoint step this run continues from."""
+    def add_replan(self, replan: Any) -> None:
+        """Record a re-plan after an out-of-memory error (``oom_recovery.Replan``)."""
         with self._lock:
-            self.state.resumed_from_step = step
+            count = (self.state.memory_replan or {}).get("count", 0) + 1
+            self.state.memory_replan = {**replan.to_json(), "count": count}
+            self.state.updated_at = _now()
 
     # -- trainer callbacks ----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from finetune_trainer.acceleration import AccelerationPlan, DeviceInfo
 from finetune_trainer.acceleration.sharding import fsdp_arguments
 from finetune_trainer.model import build_model
 from finetune_trainer.node import this_node, wait_for_every_rank
+from finetune_trainer.storage.background import STAGING_DIR, BackgroundUploads, stage_checkpoint
 
 log = logging.getLogger("finetune_trainer")
 
@@ -107,18 +108,25 @@ def sft_config(
 
 
 class CheckpointUploader(TrainerCallback):
-    """Copies each local checkpoint to ``<output>/checkpoints/``, then prunes old ones. Local
-    rank 0 of every node uploads: each node's disk holds its own ranks' files (node.py).
+    """Copies each local checkpoint to ``<output>/checkpoints/`` in the background, then prunes
+    old ones (storage/background.py: training never waits for an upload). Local rank 0 of
+    every node uploads: each node's disk holds its own ranks' files (node.py).
 
     ``on_save`` runs after the trainer has written the whole checkpoint folder, so the upload
     sees a finished checkpoint; the store writes the COMPLETE marker last, so a pod killed
-    mid-upload leaves a checkpoint that is simply ignored on resume.
+    mid-upload leaves a checkpoint that is simply ignored on resume. :meth:`wait` blocks until
+    the newest is uploaded (the end of the run, SIGTERM).
     """
 
     def __init__(self, store: Any) -> None:
         self.store = store
         self.node = this_node()
-        self.uploaded: list[int] = []
+        self.uploads = BackgroundUploads(self._upload)
+
+    @property
+    def uploaded(self) -> list[int]:
+        """Steps whose checkpoint is whole in the output, in upload order."""
+        return self.uploads.uploaded
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
@@ -129,10 +137,15 @@ class CheckpointUploader(TrainerCallback):
         step = state.global_step
         assert args.output_dir is not None  # sft_config always sets it
         local = Path(args.output_dir) / f"checkpoint-{step}"
-        self.store.save(step, local, node=self.node.index, nodes=self.node.count)
+        self.uploads.submit(step, stage_checkpoint(local, Path(args.output_dir) / STAGING_DIR))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the newest checkpoint is uploaded; False if ``timeout`` passed first."""
+        return self.uploads.wait(timeout)
+
+    def _upload(self, step: int, staged: Path) -> None:
+        self.store.save(step, staged, node=self.node.index, nodes=self.node.count)
         self.store.prune(keep=REMOTE_CHECKPOINTS_KEPT)
-        self.uploaded.append(step)
-        log.info("checkpoint %d uploaded", step)
 
 
 def restore_checkpoint(store: Any, checkpoints_dir: Path) -> tuple[int | None, Path | None]:
@@ -209,6 +222,7 @@ def prepare_training(
     callbacks: Sequence[TrainerCallback] = (),
     mean_example_tokens: float | None = None,
     overrides: Mapping[str, Any] | None = None,
+    plan: AccelerationPlan | None = None,
 ) -> PreparedTraining:
     """The one way a run is set up for training (``run_job``, the bench, the multi-rank
     tests): the seed, the plan and the model built to it (``build_model``), the trainer's
@@ -216,12 +230,13 @@ def prepare_training(
 
     ``data``: the prepared splits (``train``, ``validation`` or None); ``collator``: the data
     collator (``make_collator``, or a wrapper counting tokens); ``overrides``: ``SFTConfig``
-    keywords that replace ours (``sft_config``).
+    keywords that replace ours (``sft_config``); ``plan``: build to this plan instead of
+    making one (a re-plan after an out-of-memory error, oom_recovery.py).
     """
     from transformers import set_seed
 
     set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
-    model, plan = build_model(model_dir, spec, device, mean_example_tokens)
+    model, plan = build_model(model_dir, spec, device, mean_example_tokens, plan)
     config = sft_config(
         spec.training,
         plan,

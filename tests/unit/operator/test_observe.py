@@ -596,3 +596,42 @@ FRESH = (
     "recipe (spec.datasets[0] content (sha256 1a2b… → 3c4d…)): they were removed and training "
     "starts from step 0"
 )
+
+
+def test_a_recreated_job_that_started_fresh_says_so_once() -> None:
+    """The trainer removed an earlier job's checkpoints (another recipe): a condition and one
+    Normal Event say what differed; they stay after the job succeeds."""
+    running = observe_status(
+        ftj(), k8s_job(active=1), [pod()], {**PROGRESS, "startedFresh": FRESH}, NOW
+    )
+    resumed = {c.type: c for c in running.status.conditions}["Resumed"]
+    assert (resumed.status, resumed.reason) == ("False", "StartedFresh")
+    assert "spec.datasets[0] content" in resumed.message
+    assert [(e.type, e.reason) for e in running.events if e.reason == "StartedFresh"] == [
+        ("Normal", "StartedFresh")
+    ]
+    assert "startedFresh" not in running.status.progress.to_wire()  # type: ignore[union-attr]
+
+    again = observe_status(
+        ftj(status=running.status.to_wire()),
+        k8s_job(active=1),
+        [pod()],
+        {**PROGRESS, "step": 130, "startedFresh": FRESH},
+        NOW,
+    )
+    assert not [e for e in again.events if e.reason == "StartedFresh"]
+
+    summary = {"phase": "Succeeded", "progress": {**PROGRESS, "startedFresh": FRESH}}
+    done = observe_status(
+        ftj(),
+        k8s_job(job_condition("Complete", "CompletionsReached")),
+        [pod(phase="Succeeded", state=terminated(0, "Completed", summary))],
+        None,
+        NOW,
+    )
+    assert {c.type: c for c in done.status.conditions}["Resumed"].reason == "StartedFresh"
+
+
+def test_a_job_without_a_fresh_start_has_no_resumed_condition() -> None:
+    status = observe_status(ftj(), k8s_job(active=1), [pod()], PROGRESS, NOW).status
+    assert "Resumed" not in {c.type for c in status.conditions}

@@ -158,11 +158,44 @@ def test_pod_failure_policy_fails_on_invalid_input_and_ignores_disruptions(name:
             "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [42]},
         },
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        # Stopped by SIGTERM after saving a checkpoint: the next pod resumes at no cost.
+        {
+            "action": "Ignore",
+            "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [143]},
+        },
     ]
     container = spec["template"]["spec"]["containers"][0]
     assert container["terminationMessagePath"] == "/dev/termination-log"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert {"name": "progress", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+
+
+def test_grace_period_covers_a_step_and_the_checkpoint_upload_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finetune_operator import grace as grace_module
+    from finetune_operator.grace import (
+        GRACE_CEILING_SECONDS,
+        GRACE_FLOOR_SECONDS,
+        STEP_ALLOWANCE_SECONDS,
+        adapter_params_estimate,
+    )
+
+    def grace(**spec: Any) -> int:
+        job = parse_manifest(manifest("g", **spec))
+        pod = render_objects(job, SETTINGS).job["spec"]["template"]["spec"]
+        return int(pod["terminationGracePeriodSeconds"])
+
+    # Llama-3-8B with r=16 on every linear: 42M adapter parameters (published: 41.9M).
+    r16 = parse_manifest(manifest("g", method={"lora": {"r": 16}}))
+    assert adapter_params_estimate(r16) == pytest.approx(41.9e6, rel=0.01)
+    default = grace(method={"lora": {"r": 16}})
+    assert STEP_ALLOWANCE_SECONDS < default < GRACE_CEILING_SECONDS
+    assert grace(method={"lora": {"r": 256}}) > default  # a bigger checkpoint takes longer
+    assert grace(method={"lora": {"r": 1, "targetModules": ["q_proj"]}}) == GRACE_FLOOR_SECONDS
+    monkeypatch.setattr(grace_module, "CHECKPOINT_BYTES_PER_SECOND", 1e6)  # a slow store
+    assert grace(method={"lora": {"r": 256}}) == GRACE_CEILING_SECONDS
+    assert grace(resources={"terminationGracePeriodSeconds": 1800}) == 1800
 
 
 def _strings(value: Any) -> list[str]:

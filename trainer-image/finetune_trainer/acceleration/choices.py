@@ -194,9 +194,11 @@ def plan_inputs(
     fused_nf4: bool,
     recompute_skip: bool,
     micro_examples: int | None,
+    micro_cap: int | None = None,
 ) -> tuple[PlanInputs, list[str]]:
     """Read the spec and settle what needs no memory estimate, with the reasons for the
-    kernels chosen (they come first in the plan's reasons)."""
+    kernels chosen (they come first in the plan's reasons). ``micro_cap``: at most this many
+    examples per micro-step (a re-plan after an out-of-memory error, replan.py)."""
     on_gpu = device.cuda
     packing, cutoff = training.packing, training.cutoff_length
     batch_size, accumulation = training.batch_size, training.gradient_accumulation_steps
@@ -216,6 +218,13 @@ def plan_inputs(
         candidates = [batch_size]
     elif micro_examples and examples_per_step % micro_examples == 0:
         candidates = [micro_examples]
+    if micro_cap is not None:
+        # Divisors only, so the examples per optimizer step (the maths) stay the same; a
+        # single candidate (the CPU's spec batch, a pinned micro-step) gives way to the largest
+        # divisor under the cap.
+        top = min(candidates[0], micro_cap)
+        under = [d for d in range(top, 0, -1) if examples_per_step % d == 0]
+        candidates = under if len(candidates) > 1 else under[:1]
     max_micro_examples = max(1, int(cost.MAX_MICRO_TOKENS // (mean_tokens if packing else cutoff)))
     targets = tuple(method.lora.target_modules)
     skips_down = (

@@ -126,6 +126,7 @@ def plan_acceleration(
     shard_weights: bool | None = None,
     micro_examples: int | None = None,
     stream_weights: bool = True,
+    micro_cap: int | None = None,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -140,7 +141,8 @@ def plan_acceleration(
     layers; ``shard_weights`` None shards the base weights (FSDP2) only when no unsharded plan
     fits one GPU, True always (where the base can be sharded), False never;
     ``micro_examples`` pins the examples per micro-step (a divisor of the examples per
-    optimizer step); ``stream_weights=False`` keeps every weight on the GPU.
+    optimizer step); ``stream_weights=False`` keeps every weight on the GPU. ``micro_cap``
+    caps the examples per micro-step (a re-plan after an out-of-memory error: replan.py).
     """
     inputs, why = choices.plan_inputs(
         training,
@@ -155,6 +157,7 @@ def plan_acceleration(
         fused_nf4=fused_nf4,
         recompute_skip=recompute_skip,
         micro_examples=micro_examples,
+        micro_cap=micro_cap,
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
@@ -256,6 +259,8 @@ def plan_for_model(
     *,
     mean_example_tokens: float | None = None,
     switches: trainer_switches.TrainerSwitches | None = None,
+    memory_budget: int | None = None,
+    micro_cap: int | None = None,
 ) -> AccelerationPlan:
     """The plan for a model (its transformers config) and a ``FineTuneJobSpec`` on ``device``,
     made before the weights are loaded (a sharded model loads differently), under the tuning
@@ -263,6 +268,8 @@ def plan_for_model(
 
     ``spec.resources.gpuMemoryBudget`` (or ``FTJ_MEMORY_BUDGET_GIB``) caps the memory the plan
     may use (a shared or time-sliced GPU, or proving that a run fits a smaller card).
+    ``memory_budget`` (bytes) and ``micro_cap`` narrow a re-plan after an out-of-memory error
+    (replan.py); the budget given replaces both.
     """
     on = switches or trainer_switches.active()
     return plan_acceleration(
@@ -272,7 +279,9 @@ def plan_for_model(
         device,
         mean_example_tokens=mean_example_tokens,
         liger_available=on.liger and choices.liger_available(),
-        memory_budget_bytes=memory_budget_bytes(spec.resources, on),
+        memory_budget_bytes=(
+            memory_budget if memory_budget is not None else memory_budget_bytes(spec.resources, on)
+        ),
         torch_compile=on.torch_compile,
         int8_half_compute=on.int8_half_compute,
         fused_lora=on.fused_lora,
@@ -282,4 +291,5 @@ def plan_for_model(
         shard_weights=on.shard_weights,
         micro_examples=on.micro_examples,
         stream_weights=on.stream_weights,
+        micro_cap=micro_cap,
     )

@@ -122,16 +122,16 @@ def choose_micro_step(
     shard_weights: bool | None,
 ) -> tuple[tuple[int, int, int], Sharding, bool]:
     """The (micro-step, recomputed layers, streamed layers) to run, the sharding it runs
-    under, and whether it is predicted to fit. CPUs keep the spec's batch (nothing to fit).
-    On a GPU: the search under the requested sharding; if nothing fits and sharding was left
-    to the planner, the search again with the weights sharded over every rank; if still
-    nothing fits, the smallest micro-step with every layer recomputed (the run will tell
-    whether it fits)."""
+    under, and whether it is predicted to fit. CPUs keep the spec's batch (nothing to fit),
+    or the largest under a re-plan's cap. On a GPU: the search under the requested
+    sharding; if nothing fits and sharding was left to the planner, the search again with
+    the weights sharded over every rank; if still nothing fits, the smallest micro-step with
+    every layer recomputed (the run will tell whether it fits)."""
     layers, mode = inputs.layers, inputs.mode
     sharding = requested
     chosen: tuple[int, int, int] | None
     if not inputs.on_gpu:
-        chosen = (inputs.batch_size, {"always": layers, "never": 0}.get(mode, 0), 0)
+        chosen = (inputs.candidates[0], {"always": layers, "never": 0}.get(mode, 0), 0)
         return chosen, sharding, True
     chosen = _search(inputs, step_time, sharding.ranks, streamable)
     if chosen is None and shard_weights is None and sharding.shardable and world_size > 1:
