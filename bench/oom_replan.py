@@ -5,8 +5,9 @@ the card, on the trainer's own code path (``prepare_training`` + ``train_with_re
 
 Two rows in one process, on the same synthetic data (bench/synthetic.py) and the same card:
 
-* ``oom``: ``spec.resources.gpuMemoryBudget: 200Gi`` on a card with less. The first plan
-  believes the card, runs out of memory in its first micro-step, re-plans (oom_recovery.py) and
+* ``oom``: ``spec.resources.gpuMemoryBudget: 200Gi`` on a card with less, 40 examples (~30k
+  tokens) per optimizer step. The first plan believes the budget, takes them in one
+  micro-step, runs out of memory in it, re-plans (oom_recovery.py) and
   trains to the end under the new plan.
 * ``planned``: the same job with no budget: the plan a correct budget gets from the start
   (the baseline the re-planned run is compared with).
@@ -71,7 +72,7 @@ class StepClock:
 
 
 def run_row(
-    ckpt: Path, rows: list[dict[str, Any]], budget: str | None, steps: int
+    ckpt: Path, rows: list[dict[str, Any]], budget: str | None, steps: int, examples: int
 ) -> dict[str, Any]:
     import torch
     from finetune_api.spec import FineTuneJobSpec
@@ -92,7 +93,7 @@ def run_row(
             "training": {
                 "maxSteps": steps,
                 "batchSize": 4,
-                "gradientAccumulationSteps": EXAMPLES_PER_STEP // 4,
+                "gradientAccumulationSteps": examples // 4,
                 "loggingSteps": 1,
                 "saveSteps": steps,
                 "packing": True,
@@ -137,7 +138,7 @@ def run_row(
         "wall_s": round(time.perf_counter() - started, 1),
         "plan": first_plan.describe(),
         "predicted_tokens_per_s": (
-            round(EXAMPLES_PER_STEP * mean / first_plan.predicted_step_s, 1)
+            round(examples * mean / first_plan.predicted_step_s, 1)
             if first_plan.predicted_step_s  # CPUs: not predicted
             else None
         ),
@@ -172,6 +173,13 @@ def main() -> None:
     p.add_argument("--model", default="qwen2.5-7b")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--budget", default="200Gi", help="the budget too large for the card")
+    p.add_argument(
+        "--examples-per-step",
+        type=int,
+        default=2 * EXAMPLES_PER_STEP,
+        help="40 (~30k tokens): under the budget the first plan takes them in one micro-step, "
+        "which an 80 GB card can't hold (the bench's usual 20 fit one even there)",
+    )
     p.add_argument("--ckpt-root", type=Path, default=Path("/tmp/ftj-bench-models"))
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = p.parse_args()
@@ -180,12 +188,14 @@ def main() -> None:
 
     ckpt = prepare_checkpoint(a.model, a.ckpt_root)
     vocab = _json.loads((ckpt / "config.json").read_text())["vocab_size"]
-    rows = synthetic.examples((a.steps + 4) * EXAMPLES_PER_STEP * 2, vocab, seed=1)
-    oom = run_row(ckpt, rows, a.budget, a.steps)
-    planned = run_row(ckpt, rows, None, a.steps)
+    examples = a.examples_per_step
+    rows = synthetic.examples((a.steps + 4) * examples * 2, vocab, seed=1)
+    oom = run_row(ckpt, rows, a.budget, a.steps, examples)
+    planned = run_row(ckpt, rows, None, a.steps, examples)
     report = {
         "device": device_name(),
         "model": a.model,
+        "examples_per_step": examples,
         "oom": oom,
         "planned": planned,
         "replanned_vs_planned": (

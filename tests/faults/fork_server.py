@@ -31,6 +31,15 @@ import time
 from typing import Any
 
 
+def _examples_in(args: Any, kwargs: Any) -> int:
+    """Examples in one forward's batch: packed rows carry several, each starting at position 0."""
+    positions = kwargs.get("position_ids")
+    if positions is not None:
+        return int((positions == 0).sum())
+    ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
+    return int(ids.shape[0])
+
+
 def _inject_oom(from_step: int, max_examples: int) -> None:
     """Make every model the trainer builds run out of "memory" on large micro-steps."""
     import torch
@@ -48,11 +57,10 @@ def _inject_oom(from_step: int, max_examples: int) -> None:
                 return
             calls["training_forwards"] += 1
             step = (calls["training_forwards"] - 1) // max(1, accumulation)
-            ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]
-            rows = int(ids.shape[0])
-            if step >= from_step and rows > max_examples:
+            examples = _examples_in(args, kwargs)
+            if step >= from_step and examples > max_examples:
                 raise torch.OutOfMemoryError(
-                    f"CUDA out of memory. Tried to allocate {rows * 64} MiB (injected: this "
+                    f"CUDA out of memory. Tried to allocate {examples * 64} MiB (injected: this "
                     f"'GPU' holds {max_examples} examples per micro-step)"
                 )
 

@@ -292,13 +292,19 @@ def test_fault_suite(
     # -- SIGTERM ------------------------------------------------------------------------------
     lost_steps: list[int] = []
     exit_seconds: list[float] = []
+    in_training = 0  # SIGTERMs that stopped a run mid-training (checkpoint of that step)
     for index in range(1, SIGTERMS + 1):
         job = new_job(tmp_path, proxy, "sigterm", index)
         port = _free_port()
         pid = forks.start(**job.next_run(progress_port=port))
-        deadline = time.monotonic() + rng.uniform(0.2, duration)
-        while time.monotonic() < deadline and forks.poll(pid) is None:
-            time.sleep(0.01)
+        if index % 2:  # in training: once /progress reports a random step
+            wanted = rng.randint(1, MAX_STEPS - 2)
+            while (progress_step(port) or 0) < wanted and forks.poll(pid) is None:
+                time.sleep(0.005)
+        else:  # anywhere in the run: downloading, training, merging, publishing
+            deadline = time.monotonic() + rng.uniform(0.2, duration)
+            while time.monotonic() < deadline and forks.poll(pid) is None:
+                time.sleep(0.01)
         step_at_signal = progress_step(port)
         sent = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
@@ -312,6 +318,7 @@ def test_fault_suite(
         stopped = job.termination()
         if code == EXIT_STOPPED and stopped.get("reason") != "Stopped":
             failures.append(f"{job.name}: stopped without reason Stopped: {stopped}")
+        in_training += "after step" in str(stopped.get("message"))
         if code == EXIT_STOPPED:
             code = run_to_end(forks, job)
         resumed = job.termination().get("resumedFromStep") or 0
@@ -384,13 +391,15 @@ def test_fault_suite(
         print(
             f"\nfault suite seed {SEED} (replay: FTJ_FAULT_SEED={SEED}); {in_upload} kill(s) "
             f"during a checkpoint upload; S3 proxy failed {injected} of {requests} requests; "
-            f"SIGTERM exits took at most {max(exit_seconds):.1f} s (grace {grace} s)\n"
+            f"{in_training} SIGTERM(s) mid-training, exits within {max(exit_seconds):.1f} s "
+            f"(grace {grace} s)\n"
             f"faults: {line}"
         )
     assert not failures, "\n\n".join(failures)
     assert counts["kills"] == counts["resumed"] == counts["exact_steps"] == KILLS
     assert in_upload >= 1, "no kill landed during a checkpoint upload"
     assert counts["sigterm"] == SIGTERMS and counts["max_lost_steps"] <= 1
+    assert in_training >= SIGTERMS // 2, "too few SIGTERMs landed mid-training"
     assert counts["s3_ok"] == counts["s3_faults"] == S3_FAULT_JOBS and injected > 0
     assert counts["oom_ok"] == 1 and counts["oom_replans"] >= 1
 
