@@ -24,8 +24,8 @@ from finetune_cli.cluster import (
 )
 
 # status.artifacts keys that name a folder (the others name one file).
-FOLDERS = ("adapter", "merged")
-ORDER = ("adapter", "merged", "metrics", "lossPlot", "manifest")
+FOLDERS = ("adapter", "merged", "tensorboard")
+ORDER = ("adapter", "merged", "tensorboard", "metrics", "lossPlot", "manifest")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
