@@ -104,6 +104,23 @@ class ObjectStore:
         obj = self._objects[res].get((namespace or "", name))
         return copy.deepcopy(obj) if obj is not None else None
 
+    def owned_by(
+        self, res: ResourceType, namespace: str | None, owner_uid: str
+    ) -> list[dict[str, Any]]:
+        """Copies of the objects in ``namespace`` with an ownerReference to ``owner_uid``,
+        sorted by name. Filters before copying: a controller asking for one Job's pods must
+        not copy every pod of the namespace (quadratic with a thousand Jobs)."""
+        return [
+            copy.deepcopy(obj)
+            for (ns, _), obj in sorted(self._objects[res].items())
+            if ns == (namespace or "")
+            and any(r.get("uid") == owner_uid for r in obj["metadata"].get("ownerReferences") or [])
+        ]
+
+    def keys(self, res: ResourceType) -> list[tuple[str, str]]:
+        """(namespace, name) of every stored object of ``res``, sorted; nothing copied."""
+        return sorted(self._objects[res])
+
     def list(
         self,
         res: ResourceType,
@@ -121,23 +138,6 @@ class ObjectStore:
             and field_selector_matches(field_selector, obj)
         ]
         return items
-
-    def owned_by(
-        self, res: ResourceType, namespace: str | None, owner_uid: str
-    ) -> list[dict[str, Any]]:
-        """Copies of the objects in ``namespace`` with an ownerReference to ``owner_uid``,
-        sorted by name. Filters before copying: a controller asking for one Job's pods must
-        not copy every pod of the namespace (quadratic with a thousand Jobs)."""
-        return [
-            copy.deepcopy(obj)
-            for (ns, _), obj in sorted(self._objects[res].items())
-            if ns == (namespace or "")
-            and any(r.get("uid") == owner_uid for r in obj["metadata"].get("ownerReferences") or [])
-        ]
-
-    def keys(self, res: ResourceType) -> list[tuple[str, str]]:
-        """(namespace, name) of every stored object of ``res``, sorted; nothing copied."""
-        return sorted(self._objects[res])
 
     def all_objects(self) -> Iterable[tuple[ResourceType, dict[str, Any]]]:
         """Every stored object with its resource (the stored dicts: do not change them)."""
