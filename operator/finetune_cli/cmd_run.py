@@ -193,8 +193,10 @@ def _run_in(
     summary = json.loads(termination_log.read_text()) if termination_log.is_file() else {}
     if code == EXIT_OK:
         print(f"succeeded: {summary.get('progress', {}).get('summary', '')}")
-        for name, uri in summary.get("artifacts", {}).items():
-            print(f"  {name:9} {uri}")
+        artifacts = summary.get("artifacts", {})
+        width = max((len(name) for name in artifacts), default=0)
+        for name, uri in artifacts.items():
+            print(f"  {name:{width}} {uri}")
     else:
         reason = summary.get("reason", "Failed")
         print(f"failed ({reason}): {summary.get('message', '')}", file=sys.stderr)
