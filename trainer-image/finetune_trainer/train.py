@@ -123,11 +123,6 @@ class CheckpointUploader(TrainerCallback):
         self.node = this_node()
         self.uploads = BackgroundUploads(self._upload)
 
-    @property
-    def uploaded(self) -> list[int]:
-        """Steps whose checkpoint is whole in the output, in upload order."""
-        return self.uploads.uploaded
-
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
