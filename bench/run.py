@@ -124,7 +124,7 @@ def run_row(
         env["FTJ_BENCH_CAP_GIB"] = "74"
     if "-18g" in config:  # 60% of the tutorial baseline's 30.5 GiB on the 7B shape
         env["FTJ_MEMORY_BUDGET_GIB"] = "18"
-    if config.endswith("-nofp8"):  # ablation: Float8 weights, dequantized bf16 GEMMs
+    if config.endswith("-nofp8"):  # ablation: every GEMM in bf16, no FP8 tensor cores
         env["FTJ_FP8_COMPUTE"] = "0"
     if config.endswith("-fp8bwd"):  # ablation: input gradients on FP8 tensor cores too
         env["FTJ_FP8_BACKWARD"] = "1"

@@ -26,6 +26,7 @@ from finetune_trainer.acceleration import (
 )
 from finetune_trainer.acceleration.replan import MemoryLimits
 from finetune_trainer.errors import InvalidInput
+from finetune_trainer.storage.streaming import ModelFetch
 
 log = logging.getLogger("finetune_trainer")
 
@@ -91,7 +92,12 @@ def quantization_config(method: Method, compute_dtype: torch.dtype) -> Any:
 
 
 def load_base_model(
-    model_dir: Path, spec: FineTuneJobSpec, plan: AccelerationPlan, *, config: Any
+    model_dir: Path,
+    spec: FineTuneJobSpec,
+    plan: AccelerationPlan,
+    *,
+    config: Any,
+    weights: ModelFetch | None = None,
 ) -> Any:
     """The base model in the plan's precision (or quantized for QLoRA), where the plan says.
 
@@ -100,12 +106,16 @@ def load_base_model(
     ``plan.loads_through_host``: load into host memory (a Float8 base that will reach the GPU
     quantized, or a model whose streamed layers stay there).
     ``config``: the model's config (``load_config``), already read by the caller.
+    ``weights``: the fetch of ``model_dir`` when it may still be arriving from S3: each tensor
+    is read as soon as its bytes are in (``streamed_load``); the call returns with the whole
+    folder in.
     ``plan.fsdp``: FSDP will shard the model across the ranks; only rank 0 reads the weights
     (into host memory), the other ranks build the model with uninitialised parameters
     (``sharding.empty_model``) and receive their shards from rank 0 when the trainer wraps it
     (accelerate's ``cpu_ram_efficient_loading``): one copy in host memory per job, not one per
     GPU.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     dtype = TORCH_DTYPES[plan.precision]
@@ -123,8 +133,15 @@ def load_base_model(
             return empty_model(config, **kwargs)
         if sharded:
             log.info("sharded base: read into host memory, to be sharded over all ranks")
+        if weights is not None and weights.arriving:
+            from finetune_trainer import streamed_load
+
+            if streamed_load.can_load_while_arriving(weights, kwargs):
+                log.info("loading the base weights while they download")
+                return streamed_load.load_while_arriving(weights, model_dir, config, kwargs)
+            weights.wait()
         return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise InvalidInput(
             f"spec.model.uri: {model_dir} is not a causal language model transformers can load "
             f"({err}). Point it at a Hugging Face model folder with config.json and weights."
@@ -170,10 +187,12 @@ def build_model(
     device: DeviceInfo,
     mean_example_tokens: float | None = None,
     plan: AccelerationPlan | None = None,
+    weights: ModelFetch | None = None,
 ) -> tuple[Any, AccelerationPlan]:
     """The base model wrapped with a fresh LoRA adapter, ready for the trainer, and the plan
     it was built to (which the trainer's arguments follow too): ``plan`` when given (a
-    re-plan after an out-of-memory error), else :func:`plan_model`'s.
+    re-plan after an out-of-memory error), else :func:`plan_model`'s. ``weights``: the
+    model's fetch, when its weights may still be arriving (:func:`load_base_model`).
 
     At initialisation LoRA's B matrices are zero, so this model still answers exactly like the
     base model: the "before" generations in metrics.json are taken from it.
@@ -187,7 +206,7 @@ def build_model(
     log.info("acceleration: %s", plan.describe())
     for reason in plan.reasons:  # why: what the user can change is named here
         (log.warning if "exceeds" in reason else log.info)("  because %s", reason)
-    model = load_base_model(model_dir, spec, plan, config=config)
+    model = load_base_model(model_dir, spec, plan, config=config, weights=weights)
     apply_acceleration(model, plan)
     checkpointing = plan.gradient_checkpointing
     bitsandbytes_base = spec.method.type == "qlora" and not spec.method.float8_base
@@ -226,7 +245,13 @@ def build_model(
     if plan.fused_lora:
         from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
-        log.info("fused LoRA forward on %d linears", fuse_lora_linears(model))
+        fp8_16bit = plan.fp8_forward and not plan.float8_base  # Float8 bases take FP8 anyway
+        count = fuse_lora_linears(model, fp8_forward=fp8_16bit)
+        log.info(
+            "fused LoRA forward on %d linears%s",
+            count,
+            ", base GEMMs on FP8 tensor cores (16-bit weights)" if fp8_16bit else "",
+        )
     trainable, total = model.get_nb_trainable_parameters()
     log.info(
         "model: %s, %.1fM parameters, adapter %.2fM trainable (%.2f%%), %s%s",

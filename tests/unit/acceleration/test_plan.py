@@ -281,6 +281,7 @@ def test_float8_estimate_halves_the_decoder_weights_only() -> None:
         mean_example_tokens=780,
         memory_budget_bytes=budget,
         stream_weights=False,
+        fp8_compute=False,  # bf16 GEMMs: the 16-bit base's speed without FP8 tensor cores
     )
     streamed = plan_acceleration(
         training(),
@@ -289,6 +290,7 @@ def test_float8_estimate_halves_the_decoder_weights_only() -> None:
         dataclasses.replace(H200, host_memory_bytes=128 * GiB),
         mean_example_tokens=780,
         memory_budget_bytes=budget,
+        fp8_compute=False,
     )
     eight = plan_acceleration(
         training(),
@@ -517,3 +519,48 @@ def test_weights_that_would_overfill_the_card_or_budget_load_through_host_memory
     assert plan_acceleration(training(), float8, QWEN_7B, card_24gb).loads_through_host
     assert not plan_acceleration(training(), float8, QWEN_7B, H200).loads_through_host
     assert MEMORY_SHARE == 0.85
+
+
+def test_fp8_forward_is_planned_for_a_16bit_base_only_where_fp8_tensor_cores_and_auto() -> None:
+    """precision auto on an H100 runs the 16-bit base's forward GEMMs in FP8 and says so;
+    precision bf16, a GPU without FP8 tensor cores, FTJ_FP8_COMPUTE=0 and CPUs keep bf16."""
+    a100 = DeviceInfo("cuda", "NVIDIA A100", 80 * GiB, True, (8, 0), sm_count=108)
+
+    def plan(device: DeviceInfo, precision: str = "auto", **kw: Any) -> Any:
+        return plan_acceleration(
+            training(precision=precision), Method(), QWEN_7B, device, mean_example_tokens=780, **kw
+        )
+
+    fast = plan(H100_80G)
+    assert fast.fp8_forward and "fp8_forward=True" in fast.describe()
+    assert any("FP8 tensor cores" in r and "precision: bf16" in r for r in fast.reasons)
+    for plain in (plan(H100_80G, "bf16"), plan(a100), plan(H100_80G, fp8_compute=False)):
+        assert not plain.fp8_forward and "fp8_forward" not in plain.describe()
+        assert not any("FP8 tensor cores" in r for r in plain.reasons)
+    assert not plan(CPU).fp8_forward
+    # FP8 forward GEMMs make the same step faster in the planner's model.
+    assert fast.predicted_step_s < plan(H100_80G, "bf16").predicted_step_s
+
+
+def test_a_tie_in_predicted_time_goes_to_the_plan_needing_less_memory() -> None:
+    """On an H100 with FP8 forward GEMMs one 15.6k-token micro-step recomputing layers and two
+    7.8k-token micro-steps recomputing none are predicted within 3%: the default takes the
+    one with far less memory. A clear difference in time still wins (the H200's one step)."""
+    h100 = plan_acceleration(training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780)
+    one_step = plan_acceleration(
+        training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780, micro_examples=20
+    )
+    assert one_step.predicted_step_s <= h100.predicted_step_s  # the bigger step is no slower
+    assert h100.predicted_step_s <= one_step.predicted_step_s * 1.03  # but only within 3%
+    assert h100.estimated_peak_bytes < 0.85 * one_step.estimated_peak_bytes
+    assert h100.gradient_accumulation_steps == 2 and h100.checkpointed_layers == 0
+    h200 = plan_acceleration(training(), Method(), QWEN_7B, H200, mean_example_tokens=780)
+    assert h200.gradient_accumulation_steps == 1  # no tie there: the one step is faster
+
+
+def test_fp8_forward_counts_its_e4m3_copies_in_the_memory_estimate() -> None:
+    common: dict[str, Any] = dict(micro_batch_tokens=4096, checkpointed_layers=0, fused_lora=True)
+    plain = estimate_memory_bytes(QWEN_7B, **common)
+    fp8 = estimate_memory_bytes(QWEN_7B, fp8_forward=True, **common)
+    inter = QWEN_7B.intermediate_size
+    assert fp8 - plain == 4096 * inter + QWEN_7B.hidden_size * inter  # one byte per element

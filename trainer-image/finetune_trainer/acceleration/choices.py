@@ -90,6 +90,10 @@ class PlanInputs:
     targets: tuple[str, ...]
     float8: bool
     fused: bool
+    # The frozen base's forward GEMMs run on FP8 tensor cores: always for a Float8 base on
+    # such a GPU; for a 16-bit base under precision auto, its weights quantized per call
+    # (``float8_base.linear_16bit``: the weights themselves stay 16-bit).
+    fp8_forward: bool
     memory_budget_bytes: int
     mode: str  # gradient checkpointing: auto, always or never
     # Examples per micro-step to try (largest first), and the most worth trying
@@ -154,6 +158,7 @@ class PlanInputs:
             dtype_bytes=self.dtype_bytes,
             fused_lora=self.fused,
             float8_base=self.float8,
+            fp8_forward=self.fp8_forward,
             shard_ranks=ranks,
             streamed_layers=streamed,
         )
@@ -175,7 +180,7 @@ class PlanInputs:
             layer_bytes=self.layer_bytes,
             host_link=self.host_link,
             matmul_rate=cost.matmul_flops_per_s(device.compute_capability, device.sm_count),
-            fp8_forward=self.float8 and self.on_gpu and device.compute_capability >= (8, 9),
+            fp8_forward=self.fp8_forward,
             recompute_work=recompute_work,
         )
 
@@ -195,6 +200,7 @@ def plan_inputs(
     recompute_skip: bool,
     micro_examples: int | None,
     micro_cap: int | None = None,
+    fp8_compute: bool = True,
 ) -> tuple[PlanInputs, list[str]]:
     """Read the spec and settle what needs no memory estimate, with the reasons for the
     kernels chosen (they come first in the plan's reasons). ``micro_cap``: at most this many
@@ -209,6 +215,9 @@ def plan_inputs(
     compile_layers, liger, why = _fused_kernels(shape, device, torch_compile, liger_available)
     reasons += why
     weight_bits, float8, fused = _base(method, precision, fused_lora, fused_nf4)
+    fp8_forward = _fp8_forward(
+        device, fp8_compute, float8, fused, weight_bits, training.precision, precision
+    )
     examples_per_step = batch_size * accumulation
     if memory_budget_bytes is None:
         memory_budget_bytes = int(device.total_memory_bytes * cost.MEMORY_SHARE) if on_gpu else 0
@@ -252,6 +261,7 @@ def plan_inputs(
         targets=targets,
         float8=float8,
         fused=fused,
+        fp8_forward=fp8_forward,
         memory_budget_bytes=memory_budget_bytes,
         mode=training.gradient_checkpointing,
         candidates=candidates,
@@ -291,6 +301,31 @@ def _fused_kernels(
     elif on_gpu and not liger:
         reasons.append("liger-kernel unavailable for this model/device: plain kernels")
     return compile_layers, liger, reasons
+
+
+def _fp8_forward(
+    device: DeviceInfo,
+    fp8_compute: bool,
+    float8: bool,
+    fused: bool,
+    weight_bits: int,
+    requested: Precision | Literal["auto"],
+    precision: Precision,
+) -> bool:
+    """Whether the frozen base's forward GEMMs run on FP8 tensor cores (compute capability
+    8.9+: Ada, Hopper and newer; ``FTJ_FP8_COMPUTE=0`` turns it off).
+
+    A Float8 base always does (its weights are e4m3 already). A 16-bit base does under
+    ``precision: auto`` in bf16 with the fused LoRA forward (which owns the base GEMM): the
+    weights stay bf16 and are quantized per output channel for each forward GEMM, the input
+    per token, and every gradient is computed in bf16 against the bf16 weights. The loss moves
+    less than a change of seed does (bench/NOTES.md, session 15); ``precision: bf16`` asks for
+    bf16 GEMMs throughout."""
+    if not (fp8_compute and device.cuda and device.compute_capability >= (8, 9)):
+        return False
+    if float8:
+        return True
+    return fused and weight_bits == 16 and requested == "auto" and precision == "bf16"
 
 
 def _base(

@@ -80,6 +80,14 @@ HOST_STREAM_SHARE = 0.75
 # The host link's speed is the least certain input of a prediction (it varies by board and by
 # what else crosses the link): a plan that streams must be predicted this much faster.
 STREAMING_MARGIN = 0.03
+# Two plans predicted within this share of each other's step time are a tie, and a tie goes
+# to the plan needing at most LESS_MEMORY_SHARE of the other's memory
+# (search._as_fast_in_less). The share is the model's resolution where it matters most, one
+# micro-step recomputing layers against two recomputing none: on the 7B as planned for an
+# 80 GB card it put the two 1.3% apart in favour of the one step, and the two steps measured
+# 5-13% faster (bench/NOTES.md step 25).
+SAME_SPEED_SHARE = 0.03
+LESS_MEMORY_SHARE = 0.85
 # A Float8 base's forward GEMMs on FP8 tensor cores, quantization included, against bf16
 # (bench/NOTES.md step 16: 0.88 ms against 1.39 ms for 8192 x 3584 @ 3584 x 18944).
 _FP8_FORWARD_SPEEDUP = 1.58
@@ -99,6 +107,7 @@ def estimate_memory_bytes(
     float8_base: bool = False,
     shard_ranks: int = 1,
     streamed_layers: int = 0,
+    fp8_forward: bool = False,
 ) -> int:
     """Peak memory of one rank: frozen weights, LoRA state, activations of one micro-step.
 
@@ -107,6 +116,8 @@ def estimate_memory_bytes(
     token) plus, during its backward, one layer's full activations; a plain layer keeps all
     of them. The LM head is chunked (TRL's fused head), so logits cost a few hundred MiB.
     ``float8_base``: 8-bit weights are e4m3 (float8_base.py), not bitsandbytes int8.
+    ``fp8_forward`` on a 16-bit base: each forward GEMM makes an e4m3 copy of its input and of
+    its weight (float8_base.linear_16bit), the largest ones transient at a time.
     ``shard_ranks``: FSDP2 over that many ranks keeps 1/N of the weights and of the LoRA state
     per rank, plus the all-gathered layers: the one computing and the one prefetched, and the
     root's embeddings and LM head (gathered for the whole forward and backward).
@@ -137,6 +148,11 @@ def estimate_memory_bytes(
         weights = int(weights * 1.06)  # quantization constants (NF4 blocks, double quant)
     else:
         weights -= max(0, streamed_layers - 2) * shape.layer_params * weight_bits // 8
+        if fp8_forward:  # e4m3 copies of the largest input and weight, one GEMM at a time
+            float8_transient = (
+                micro_batch_tokens * shape.intermediate_size
+                + shape.hidden_size * shape.intermediate_size
+            )
     lora = shape.lora_params(lora_r, lora_targets) * 16
     if shard_ranks > 1:
         embed = shape.vocab_size * shape.hidden_size * (1 if shape.tie_word_embeddings else 2)

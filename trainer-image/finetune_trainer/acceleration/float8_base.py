@@ -129,6 +129,22 @@ def linear(
     return F.linear(rows, dequantize(weight, scale, rows.dtype), bias)
 
 
+def linear_16bit(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    share_input: bool = True,
+) -> torch.Tensor:
+    """``rows @ W.T + bias`` for a 16-bit frozen ``weight`` on FP8 tensor cores: the weight is
+    quantized per output channel for this GEMM only (one pass over it, an e4m3 copy of half
+    its size, freed after the GEMM), so the model keeps its 16-bit weights and every gradient
+    is computed against them. Where FP8 GEMMs don't fit, the plain bf16 GEMM."""
+    if not _fp8_gemm_fits(rows, weight):
+        return F.linear(rows, weight, bias)
+    q, scale = quantize_rows(weight)
+    return linear(rows, q, scale, bias, share_input)
+
+
 def _fp8_gemm_fits(rows: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``_scaled_mm`` takes these operands: FP8 tensor cores, half-precision rows,
     both weight dimensions multiples of 16."""

@@ -137,11 +137,13 @@ def _lora_forward(
     seed: int,
     shared_input: bool = True,
     output_needed: bool = True,
+    fp8: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(out, down)`` for 2-D ``rows``: the layer's output and the (tokens x r) bottleneck.
     ``weight_scale`` is set when the base weight is Float8 (float8_base.py), ``quant`` (its
     quantization state) when it is bitsandbytes 4-bit (nf4_base.py);
-    ``shared_input=False`` when no sibling projection reads ``rows``; ``output_needed=False``
+    ``shared_input=False`` when no sibling projection reads ``rows``; ``fp8``: a 16-bit base
+    GEMM runs on FP8 tensor cores (float8_base.linear_16bit); ``output_needed=False``
     while recomputing a layer whose output nothing reads (recompute.py): ``out`` is then
     uninitialised memory of the right shape, and the GEMM is not run."""
     down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
@@ -150,6 +152,8 @@ def _lora_forward(
         return rows.new_empty(rows.shape[0], out_features), down
     if quant is not None:
         out = F.linear(rows, nf4_base.dequantized(weight, quant, rows.dtype), bias)
+    elif weight_scale is None and fp8:
+        out = float8_base.linear_16bit(rows, weight, bias, share_input=shared_input)
     elif weight_scale is None:
         out = F.linear(rows, weight, bias)
     else:
@@ -232,10 +236,11 @@ class LoraLinearFunction(torch.autograd.Function):
         scale: float,
         p: float,
         seed: int,
+        fp8: bool = False,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         out, down = _lora_forward(
-            rows, weight, weight_scale, quant, bias, lora_a, lora_b, scale, p, seed
+            rows, weight, weight_scale, quant, bias, lora_a, lora_b, scale, p, seed, fp8=fp8
         )
         _save(ctx, x, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed, ctx.quant = scale, p, seed, quant
@@ -250,7 +255,7 @@ class LoraLinearFunction(torch.autograd.Function):
             ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 0
         )
         grad_x = None if grad_x is None or not ctx.needs_input_grad[0] else grad_x.view(x.shape)
-        return grad_x, None, None, None, None, grad_a, grad_b, None, None, None
+        return grad_x, None, None, None, None, grad_a, grad_b, None, None, None, None
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -312,13 +317,14 @@ class SwiGLUDownFunction(torch.autograd.Function):
         scale: float,
         p: float,
         seed: int,
+        fp8: bool = False,
         output_needed: bool = True,
     ) -> torch.Tensor:
         h = _silu_mul(gate, up)
         rows = h.reshape(-1, h.shape[-1])
         out, down = _lora_forward(
             rows, weight, weight_scale, quant, bias, lora_a, lora_b, scale, p, seed, False,
-            output_needed,
+            output_needed, fp8,
         )  # fmt: skip
         del h, rows  # the largest tensor of the layer: gone before the next one is made
         _save(ctx, gate, up, weight, weight_scale, lora_a, lora_b, down)
@@ -337,7 +343,9 @@ class SwiGLUDownFunction(torch.autograd.Function):
         del rows
         assert grad_h is not None
         grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
-        return grad_gate, grad_up, None, None, None, None, grad_a, grad_b, None, None, None, None
+        return (
+            grad_gate, grad_up, None, None, None, None, grad_a, grad_b, None, None, None, None, None
+        )  # fmt: skip
 
 
 def _fusable(module: Any) -> bool:
@@ -376,7 +384,8 @@ def _through_peft(module: Any, name: str, args: tuple[Any, ...], kwargs: dict[st
 
 def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
     """The fused functions' arguments after their inputs: W, W's Float8 scale (or None), W's
-    4-bit quantization state (or None), bias, A, B, scale, p, seed.
+    4-bit quantization state (or None), bias, A, B, scale, p, seed, and whether a 16-bit W's
+    GEMM runs on FP8 tensor cores (``fuse_lora_linears(fp8_forward=True)``).
 
     Draws the dropout seed (from torch's CPU generator) when dropout is on, so callers take it
     in the order the model's own forward would have drawn its masks."""
@@ -393,6 +402,7 @@ def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
         float(module.scaling[name]),
         p,
         seed,
+        bool(getattr(module, "_ftj_fp8_forward", False)),
     )
 
 
@@ -458,11 +468,13 @@ def _is_silu_gated_mlp(module: Any) -> bool:
     return isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation")
 
 
-def fuse_lora_linears(model: Any) -> int:
+def fuse_lora_linears(model: Any, fp8_forward: bool = False) -> int:
     """Give every fusable peft LoRA linear of ``model`` the fused forward, and every llama-style
     gated MLP over them the fused activation + down projection; returns how many linears.
 
     Call after ``get_peft_model``. The base weights must be frozen (they are under peft).
+    ``fp8_forward``: 16-bit base weights' forward GEMMs run on FP8 tensor cores where the
+    operands allow it (the plan's ``fp8_forward``; Float8 bases do regardless).
     """
     count = 0
     for module in model.modules():
@@ -472,6 +484,7 @@ def fuse_lora_linears(model: Any) -> int:
             continue
         module.forward = _fused_forward(module)
         module._ftj_fused = True
+        module._ftj_fp8_forward = fp8_forward
         count += 1
     for module in model.modules():
         if not getattr(module, "_ftj_fused_mlp", False) and _is_silu_gated_mlp(module):

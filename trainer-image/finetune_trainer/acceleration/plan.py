@@ -61,6 +61,9 @@ class AccelerationPlan:
     fused_lora: bool = False
     # QLoRA 8 bits in format float8: the frozen linears are e4m3 (float8_base.py).
     float8_base: bool = False
+    # The frozen base's forward GEMMs run on FP8 tensor cores (choices._fp8_forward); for a
+    # 16-bit base its weights stay 16-bit and are quantized per GEMM.
+    fp8_forward: bool = False
     # Base weights sharded with FSDP2 over all ranks (otherwise every rank holds the whole
     # model and DDP all-reduces the adapter's gradients). ``FTJ_SHARD_WEIGHTS=1`` forces it,
     # even on one rank (how the path is tested on a single GPU).
@@ -97,6 +100,7 @@ class AccelerationPlan:
             + (f"int8_compute={self.dtype} " if self.int8_half_compute else "")
             + f"fused_lora={self.fused_lora}"
             + (" base=float8" if self.float8_base else "")
+            + (" fp8_forward=True" if self.fp8_forward else "")
             + (" fsdp=sharded" if self.fsdp else "")
             + (f" streamed={self.streamed_layers} layers" if self.streamed_layers else "")
             + (
@@ -127,6 +131,7 @@ def plan_acceleration(
     micro_examples: int | None = None,
     stream_weights: bool = True,
     micro_cap: int | None = None,
+    fp8_compute: bool = True,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -143,6 +148,7 @@ def plan_acceleration(
     ``micro_examples`` pins the examples per micro-step (a divisor of the examples per
     optimizer step); ``stream_weights=False`` keeps every weight on the GPU. ``micro_cap``
     caps the examples per micro-step (a re-plan after an out-of-memory error: replan.py).
+    ``fp8_compute=False`` keeps every GEMM out of FP8 tensor cores.
     """
     inputs, why = choices.plan_inputs(
         training,
@@ -158,6 +164,7 @@ def plan_acceleration(
         recompute_skip=recompute_skip,
         micro_examples=micro_examples,
         micro_cap=micro_cap,
+        fp8_compute=fp8_compute,
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
@@ -200,6 +207,7 @@ def plan_acceleration(
         int8_half_compute=half_int8,
         fused_lora=inputs.fused,
         float8_base=inputs.float8,
+        fp8_forward=inputs.fp8_forward,
         fsdp=sharding.fsdp,
         predicted_step_s=(
             round(step_time.seconds(micro, ckpt_layers, streamed), 3) if inputs.on_gpu else 0.0
@@ -292,4 +300,5 @@ def plan_for_model(
         micro_examples=on.micro_examples,
         stream_weights=on.stream_weights,
         micro_cap=micro_cap,
+        fp8_compute=on.fp8_compute,
     )

@@ -1,0 +1,110 @@
+"""FP8 forward GEMMs for a 16-bit base (the default under ``precision: auto`` on Ada/Hopper).
+
+The weights stay bf16; each forward GEMM quantizes its weight per output channel and its input
+per token to e4m3 (``float8_base.linear_16bit``); every gradient is computed in bf16 against
+the bf16 weights. These tests hold it to what a user would notice: the layer's output within
+e4m3's rounding, the adapter's gradients pointing the same way, and a short training run whose
+loss curve moves less than a change of seed moves it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+        reason="needs a CUDA GPU with FP8 tensor cores (compute capability 8.9+)",
+    ),
+]
+
+# e4m3 keeps 3 mantissa bits: a rounding error of at most 2^-4 of the value, about 2^-4/sqrt(3)
+# (0.036) root-mean-square. Input and weight are rounded independently, so each product and
+# hence the output (a sum of many such products, errors independent of the signal) carries
+# about sqrt(2) x 0.036 = 0.051 of relative error. 0.06 leaves room for bf16's own rounding of
+# the output (2^-8); a missed or misapplied scale errs by O(1).
+_E4M3_PRODUCT_ERROR = 0.06
+
+
+def _relative_error(got: Any, want: Any) -> float:
+    got, want = got.detach().float(), want.detach().float()
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 1003, 4096])
+def test_fp8_gemm_of_a_16bit_weight_is_within_e4m3_rounding(tokens: int) -> None:
+    from finetune_trainer.acceleration import float8_base
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(3584, 512, bias=True, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(tokens, 3584, device="cuda", dtype=torch.bfloat16)
+    fast = float8_base.linear_16bit(x, linear.weight, linear.bias)
+    exact = torch.nn.functional.linear(x.double(), linear.weight.double(), linear.bias.double())
+    assert fast.dtype == torch.bfloat16 and fast.shape == (tokens, 512)
+    assert linear.weight.dtype == torch.bfloat16  # the weight itself is untouched
+    error = _relative_error(fast, exact)
+    print(f"\n{tokens} tokens: relative error {error:.4f}")
+    assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8, not bf16's ~0.003
+
+
+def _fused(fp8: bool) -> Any:
+    from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
+
+    from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
+
+    model = with_lora(tiny_qwen2(GPU_SIZED, "cuda", torch.bfloat16), 16, 0.0, 0.02)
+    assert fuse_lora_linears(model, fp8_forward=fp8) == 28
+    return model
+
+
+def test_the_adapter_gradients_point_the_same_way_as_in_bf16() -> None:
+    from tests.harness.tiny_lora import bf16_loss_and_grads
+
+    ids = torch.randint(0, 1000, (2, 256), device="cuda", generator=None)
+    exact_loss, exact = bf16_loss_and_grads(_fused(False), ids)
+    loss, grads = bf16_loss_and_grads(_fused(True), ids)
+    assert loss != exact_loss  # FP8 really ran
+    assert loss == pytest.approx(exact_loss, rel=_E4M3_PRODUCT_ERROR / 4)  # errors average out
+    cosines = [
+        float(torch.nn.functional.cosine_similarity(g.flatten(), exact[n].flatten(), dim=0))
+        for n, g in grads.items()
+    ]
+    print(f"\nloss {loss:.4f} vs {exact_loss:.4f}; gradient cosine min {min(cosines):.4f}")
+    assert set(grads) == set(exact) and min(cosines) > 0.95
+
+
+def _losses(fp8: bool, data_seed: int, steps: int = 12) -> list[float]:
+    model = _fused(fp8)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=2e-3)
+    generator = torch.Generator(device="cuda").manual_seed(data_seed)
+    # A learnable signal: each row repeats a short random phrase, so the loss falls.
+    losses = []
+    for _ in range(steps):
+        phrase = torch.randint(0, 1000, (4, 16), device="cuda", generator=generator)
+        ids = phrase.repeat(1, 16)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_fp8_moves_the_loss_curve_less_than_a_change_of_data_seed_does() -> None:
+    """The tolerance is the run-to-run spread a user already accepts: the same training on the
+    next batch draw. FP8's effect on the loss must stay inside it."""
+    exact = _losses(False, data_seed=0)
+    fp8 = _losses(True, data_seed=0)
+    other_draw = _losses(False, data_seed=1)
+    assert exact[-1] < exact[0] * 0.8 and fp8[-1] < fp8[0] * 0.8  # both learn
+    fp8_gap = max(abs(a - b) for a, b in zip(fp8, exact, strict=True))
+    seed_gap = max(abs(a - b) for a, b in zip(other_draw, exact, strict=True))
+    print(f"\nmax loss gap: fp8 vs bf16 {fp8_gap:.4f}, another data draw {seed_gap:.4f}")
+    assert 0 < fp8_gap < seed_gap
