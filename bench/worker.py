@@ -61,8 +61,12 @@ def dataset(rows: list[dict[str, Any]], labels: bool = False) -> Any:
 def shared_arguments(a: argparse.Namespace) -> dict[str, Any]:
     """Trainer arguments the baseline and the peers share, so they differ only where they mean
     to (padding, packing, kernels): precision, learning rate, steps, logging, seed."""
+    import torch
+
     return {
         "bf16": True,
+        # CPU dry runs only: transformers refuses bf16 without a GPU unless told it is the CPU.
+        "use_cpu": not torch.cuda.is_available(),
         "learning_rate": 2e-4,
         "max_steps": a.steps,
         "logging_steps": 1,
@@ -125,6 +129,96 @@ def build_trl_peer(
         processing_class=tok,
         peft_config=lora_config(),
     )
+
+
+UNSLOTH_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def import_unsloth() -> dict[str, Any]:
+    """Imports Unsloth before anything imports transformers, trl or peft (it patches them at
+    import), offline and with its compile cache in the temporary directory; returns what the
+    row should record about its stack. Unsloth's fast path is CUDA-only: on a machine without a
+    GPU the row fails here, unless ``FTJ_BENCH_UNSLOTH_CPU=1`` asks for Unsloth's own CPU
+    fallback (a dry run of the row's code, not a measurement)."""
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("FTJ_BENCH_UNSLOTH_CPU") != "1":
+        raise RuntimeError(
+            "the unsloth rows need a CUDA GPU (Unsloth's kernels are Triton/CUDA); "
+            "FTJ_BENCH_UNSLOTH_CPU=1 runs Unsloth's CPU fallback as a dry run of the row's code"
+        )
+    early = sorted(m for m in ("transformers", "trl", "peft") if m in sys.modules)
+    if early:
+        raise RuntimeError(f"{', '.join(early)} imported before unsloth: Unsloth must patch first")
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no hub ping (no network there)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault(
+        "UNSLOTH_COMPILE_LOCATION", str(Path(tempfile.gettempdir()) / "unsloth_compiled_cache")
+    )
+    import unsloth
+
+    recorded: dict[str, Any] = {"unsloth_version": unsloth.__version__}
+    # Which attention kernels packed rows can reach: flash-attn's varlen, xformers' block-diagonal
+    # mask, torch's varlen (2.12+), or else SDPA per packed segment. Loaded by the GPU path only.
+    dispatch = sys.modules.get("unsloth.utils.attention_dispatch")
+    if dispatch is not None:
+        recorded["unsloth_attention"] = {
+            "flash_attn": bool(getattr(dispatch, "HAS_FLASH_ATTENTION", False)),
+            "xformers": bool(getattr(dispatch, "HAS_XFORMERS", False)),
+            "torch_varlen": getattr(dispatch, "_TORCH_VARLEN_ATTN", None) is not None,
+        }
+    return recorded
+
+
+def build_unsloth(
+    ckpt: Path,
+    tok: Any,
+    rows: list[dict[str, Any]],
+    a: argparse.Namespace,
+    load_in_4bit: bool = False,
+    dropout: float = LORA["lora_dropout"],
+) -> Any:
+    """Unsloth's own recipe (its Qwen2.5 notebooks): FastLanguageModel loads the checkpoint and
+    wraps it in LoRA with Unsloth's offloaded gradient checkpointing; TRL's SFTTrainer (as
+    Unsloth patches it) trains with packing (padding-free), the same trainer arguments, LoRA
+    rank, alpha and targets as the TRL peers. ``import_unsloth`` ran first (``main``)."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+    from unsloth import FastLanguageModel
+
+    t = time.perf_counter()
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(ckpt),
+        max_seq_length=synthetic.MAX_TOKENS,
+        dtype=torch.bfloat16,
+        load_in_4bit=load_in_4bit,
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=LORA["r"],
+        lora_alpha=LORA["lora_alpha"],
+        lora_dropout=dropout,
+        target_modules=UNSLOTH_TARGETS,
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=3407,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    load_s = time.perf_counter() - t
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        packing=True,
+        max_length=synthetic.MAX_TOKENS,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        **shared_arguments(a),
+    )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset(rows), processing_class=tokenizer
+    )
+    trainer._ftj_load_s = load_s  # type: ignore[attr-defined]
+    return trainer
 
 
 def build_default_prototype(
@@ -350,6 +444,15 @@ CONFIGS = {
     ),
     # Ablations of the acceleration component outside the trainer (bench/NOTES.md).
     "proto-noliger": lambda c, t, r, a: build_default_prototype(c, t, r, a, liger=False),
+    # Unsloth's own recipe on the same data and LoRA (bf16 base, dropout 0.05 as every row);
+    # -dropout0: the dropout Unsloth's fused LoRA kernels need; -4bit: its tutorial's NF4 base
+    # (-4bit-dropout0: the tutorial's defaults both). Import order: main calls import_unsloth.
+    "unsloth": lambda c, t, r, a: build_unsloth(c, t, r, a),
+    "unsloth-dropout0": lambda c, t, r, a: build_unsloth(c, t, r, a, dropout=0.0),
+    "unsloth-4bit": lambda c, t, r, a: build_unsloth(c, t, r, a, load_in_4bit=True),
+    "unsloth-4bit-dropout0": lambda c, t, r, a: build_unsloth(
+        c, t, r, a, load_in_4bit=True, dropout=0.0
+    ),
 }
 
 
@@ -373,6 +476,8 @@ def main() -> None:
 
     row: dict[str, Any] = {"model": a.model, "config": a.config}
     try:
+        if a.config.startswith("unsloth"):  # before the tokenizer below imports transformers
+            row.update(import_unsloth())
         tok = synthetic.load_tokenizer(a.ckpt)
         vocab = json.loads((a.ckpt / "config.json").read_text())["vocab_size"]
         count = a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2
@@ -409,6 +514,7 @@ def main() -> None:
         plan = getattr(trainer, "_ftj_plan", None)
         if plan is not None:
             row["plan"] = plan.describe()
+        if hasattr(trainer, "_ftj_load_s"):
             row["load_s"] = round(trainer._ftj_load_s, 2)
         model = trainer.model
         work = Path(tempfile.mkdtemp(prefix="ftj-merge-"))  # local disk (/tmp)
@@ -427,6 +533,7 @@ def main() -> None:
             hasattr(model, "merge_and_unload")
             and not getattr(model, "is_loaded_in_4bit", False)
             and "qlora" not in a.config
+            and not a.config.startswith("unsloth")  # its patched LoRA layers: not this row's point
         ):
             model.merge_and_unload()
             if cuda:
