@@ -155,8 +155,11 @@ def run_job(
         data.stats.truncated,
         data.stats.dropped,
     )
+    # The weights download in the background (ranged GETs from S3); the loader in step 4
+    # reads each tensor as soon as its bytes are in (storage/streaming.py).
     with dist.local_main_process_first():
-        model_dir = storage.fetch(model_uri, settings.cache_dir, revision=spec.model.revision)
+        weights = storage.fetch_model(model_uri, settings.cache_dir, revision=spec.model.revision)
+    model_dir = weights.result
 
     # 4. The model with a fresh adapter, built to the acceleration plan, and its trainer; how
     # it answers before any training.
@@ -171,7 +174,7 @@ def run_job(
     tracking = ExperimentTracking(job, local_root, reporter) if main else None
 
     def prepare(plan: AccelerationPlan | None = None) -> PreparedTraining:
-        return prepare_training(
+        prepared = prepare_training(
             model_dir,
             spec,
             device,
@@ -182,7 +185,10 @@ def run_job(
             callbacks=[reporter, uploader, stop, *([tracking] if tracking else [])],
             mean_example_tokens=mean_tokens,
             plan=plan,
+            weights=weights,
         )
+        weights.wait()  # the whole folder is in: the merge and the model card read it later
+        return prepared
 
     prepared = prepare()
     plan = prepared.plan

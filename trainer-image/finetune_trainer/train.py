@@ -29,6 +29,7 @@ from finetune_trainer.acceleration import AccelerationPlan, DeviceInfo
 from finetune_trainer.acceleration.sharding import fsdp_arguments
 from finetune_trainer.model import build_model
 from finetune_trainer.node import this_node, wait_for_every_rank
+from finetune_trainer.storage import ModelFetch
 from finetune_trainer.storage.background import STAGING_DIR, BackgroundUploads, stage_checkpoint
 
 log = logging.getLogger("finetune_trainer")
@@ -218,6 +219,7 @@ def prepare_training(
     mean_example_tokens: float | None = None,
     overrides: Mapping[str, Any] | None = None,
     plan: AccelerationPlan | None = None,
+    weights: ModelFetch | None = None,
 ) -> PreparedTraining:
     """The one way a run is set up for training (``run_job``, the bench, the multi-rank
     tests): the seed, the plan and the model built to it (``build_model``), the trainer's
@@ -226,12 +228,13 @@ def prepare_training(
     ``data``: the prepared splits (``train``, ``validation`` or None); ``collator``: the data
     collator (``make_collator``, or a wrapper counting tokens); ``overrides``: ``SFTConfig``
     keywords that replace ours (``sft_config``); ``plan``: build to this plan instead of
-    making one (a re-plan after an out-of-memory error, oom_recovery.py).
+    making one (a re-plan after an out-of-memory error, oom_recovery.py); ``weights``: the
+    model's fetch, when its weights may still be arriving from S3 (``Storage.fetch_model``).
     """
     from transformers import set_seed
 
     set_seed(spec.training.seed)  # the adapter's initial weights are part of the recipe
-    model, plan = build_model(model_dir, spec, device, mean_example_tokens, plan)
+    model, plan = build_model(model_dir, spec, device, mean_example_tokens, plan, weights)
     config = sft_config(
         spec.training,
         plan,

@@ -21,11 +21,13 @@ from finetune_trainer.storage.ownership import (
 )
 from finetune_trainer.storage.publish import publish_artifacts, verify_manifest
 from finetune_trainer.storage.s3 import TransferSettings
+from finetune_trainer.storage.streaming import ModelFetch
 
 __all__ = [
     "COMPLETE_MARKER",
     "LOCAL_UID",
     "MANIFEST_FILE",
+    "ModelFetch",
     "OWNER_FILE",
     "CheckpointStore",
     "Claim",

@@ -70,6 +70,12 @@ class CacheEntry:
             self._index[relative] = {"etag": etag, "size": size}
             self._save()
 
+    def forget(self, relative: str) -> None:
+        """Stop trusting the cached copy of ``relative`` (about to be overwritten in place)."""
+        with self._mutex:
+            if self._index.pop(relative, None) is not None:
+                self._save()
+
     def forget_except(self, keep: set[str]) -> None:
         """Delete cached files whose objects are gone from the source."""
         with self._mutex:

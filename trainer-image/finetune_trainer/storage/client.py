@@ -11,6 +11,7 @@ import contextlib
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,13 +20,19 @@ from typing import Any, TypeVar
 from finetune_api.spec import S3Storage
 from finetune_api.spec import Storage as StorageSpec
 
+from finetune_trainer import switches
 from finetune_trainer.errors import InvalidInput, StorageError
 from finetune_trainer.storage import hub, local
 from finetune_trainer.storage.cache import CacheEntry
 from finetune_trainer.storage.entries import FileEntry, hash_file
 from finetune_trainer.storage.location import Location, safe_relative
-from finetune_trainer.storage.model_files import hub_patterns, is_tokenizer_file
+from finetune_trainer.storage.model_files import (
+    hub_patterns,
+    is_tokenizer_file,
+    is_weights_file,
+)
 from finetune_trainer.storage.s3 import ObjectInfo, S3Objects, TransferSettings
+from finetune_trainer.storage.streaming import ModelFetch, RangedDownload
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -122,6 +129,77 @@ class Storage:
             )
         return self._fetch_s3(location, cache_dir, only=is_tokenizer_file)
 
+    def fetch_model(self, uri: str, cache_dir: Path, *, revision: str | None = None) -> ModelFetch:
+        """The base model's folder at ``uri``, possibly still arriving (:mod:`.streaming`).
+
+        From S3 (unless ``FTJ_RANGED_DOWNLOAD=0``) the files that are not in the cache yet are
+        downloaded with ranged GETs in the background: the call returns once the source is
+        listed and its small files (config, tokenizer, the weights' index) are in, and the
+        loader reads each tensor as soon as its bytes are in. Everything else
+        (local folders, the hub, ``FTJ_RANGED_DOWNLOAD=0``) is fetched as :meth:`fetch` does and
+        returned complete. Whoever uses the folder beyond the weights' loader calls
+        :meth:`ModelFetch.wait` first (``run_job`` does, right after loading).
+        """
+        location = Location.parse(uri)
+        if location.scheme != "s3" or not switches.active().ranged_download:
+            started = time.perf_counter()
+            path = self.fetch(uri, cache_dir, revision=revision)
+            fetch = ModelFetch(path.parent if path.is_file() else path, path)
+            fetch.started_at = started
+            return fetch
+        s3 = self.s3
+        entry = CacheEntry(cache_dir, str(location))
+        lock = contextlib.ExitStack()
+        lock.enter_context(entry.locked())
+        try:
+            objects, result = self._source_objects(location, entry)
+            stale = {r: i for r, i in objects.items() if not entry.is_fresh(r, i.etag, i.size)}
+            if not stale:
+                entry.forget_except(set(objects))
+                lock.close()
+                return ModelFetch(entry.data_dir, result)
+            download = RangedDownload(
+                s3,
+                location.bucket,
+                location.key,
+                stale,
+                entry,
+                result,
+                keep=set(objects),
+                release=lock.close,
+            )
+        except BaseException:
+            lock.close()
+            raise
+        try:  # the small files (config, tokenizer, index) first: only weights arrive later
+            for relative, info in stale.items():
+                if not is_weights_file(relative):
+                    download.wait_bytes(relative, 0, info.size)
+        except BaseException:
+            download.cancel()
+            raise
+        return download
+
+    def _source_objects(
+        self, location: Location, entry: CacheEntry
+    ) -> tuple[dict[str, ObjectInfo], Path]:
+        """The objects at ``location`` (one object, or every one under the prefix) by path
+        relative to it, and the local path ``fetch`` returns for it (the file, or the folder).
+        """
+        s3 = self.s3
+        single = s3.head(location.bucket, location.key) if location.key else None
+        if single is not None:
+            return {location.name: single}, entry.data_dir / location.name
+        prefix = f"{location.key}/" if location.key else ""
+        objects = {
+            info.key[len(prefix) :]: info for info in s3.list_objects(location.bucket, prefix)
+        }
+        if not objects:
+            raise _not_found(str(location))
+        for relative in objects:
+            safe_relative(relative)  # refuses keys with '..' segments
+        return objects, entry.data_dir
+
     def _fetch_s3(
         self, location: Location, cache_dir: Path, only: Callable[[str], bool] | None = None
     ) -> Path:
@@ -130,21 +208,7 @@ class Storage:
         s3 = self.s3
         entry = CacheEntry(cache_dir, str(location))
         with entry.locked():
-            single = s3.head(location.bucket, location.key) if location.key else None
-            if single is not None:
-                objects = {location.name: single}
-                result = entry.data_dir / location.name
-            else:
-                prefix = f"{location.key}/" if location.key else ""
-                objects = {
-                    info.key[len(prefix) :]: info
-                    for info in s3.list_objects(location.bucket, prefix)
-                }
-                result = entry.data_dir
-                if not objects:
-                    raise _not_found(str(location))
-            for relative in objects:
-                safe_relative(relative)  # refuses keys with '..' segments
+            objects, result = self._source_objects(location, entry)
             wanted = {r: i for r, i in objects.items() if only is None or only(r)}
             stale = [(r, i) for r, i in wanted.items() if not entry.is_fresh(r, i.etag, i.size)]
 

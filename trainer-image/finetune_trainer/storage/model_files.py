@@ -42,6 +42,11 @@ def is_tokenizer_file(relative: str) -> bool:
     return any(fnmatch(name, pattern) for pattern in TOKENIZER_FILES)
 
 
+def is_weights_file(relative: str) -> bool:
+    """Whether ``relative`` holds weights (safetensors, pickles, GGUF...), by its name."""
+    return relative.lower().endswith(_WEIGHTS)
+
+
 def hub_patterns(subfolder: str) -> list[str]:
     """``allow_patterns`` for ``huggingface_hub.snapshot_download``: the tokenizer's files of
     the repository (or of ``subfolder`` in it)."""
