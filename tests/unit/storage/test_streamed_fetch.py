@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 from finetune_api.spec import FineTuneJobSpec, S3Storage
-from finetune_trainer import switches
+from finetune_trainer import streamed_load, switches
 from finetune_trainer.acceleration import DeviceInfo
 from finetune_trainer.errors import InvalidInput, StorageError
 from finetune_trainer.model import load_base_model, load_config, plan_model
@@ -101,12 +101,30 @@ def shard_names(folder: Path) -> list[str]:
 
 
 def test_loaded_while_arriving_equals_a_load_from_disk(
-    server: DirectoryS3, checkpoint: Path, tmp_path: Path
+    server: DirectoryS3, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    first, _ = shard_names(checkpoint)
+    loading = threading.Event()
+
+    def hold_tensors(key: str, start: int, end: int) -> int:
+        if key.endswith(first) and start > 0:  # its tensors wait until the load has begun
+            assert loading.wait(30)
+        return 0
+
+    build_lazy = streamed_load.lazy_state_dict
+
+    def spy(*args: Any) -> Any:
+        state = build_lazy(*args)
+        loading.set()
+        return state
+
+    server.on_get = hold_tensors
+    monkeypatch.setattr(streamed_load, "lazy_state_dict", spy)
     storage = storage_for(server)
     weights = storage.fetch_model("s3://models/tiny", tmp_path / "cache")
     assert weights.arriving  # listed, not yet downloaded
     model = load(weights.result, weights)
+    assert loading.is_set()  # the load went through the lazy tensors
     reference = load(checkpoint)
     got, want = model.state_dict(), reference.state_dict()
     assert got.keys() == want.keys()
