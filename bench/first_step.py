@@ -348,7 +348,6 @@ def main() -> None:
     ckpt = prepare_sharded_checkpoint(a.shape, a.ckpt_root, shard)
     shards = sorted(p.name for p in ckpt.glob("*.safetensors"))
     print(f"[first-step] {ckpt}: {len(shards)} safetensors files", flush=True)
-    device = device_name()
     work = Path(tempfile.mkdtemp(prefix="ftj-first-step-"))
     rows: list[dict[str, Any]] = []
     with serving(a.ckpt_root, BUCKET) as server:
@@ -361,6 +360,7 @@ def main() -> None:
             row["served_gb"] = round((server.bytes_sent - sent) / 1e9, 3)
             rows.append(row)
             print(f"[first-step] {line(row)}", flush=True)
+    device = device_name()  # after the runs: no CUDA context in this process while they run
     local = next((r for r in rows if r["run"] == "local" and "total_s" in r), None)
     for row in rows:
         if local is not None and "total_s" in row:
