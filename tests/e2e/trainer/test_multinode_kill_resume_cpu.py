@@ -2,11 +2,14 @@
 
 A multi-node checkpoint lives on every node's own disk: each rank writes its RNG state and,
 with the weights sharded (FSDP), its shard of the adapter and of the optimizer state. Here the
-quickstart runs as the operator's Indexed Job would run it on two nodes: two ``torchrun
---nnodes 2 --nproc-per-node 2`` agents with a c10d rendezvous at node 0, each on its own
-loopback address with its own scratch folder (as two pods on two machines), gloo between the
+quickstart runs as the operator's Indexed Job would run it on two nodes: the pod command the
+operator renders for ``resources: {gpus: 2, nodes: 2}`` (``torchrun --nproc-per-node=2
+--nnodes=2 ... --rdzv-endpoint=<job>-0.<job>:29500``, the name mapped onto node 0's loopback
+address by ``tests.harness.multinode``), each agent on its own loopback address with its own
+scratch folder (as two pods on two machines), gloo between the
 four CPU ranks (``ACCELERATE_USE_CPU``, and ``tests/harness/fsdp_on_cpu`` to let accelerate
 shard on CPUs). The output is S3 (the moto server), the only thing the nodes share.
+``tests/gpu/test_multinode_nccl.py`` is the same test over NCCL, one GPU per node.
 
 As soon as a checkpoint is whole in the output (both nodes' parts), node 1's torchrun and its
 workers are SIGKILLed, as a node failure would; node 0's trainers then fail or are stopped as
@@ -19,13 +22,9 @@ optimizer steps, each logged once, and a MANIFEST whose checksums verify.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,12 @@ from typing import Any
 import pytest
 
 from tests.e2e.trainer.test_trainer_runs import REPO, quickstart_manifest, trainer_env
+from tests.harness.multinode import (
+    NodeEnv,
+    kill_last_node_once_whole,
+    node_logs,
+    run_to_the_end,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -41,14 +46,9 @@ SAVE_STEPS = 2
 OUTPUT = "s3://results/multinode"
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def job_manifest(s3_endpoint: str) -> dict[str, Any]:
-    """The quickstart, short, checkpointing every ``SAVE_STEPS``, into the S3 output."""
+    """The quickstart, short, checkpointing every ``SAVE_STEPS``, into the S3 output, on two
+    nodes of two processes (``resources.gpus`` is the processes per node torchrun starts)."""
     manifest = quickstart_manifest(
         maxSteps=STEPS, saveSteps=SAVE_STEPS, evalSteps=STEPS, loggingSteps=1, batchSize=2
     )
@@ -57,18 +57,16 @@ def job_manifest(s3_endpoint: str) -> dict[str, Any]:
     spec["output"] = {"uri": OUTPUT, "merge": False}
     spec["storage"] = {"s3": {"endpoint": s3_endpoint, "pathStyle": True,
                               "credentialsSecret": {"name": "s3-creds"}}}  # fmt: skip
+    spec["resources"] = {"gpus": 2, "nodes": 2}
     return manifest
 
 
-def start_nodes(
-    tmp: Path, manifest: dict[str, Any], hosts: tuple[str, str], s3_env: dict[str, str]
-) -> list[subprocess.Popen[str]]:
-    """Both nodes' torchrun agents, as the operator's pods run them (render._command)."""
-    port = free_port(hosts[0])
-    nodes = []
-    for rank, host in enumerate(hosts):
+def node_env(manifest: dict[str, Any], s3_env: dict[str, str]) -> NodeEnv:
+    """A node's environment: the pod's, gloo between CPU processes, FSDP allowed on CPUs."""
+
+    def env_of(index: int, scratch: Path) -> dict[str, str]:
         env = trainer_env(
-            tmp / f"node-{rank}",
+            scratch,
             manifest,
             **s3_env,
             FTJ_SHARD_WEIGHTS="1",
@@ -82,36 +80,9 @@ def start_nodes(
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO / "tests" / "harness" / "fsdp_on_cpu"), env["PYTHONPATH"]]
         )
-        command = [
-            sys.executable, "-m", "torch.distributed.run",
-            "--nnodes", "2", "--nproc-per-node", "2", "--node-rank", str(rank),
-            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{hosts[0]}:{port}",
-            "--rdzv-id", f"two-nodes-{port}", "--rdzv-conf", f"is_host={int(rank == 0)}",
-            "--local-addr", host,
-            "-m", "finetune_trainer",
-        ]  # fmt: skip
-        log = (tmp / f"node-{rank}.log").open("w")
-        nodes.append(
-            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        )
-    return nodes
+        return env
 
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a torchrun agent and its workers at once (a node lost)."""
-    import psutil
-
-    with contextlib.suppress(psutil.NoSuchProcess):
-        launcher = psutil.Process(pid)
-        for process in [*launcher.children(recursive=True), launcher]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.send_signal(signal.SIGKILL)
-
-
-def logs(tmp: Path) -> str:
-    return "\n".join(
-        f"--- {p.name} ---\n{p.read_text()[-5000:]}" for p in sorted(tmp.glob("node-*.log"))
-    )
+    return env_of
 
 
 def test_a_node_killed_mid_run_resumes_on_new_nodes_with_exact_steps(
@@ -134,25 +105,12 @@ def test_a_node_killed_mid_run_resumes_on_new_nodes_with_exact_steps(
 
         # 1. Two nodes train; node 1 dies as soon as a checkpoint is whole in the output.
         first = tmp_path / "first"
-        nodes = start_nodes(first, manifest, ("127.0.0.2", "127.0.0.3"), s3.env())
-        try:
-            deadline = time.monotonic() + 180
-            while (whole := store.latest_complete()) is None:
-                exited = [n.poll() for n in nodes]
-                assert exited == [None, None], f"a node ended early {exited}:\n{logs(first)}"
-                assert time.monotonic() < deadline, f"no whole checkpoint:\n{logs(first)}"
-                time.sleep(0.05)
-            kill_tree(nodes[1].pid)
-            nodes[1].wait(timeout=30)
-            # Its peer's collectives lose a member: the trainer fails (gloo) or would hang
-            # until the Job controller stops it; either way this attempt is over.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                nodes[0].wait(timeout=60)
-        finally:
-            for node in nodes:
-                if node.poll() is None:
-                    kill_tree(node.pid)
-                    node.wait(timeout=30)
+        env = node_env(manifest, s3.env())
+        # Node 0's collectives then lose a member: its trainer fails (gloo) or would hang until
+        # the Job controller stops it; either way this attempt is over.
+        whole, nodes = kill_last_node_once_whole(
+            first, manifest, ("127.0.0.2", "127.0.0.3"), env, store.latest_complete
+        )
         killed_at = time.monotonic() - started
         assert nodes[1].returncode == -signal.SIGKILL
         assert whole < STEPS and storage.read_json(f"{OUTPUT}/MANIFEST.json") is None
@@ -166,14 +124,8 @@ def test_a_node_killed_mid_run_resumes_on_new_nodes_with_exact_steps(
 
         # 2. The job again, on other machines: new addresses, empty scratch folders.
         second = tmp_path / "second"
-        nodes = start_nodes(second, manifest, ("127.0.0.4", "127.0.0.5"), s3.env())
-        try:
-            codes = [node.wait(timeout=300) for node in nodes]
-        finally:
-            for node in nodes:
-                if node.poll() is None:
-                    kill_tree(node.pid)
-        assert codes == [0, 0], logs(second)
+        codes = run_to_the_end(second, manifest, ("127.0.0.4", "127.0.0.5"), env)
+        assert codes == [0, 0], node_logs(second)
         elapsed = time.monotonic() - started
 
         metrics = json.loads(
@@ -187,7 +139,7 @@ def test_a_node_killed_mid_run_resumes_on_new_nodes_with_exact_steps(
         logged = [e["step"] for e in metrics["logHistory"] if "loss" in e]
         assert logged == list(range(1, STEPS + 1)), logged
         assert verify_manifest(storage, OUTPUT) == []
-        both = logs(second)
+        both = node_logs(second)
         assert f"resuming from checkpoint {resumed}" in both
         assert "[rank 3]" in both  # node 1's second rank trained in the second attempt
         # The final checkpoint is whole too: both nodes uploaded their part before exiting.
