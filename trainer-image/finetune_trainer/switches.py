@@ -102,8 +102,9 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_STREAM_WEIGHTS",
         "stream_weights",
         "bool",
-        "Under a memory budget on one GPU, frozen weights of recomputed layers may stay in "
-        "pinned host memory and be copied in one layer ahead of use.",
+        "Under a memory budget on a GPU (one, or several under DDP; never sharded), frozen "
+        "weights of recomputed layers may stay in pinned host memory and be copied in one "
+        "layer ahead of use.",
     ),
     Switch(
         "FTJ_RECOMPUTE_SKIP",

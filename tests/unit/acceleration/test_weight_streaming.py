@@ -23,6 +23,7 @@ from tests.harness.tiny_lora import (
 )
 from tests.rounding import assert_identical_step, same_seeds
 from tests.unit.acceleration.test_plan import (
+    CPU,
     H100_80G,
     H200,
     LLAMA_70B,
@@ -165,7 +166,7 @@ def test_weights_stay_on_the_gpu_when_they_fit_or_cannot_stream() -> None:
     float8 = Method(type="qlora", quantization=Quantization(bits=8))
     assert _plan(method=float8).streamed_layers == 0
     assert _plan(torch_compile=True).streamed_layers == 0
-    assert _plan(world_size=2).streamed_layers == 0
+    assert _plan(world_size=2, shard_weights=True).streamed_layers == 0  # FSDP2 shards instead
     never = _plan(training=training(gradient_checkpointing="never"))
     assert never.streamed_layers == 0 and never.checkpointed_layers == 0
     # Host memory unknown, or too small to pin what the budget needs: nothing streams.
@@ -211,3 +212,76 @@ def test_a_model_larger_than_the_gpu_streams_when_the_pod_has_the_host_memory() 
     refused = plan_acceleration(training(), Method(), LLAMA_70B, tight, mean_example_tokens=757)
     assert refused.streamed_layers == 0
     assert any("resources.gpus > 1" in r for r in refused.reasons)
+
+
+def test_ddp_ranks_stream_as_one_gpu_does_and_never_under_fsdp() -> None:
+    """Several ranks with the weights replicated (DDP) plan as one GPU does, streaming
+    included, each from its own share of host memory; with the weights sharded, nothing
+    streams (a sharded parameter is FSDP's to gather)."""
+    one = _plan()
+    assert one.streamed_layers > 0 and not one.fsdp
+    for ddp in (_plan(world_size=2), _plan(world_size=2, shard_weights=False)):
+        assert not ddp.fsdp
+        assert ddp.streamed_layers == one.streamed_layers
+        assert ddp.per_device_batch_size == one.per_device_batch_size
+        assert ddp.checkpointed_layers == one.checkpointed_layers
+    fsdp = _plan(world_size=2, shard_weights=True)
+    assert fsdp.fsdp and fsdp.streamed_layers == 0
+    # Host memory too small for what the budget needs: nothing streams on any rank.
+    small = _plan(dataclasses.replace(H200, host_memory_bytes=4 * GiB), world_size=2)
+    assert small.streamed_layers * QWEN_7B.layer_params * 2 <= 3 * GiB
+    # CPUs never stream, with any number of ranks.
+    assert _plan(CPU, None, world_size=2, shard_weights=False).streamed_layers == 0
+
+
+def test_sharding_comes_first_where_only_streaming_makes_replicated_weights_fit() -> None:
+    """A 70B in bf16 on 80 GB cards: replicated, it fits only with most layers streamed. On 4
+    ranks sharding fits without streaming, so the planner shards, as before streaming was
+    allowed under DDP; FTJ_SHARD_WEIGHTS=0 streams instead. On 2 ranks even sharded weights
+    do not fit: each rank streams."""
+    host = dataclasses.replace(H100_80G, host_memory_bytes=256 * GiB)
+
+    def plan(**kw: Any) -> Any:
+        return plan_acceleration(
+            training(), Method(), LLAMA_70B, host, mean_example_tokens=757, **kw
+        )
+
+    four = plan(world_size=4)
+    assert four.fsdp and four.streamed_layers == 0
+    replicated = plan(world_size=4, shard_weights=False)
+    assert not replicated.fsdp and replicated.streamed_layers >= 60
+    assert replicated.estimated_peak_bytes <= replicated.memory_budget_bytes
+    two = plan(world_size=2)
+    assert not two.fsdp and two.streamed_layers >= 60
+
+
+def test_each_rank_plans_with_its_share_of_the_nodes_host_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from finetune_trainer.acceleration import device
+
+    monkeypatch.setattr(device, "host_memory_bytes", lambda: 256 * GiB)
+    assert device.rank_host_memory_bytes({}) == 256 * GiB
+    assert device.rank_host_memory_bytes({"LOCAL_WORLD_SIZE": "1"}) == 256 * GiB
+    assert device.rank_host_memory_bytes({"LOCAL_WORLD_SIZE": "2"}) == 128 * GiB
+    assert device.rank_host_memory_bytes({"LOCAL_WORLD_SIZE": "8"}) == 32 * GiB
+
+
+def test_two_ddp_ranks_train_the_same_with_streamed_weights_on_gloo(tmp_path: Any) -> None:
+    """Two CPU ranks (gloo) under DDP: streaming two of four layers' frozen weights changes
+    no loss and no adapter weight (CPU kernels and a two-rank gloo all-reduce are
+    deterministic, and the streamed copies are exact). DDP wraps the model after streaming,
+    so its start-up broadcast and its checks never meet the unregistered host tensors.
+    ``tests/gpu/test_streaming_ddp_gpu.py`` is the NCCL version."""
+    from tests.harness import streaming_ddp
+
+    args = {"shape": SHAPE, "steps": 3, "seq": 16, "cpu": True}
+    plain = streaming_ddp.run(tmp_path / "plain.json", streamed=[], **args)
+    streamed = streaming_ddp.run(tmp_path / "streamed.json", streamed=[1, 3], **args)
+    assert plain["world_size"] == streamed["world_size"] == 2
+    assert streamed["host_bytes"] > 0 and plain["host_bytes"] == 0
+    assert len(plain["losses"]) == 3
+    assert streamed["losses"] == plain["losses"]
+    assert streamed["adapter"].keys() == plain["adapter"].keys()
+    for name, weight in plain["adapter"].items():
+        assert torch.equal(streamed["adapter"][name], weight), name

@@ -48,10 +48,11 @@ Why these choices (measurements in ``bench/NOTES.md``):
   all-gathers one decoder layer at a time. A model that fits stays under DDP, which moves only
   the adapter's gradients (docs/multi-gpu.md).
 * Frozen weights streamed from host memory (``streamed_layers``, weight_streaming.py): under a
-  memory budget, on one GPU, the 16-bit weights of some recomputed layers stay in pinned host
-  memory and are copied in one layer ahead of use. The planner picks micro-step, recomputed
-  and streamed layers together; a copy costs only what the GPU's work does not hide (the 7B
-  under 18 GiB: 8.0k -> 11.9k tok/s, bench/NOTES.md step 31).
+  memory budget, on one GPU or on each rank under DDP (never under FSDP), the 16-bit weights of
+  some recomputed layers stay in pinned host memory and are copied in one layer ahead of use.
+  The planner picks micro-step, recomputed and streamed layers together; a copy costs only
+  what the GPU's work does not hide (the 7B under 18 GiB: 8.0k -> 11.9k tok/s, bench/NOTES.md
+  step 31).
 * ``torch.compile`` of the decoder layers (``torch_compile``, ``FTJ_TORCH_COMPILE=1``): off by
   default. It runs and trains like eager, but measured no faster (the host still launches every
   GEMM) with ~13 GiB more on a 1.5B at 15k tokens, memory the planner does not model

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,8 +30,9 @@ class DeviceInfo:
     bf16: bool = False
     compute_capability: tuple[int, int] = (0, 0)
     sm_count: int = 0  # streaming multiprocessors (0: unknown)
-    # Host memory this process may use (a pod's memory limit, else the machine's RAM); what
-    # frozen weights streamed from host memory may pin. 0: unknown, nothing is streamed.
+    # Host memory this process may use (its share of a pod's memory limit, else of the
+    # machine's RAM); what frozen weights streamed from host memory may pin. 0: unknown,
+    # nothing is streamed.
     host_memory_bytes: int = 0
     # bitsandbytes is installed (QLoRA's 4-bit and int8 bases need it, on a CUDA GPU).
     bitsandbytes: bool = False
@@ -57,7 +59,7 @@ class DeviceInfo:
             bf16=bool(torch.cuda.is_bf16_supported()),
             compute_capability=(int(props.major), int(props.minor)),
             sm_count=int(props.multi_processor_count),
-            host_memory_bytes=host_memory_bytes(),
+            host_memory_bytes=rank_host_memory_bytes(),
             bitsandbytes=bitsandbytes,
         )
 
@@ -65,6 +67,15 @@ class DeviceInfo:
 def local_rank() -> int:
     """This process's GPU index on its node (torchrun sets ``LOCAL_RANK``)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_host_memory_bytes(env: Mapping[str, str] | None = None) -> int:
+    """This rank's share of the node's host memory: the ``LOCAL_WORLD_SIZE`` ranks torchrun
+    starts on one node (one pod) share its memory, and under DDP each would pin its own copy
+    of the weights it streams, so each plans with an equal part."""
+    env = os.environ if env is None else env
+    ranks = int(env.get("LOCAL_WORLD_SIZE", "").strip() or 1)
+    return host_memory_bytes() // max(ranks, 1)
 
 
 def host_memory_bytes() -> int:

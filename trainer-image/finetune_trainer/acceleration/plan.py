@@ -168,7 +168,7 @@ def plan_acceleration(
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
-    streamable = search.streamable(inputs, stream_weights, world_size, requested.fsdp)
+    streamable = search.streamable(inputs, stream_weights, requested.fsdp)
     chosen, sharding, fits = search.choose_micro_step(
         inputs, step_time, requested, streamable, world_size, shard_weights
     )

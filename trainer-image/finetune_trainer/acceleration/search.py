@@ -35,17 +35,23 @@ def requested_sharding(inputs: PlanInputs, world_size: int, shard_weights: bool 
     return Sharding(shardable=shardable, fsdp=fsdp, ranks=max(1, world_size) if fsdp else 1)
 
 
-def streamable(inputs: PlanInputs, stream_weights: bool, world_size: int, fsdp: bool) -> bool:
+def streamable(inputs: PlanInputs, stream_weights: bool, fsdp: bool) -> bool:
     """Whether frozen weights may stream from host memory (weight_streaming.py): 16-bit bases
-    on one CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards
-    instead), and only with host memory known to hold them."""
+    on a CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards
+    instead: a sharded parameter is FSDP's to gather), and only with host memory known to
+    hold them.
+
+    Under DDP (several ranks, weights replicated) each rank streams its own copy: streamed
+    weights are no registered parameters, so DDP neither broadcasts nor all-reduces them, and
+    every rank loaded the same checkpoint (weight_streaming.py says why that is correct). Each
+    rank plans with its share of the node's host memory (``device.rank_host_memory_bytes``).
+    """
     return bool(
         stream_weights
         and inputs.device.cuda
         and inputs.weight_bits == 16
         and not inputs.float8
         and not inputs.compile_layers
-        and world_size == 1
         and not fsdp
         and inputs.device.host_memory_bytes > 0
     )
@@ -64,7 +70,7 @@ def _streamed_needed(
     over = inputs.estimated_bytes(micro, ckpt_layers, ranks) - limit
     if over <= 0:
         return 0
-    if not streamable:  # one rank only: never under FSDP's ranks
+    if not streamable:  # never under FSDP's ranks
         return None
     # Each streamed layer past the two on the GPU takes one layer's weights off it.
     layer_bytes = inputs.layer_bytes
@@ -126,8 +132,10 @@ def _search(
                 continue
             seconds = step_time.seconds(micro, ckpt, streamed)
             seconds *= 1 + (cost.STREAMING_MARGIN if streamed else 0.0)
-            if best is None or seconds < best[0] * 0.995 or _as_fast_in_less(
-                inputs, ranks, (seconds, micro, ckpt, streamed), best
+            if (
+                best is None
+                or seconds < best[0] * 0.995
+                or _as_fast_in_less(inputs, ranks, (seconds, micro, ckpt, streamed), best)
             ):
                 best = (seconds, micro, ckpt, streamed)
             if streamed == 0:  # more recomputation only costs time from here
@@ -148,7 +156,14 @@ def choose_micro_step(
     or the largest under a re-plan's cap. On a GPU: the search under the requested
     sharding; if nothing fits and sharding was left to the planner, the search again with
     the weights sharded over every rank; if still nothing fits, the smallest micro-step with
-    every layer recomputed (the run will tell whether it fits)."""
+    every layer recomputed (the run will tell whether it fits).
+
+    Under DDP each rank plans as one GPU does, streaming included (the same trade, measured
+    on one GPU). But where the planner may shard (several ranks, ``shard_weights`` unset) and
+    streaming is what makes the replicated weights fit at all, a sharded plan that fits
+    without streaming comes first: FSDP's all-gathers cross the GPUs' own links, streaming
+    each rank's PCIe link, the two have not been measured against each other (issue 25), and
+    FSDP is what such a model ran with before streaming was allowed under DDP."""
     layers, mode = inputs.layers, inputs.mode
     sharding = requested
     chosen: tuple[int, int, int] | None
@@ -156,8 +171,12 @@ def choose_micro_step(
         chosen = (inputs.candidates[0], {"always": layers, "never": 0}.get(mode, 0), 0)
         return chosen, sharding, True
     chosen = _search(inputs, step_time, sharding.ranks, streamable)
-    if chosen is None and shard_weights is None and sharding.shardable and world_size > 1:
-        sharded = _search(inputs, step_time, world_size, streamable)
+    may_shard = shard_weights is None and sharding.shardable and world_size > 1
+    needs_room = chosen is None or (
+        chosen[2] > 0 and _search(inputs, step_time, sharding.ranks, False) is None
+    )
+    if may_shard and needs_room:
+        sharded = _search(inputs, step_time, world_size, False)
         if sharded is not None:
             chosen = sharded
             sharding = replace(sharding, fsdp=True, ranks=world_size)

@@ -33,6 +33,18 @@ for the compute queued so far (the allocator may hand out a block that queued ke
 read). The compute stream waits for the copy before the layer runs, or before a never-used
 copy is freed.
 
+Under DDP (several ranks, each with the whole model) every rank streams its own copy, which
+is correct because DDP only ever touches registered parameters and buffers: at wrap time it
+broadcasts rank 0's (``named_parameters``/``named_buffers``; NCCL could not broadcast pinned
+host tensors anyway), checks that they sit on one device type, and all-reduces the gradients
+of those that train. Streamed weights are none of these: they are frozen and unregistered
+before the Trainer wraps the model, so DDP neither sees nor syncs them, as ``float8_base``
+keeps its frozen e4m3 tensors out of the sync. They need no sync: every rank loads the same
+checkpoint, and they never change. The adapter (registered, trainable) is broadcast and
+all-reduced as without streaming. Each rank pins its own copies, so each plans with its share
+of the node's host memory (``device.rank_host_memory_bytes``). Not under FSDP: a sharded
+parameter is FSDP's to gather (search.streamable).
+
 ``FTJ_STREAM_WEIGHTS=0`` stops the planner from streaming (a bench ablation,
 plan.plan_for_model).
 """
