@@ -4,14 +4,17 @@
     python -m bench.run --models qwen2.5-7b --configs baseline,default
     python -m bench.run --rows qwen2.5-1.5b:default:merge,llama-3.1-8b:qlora-8bit-24g
     python -m bench.run --rows tiny-qwen2:default:merge --steps 3 --warmup 1   # CPU dry run
+    python -m bench.run --rows qwen2.5-7b:default,qwen2.5-7b:default:gpus=2   # 2-GPU scaling
 
-``--rows`` lists model:config pairs; ``:steps=N`` overrides ``--steps`` for the row, and
-``:merge`` also times the trainer's full merge (the adapter saved to local disk, then
-``finetune_trainer.merge.merge_adapter`` reloading the base from disk, merging and writing
-safetensors). A config may end in one ablation or diagnostic suffix (``-nostream``, ``-draw4``,
-``-trace``, ``-samelen``, ...): the list, and what each changes, is ``ENVIRONMENT_SUFFIXES`` in
-``bench/worker.py``. ``--deadline-s`` bounds the whole run: each row's timeout
-shrinks to what is left, so a slow last row cannot take the earlier rows' results with it.
+``--rows`` lists model:config pairs; ``:steps=N`` overrides ``--steps`` for the row,
+``:gpus=N`` runs the row under ``torchrun --standalone --nproc-per-node N`` (DDP, or FSDP where
+the plan shards; see ``run_row``), and ``:merge`` also times the trainer's full merge (the
+adapter saved to local disk, then ``finetune_trainer.merge.merge_adapter`` reloading the base
+from disk, merging and writing safetensors). A config may end in one ablation or diagnostic
+suffix (``-nostream``, ``-draw4``, ``-trace``, ``-samelen``, ...): the list, and what each
+changes, is ``ENVIRONMENT_SUFFIXES`` in ``bench/worker.py``. ``--deadline-s`` bounds the whole
+run: each row's timeout shrinks to what is left, so a slow last row cannot take the earlier
+rows' results with it.
 
 For each model shape a random-initialised checkpoint is written once (safetensors), then every
 configuration trains on the same synthetic CoT-like data in a fresh process (``bench/worker.py``)
@@ -105,7 +108,14 @@ def run_row(
     warmup: int = 3,
     full_merge: bool = False,
     micro_examples: int | None = None,
+    gpus: int = 1,
 ) -> dict[str, Any]:
+    """One row in a fresh worker process; with ``gpus`` > 1, ``gpus`` workers under
+    ``torchrun --standalone`` (one per GPU; gloo between CPU processes in a dry run), each
+    training the row's spec as a ``resources.gpus: N`` job's ranks do: every rank carries the
+    single-GPU row's examples per optimizer step (the Trainer's per-device batch), so the
+    optimizer step is N times larger and the row measures throughput, not time to a fixed
+    batch. Each rank appends its own result; ``combine_ranks`` makes them one row."""
     env = dict(os.environ)
     if micro_examples:  # the plan's micro-step pinned (row flag micro=N)
         env["FTJ_MICRO_EXAMPLES"] = str(micro_examples)
@@ -158,6 +168,16 @@ def run_row(
         sys.executable, "-m", "bench.worker", "--model", model, "--config", config,
         "--ckpt", str(ckpt), "--out", str(out), "--steps", str(steps), "--warmup", str(warmup),
     ] + (["--full-merge"] if full_merge else [])  # fmt: skip
+    if gpus > 1:
+        from bench.worker import EXAMPLES_PER_STEP
+
+        # As many examples per rank as a single-GPU row has (worker.main's default count).
+        cmd += ["--examples", str((steps + 4) * EXAMPLES_PER_STEP * 2 * gpus)]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", str(gpus)]  # fmt: skip
+        cmd = [*launcher, *cmd[1:]]  # "-m bench.worker ..." after torchrun's own arguments
+        if not gpu_count():  # a CPU dry run: gloo between the processes (accelerate's switch)
+            env.update(ACCELERATE_USE_CPU="true", GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     before = out.read_text().count("\n") if out.exists() else 0
     t = time.perf_counter()
     try:
@@ -167,9 +187,49 @@ def run_row(
     lines = out.read_text().splitlines() if out.exists() else []
     if len(lines) <= before:
         return {"model": model, "config": config, "error": "worker died without a result"}
-    row = json.loads(lines[-1])
+    if gpus > 1:
+        row = combine_ranks(model, config, [json.loads(x) for x in lines[before:]], gpus)
+    else:
+        row = json.loads(lines[-1])
     row["wall_s"] = round(time.perf_counter() - t, 1)
     return row
+
+
+def combine_ranks(
+    model: str, config: str, ranks: list[dict[str, Any]], gpus: int
+) -> dict[str, Any]:
+    """One row from the ``gpus`` ranks' own rows: the tokens of every rank over the slowest
+    rank's timed window (DDP keeps them in step), and the worst rank's memory, first step and
+    step times; the rest (plan, losses: the Trainer logs the mean over ranks) from the first."""
+    name = {"model": model, "config": config, "gpus": gpus}
+    errors = [r["error"] for r in ranks if "error" in r]
+    if errors:
+        return {**name, "error": f"{len(errors)} of {gpus} ranks failed: {errors[0]}"}
+    if len(ranks) != gpus:
+        return {**name, "error": f"{len(ranks)} of {gpus} ranks wrote a result"}
+    seconds = max(r["timed_seconds"] for r in ranks)
+    tokens = sum(r["timed_tokens"] for r in ranks)
+    row = {**ranks[0], **name}
+    row.update(
+        timed_seconds=seconds,
+        timed_tokens=tokens,
+        tokens_per_s=round(tokens / seconds, 1),
+        tokens_per_step=sum(r["tokens_per_step"] for r in ranks),
+        tokens_per_s_per_rank=[r["tokens_per_s"] for r in ranks],
+        step_seconds=[max(s) for s in zip(*(r["step_seconds"] for r in ranks), strict=True)],
+        peak_gib=max(r["peak_gib"] for r in ranks),
+        peak_reserved_gib=max(r["peak_reserved_gib"] for r in ranks),
+        peak_gib_per_rank=[r["peak_gib"] for r in ranks],
+        time_to_first_step_s=max(r["time_to_first_step_s"] for r in ranks),
+    )
+    return row
+
+
+def gpu_count() -> int:
+    """CUDA GPUs on this machine (0 on a CPU)."""
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def enrich(rows: list[dict[str, Any]], peak_tflops: float) -> None:
@@ -178,13 +238,25 @@ def enrich(rows: list[dict[str, Any]], peak_tflops: float) -> None:
     for row in rows:
         shape = ModelShape.from_config(make_config(row["model"]))
         row["params_4n"] = shape.matmul_params
-        if "tokens_per_s" in row:
-            row["mfu_4n"] = round(
-                row["tokens_per_s"] * 4 * shape.matmul_params / (peak_tflops * 1e12), 3
-            )
+        if "tokens_per_s" in row:  # per GPU: the measured rate is one card's
+            per_gpu = row["tokens_per_s"] / row.get("gpus", 1)
+            row["mfu_4n"] = round(per_gpu * 4 * shape.matmul_params / (peak_tflops * 1e12), 3)
+    # Several GPUs: against the same model and config on one GPU in this call.
+    single = {
+        (r["model"], r["config"]): r["tokens_per_s"]
+        for r in rows
+        if r.get("gpus", 1) == 1 and "tokens_per_s" in r
+    }
+    for row in rows:
+        gpus = row.get("gpus", 1)
+        one = single.get((row["model"], row["config"].split(":gpus=")[0]))
+        if gpus > 1 and one and "tokens_per_s" in row:
+            row["vs_1gpu"] = round(row["tokens_per_s"] / one, 2)
+            row["scaling_efficiency"] = round(row["tokens_per_s"] / (one * gpus), 3)
     by_model: dict[str, dict[str, dict[str, Any]]] = {}
     for row in rows:
-        by_model.setdefault(row["model"], {})[row["config"]] = row
+        if row.get("gpus", 1) == 1:  # the baseline and peers are single-GPU rows
+            by_model.setdefault(row["model"], {})[row["config"]] = row
     for configs in by_model.values():
         base = configs.get("baseline", {}).get("tokens_per_s")
         base_mem = configs.get("baseline", {}).get("peak_gib")
@@ -207,7 +279,7 @@ def enrich(rows: list[dict[str, Any]], peak_tflops: float) -> None:
 def table(rows: list[dict[str, Any]]) -> str:
     head = (
         f"{'model':<14} {'config':<24} {'tok/s':>8} {'MFU4N':>6} {'peakGiB':>8} {'resGiB':>7} "
-        f"{'1st step s':>10} {'merge s':>7} {'xbase':>6} {'xpeer':>6}"
+        f"{'1st step s':>10} {'merge s':>7} {'xbase':>6} {'xpeer':>6} {'x1gpu':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -219,7 +291,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r.get('mfu_4n', 0):>6.3f} {r['peak_gib']:>8.1f} {r['peak_reserved_gib']:>7.1f} "
             f"{r['time_to_first_step_s']:>10.1f} "
             f"{r.get('merge_s', float('nan')):>7.2f} {r.get('vs_baseline', float('nan')):>6.2f} "
-            f"{r.get('vs_best_peer', float('nan')):>6.2f}"
+            f"{r.get('vs_best_peer', float('nan')):>6.2f} {r.get('vs_1gpu', float('nan')):>6.2f}"
         )
     return "\n".join(lines)
 
@@ -235,7 +307,7 @@ def main() -> None:
     p.add_argument(
         "--rows",
         default="",
-        help="model:config[:merge][:steps=N][:micro=N],... instead of the product",
+        help="model:config[:merge][:steps=N][:micro=N][:gpus=N],... instead of the product",
     )
     p.add_argument("--deadline-s", type=float, default=0.0, help="bound on the whole run")
     p.add_argument("--ckpt-root", type=Path, default=Path("/tmp/ftj-bench-models"))
@@ -252,12 +324,13 @@ def main() -> None:
     results_dir = REPO / "bench" / "results" if device != "cpu" else Path(tempfile.gettempdir())
     results_dir.mkdir(parents=True, exist_ok=True)
     jsonl = Path(os.environ.get("OUT", "/tmp")) / "rows.jsonl"
-    plan: list[tuple[str, str, bool, int, int | None]] = []
+    plan: list[tuple[str, str, bool, int, int | None, int]] = []
     if a.rows:
         for item in a.rows.split(","):
             model, config, *flags = item.split(":")
             steps = [int(f[6:]) for f in flags if f.startswith("steps=")]
             micro = [int(f[6:]) for f in flags if f.startswith("micro=")]
+            gpus = [int(f[5:]) for f in flags if f.startswith("gpus=")]
             plan.append(
                 (
                     model,
@@ -265,6 +338,7 @@ def main() -> None:
                     "merge" in flags,
                     steps[0] if steps else a.steps,
                     micro[0] if micro else None,
+                    gpus[0] if gpus else 1,
                 )
             )
     else:
@@ -272,26 +346,35 @@ def main() -> None:
             for config in a.configs.split(","):
                 if model != "llama-3.1-8b" and config.startswith("qlora"):
                     continue  # the QLoRA rows answer "does 8B fit a 24 GB card"
-                plan.append((model, config, False, a.steps, None))
+                plan.append((model, config, False, a.steps, None, 1))
+    available = gpu_count()
     rows: list[dict[str, Any]] = []
-    for model, config, full_merge, steps, micro in plan:
+    for model, config, full_merge, steps, micro, gpus in plan:
         timeout: float = a.row_timeout
         if a.deadline_s:
             timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
         if timeout <= 5:
             row = {"model": model, "config": config, "error": "not run: deadline reached"}
+        elif available and gpus > available:
+            row = {"model": model, "config": config, "gpus": gpus,
+                   "error": f"not run: {gpus} GPUs asked, {available} here"}  # fmt: skip
         else:
             ckpt = prepare_checkpoint(model, a.ckpt_root)
             if a.deadline_s:
                 timeout = min(timeout, a.deadline_s - (time.perf_counter() - t_start))
-            row = run_row(model, config, ckpt, jsonl, steps, timeout, a.warmup, full_merge, micro)
+            row = run_row(
+                model, config, ckpt, jsonl, steps, timeout, a.warmup, full_merge, micro, gpus
+            )
             if micro:
                 row["config"] = f"{config}:micro={micro}"  # the row names its pinned plan
+        if gpus > 1:
+            row["config"] = f"{row['config']}:gpus={gpus}"  # apart from the one-GPU row
         rows.append(row)
         print(f"[bench] {json.dumps(row)}", flush=True)
     enrich(rows, peak)
     result = {
         "device": device,
+        "gpus_on_machine": available,
         "date": stamp,
         "matmul_bf16_tflops_measured": round(peak, 1),
         "steps": {"total": a.steps, "warmup": a.warmup},
