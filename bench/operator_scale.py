@@ -372,6 +372,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
                 "FTJ_PROGRESS_POLL_SECONDS": str(args.poll_seconds),
                 "FTJ_STATUS_MIN_INTERVAL_SECONDS": str(args.min_interval_seconds),
                 "FTJ_LOG_LEVEL": "INFO",
+                "MALLOC_ARENA_MAX": "2",  # as the chart's Deployment sets it
                 **dict(item.split("=", 1) for item in args.operator_env),
             },
         ).start()

@@ -22,11 +22,11 @@ Manifest = dict[str, Any]
 class ObjectApi(Protocol):
     """What :func:`ensure_objects` needs from the API (``KubeClient`` or a test fake)."""
 
-    def create(self, obj: Manifest) -> Manifest:
+    async def create(self, obj: Manifest) -> Manifest:
         """Create; raise AlreadyExists when the name is taken."""
         ...
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest:
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest:
         """Read; raise NotFound when missing."""
         ...
 
@@ -47,14 +47,14 @@ def owner_uids(obj: Manifest) -> set[str]:
     return {str(r.get("uid")) for r in refs if r.get("controller")}
 
 
-def ensure_object(api: ObjectApi, desired: Manifest) -> Applied:
+async def ensure_object(api: ObjectApi, desired: Manifest) -> Applied:
     """Create ``desired`` unless it exists; refuse to adopt an object owned by someone else."""
     meta = desired["metadata"]
     kind, name = str(desired["kind"]), str(meta["name"])
     try:
-        return Applied(kind, name, "created", api.create(desired))
+        return Applied(kind, name, "created", await api.create(desired))
     except AlreadyExists:
-        existing = api.get(desired["apiVersion"], kind, meta["namespace"], name)
+        existing = await api.get(desired["apiVersion"], kind, meta["namespace"], name)
     if not owner_uids(desired) <= owner_uids(existing):
         raise OwnershipConflict(
             f"{kind} {meta['namespace']}/{name} exists but is not owned by this FineTuneJob "
@@ -63,9 +63,9 @@ def ensure_object(api: ObjectApi, desired: Manifest) -> Applied:
     return Applied(kind, name, "existing", existing)
 
 
-def ensure_objects(api: ObjectApi, objects: Iterable[Manifest]) -> list[Applied]:
+async def ensure_objects(api: ObjectApi, objects: Iterable[Manifest]) -> list[Applied]:
     """:func:`ensure_object` for each object, in order (ConfigMap and Service before the Job)."""
-    return [ensure_object(api, obj) for obj in objects]
+    return [await ensure_object(api, obj) for obj in objects]
 
 
 def suspend_patch(spec_suspend: bool, queue_name: str | None, k8s_job: Manifest) -> Manifest | None:

@@ -12,10 +12,14 @@
 Status is always written through the ``/status`` subresource
 (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#status-subresource),
 only when it changed, and progress-only changes at most once per
-``FTJ_STATUS_MIN_INTERVAL_SECONDS`` per job (:mod:`finetune_operator.status_writes`).
+``FTJ_STATUS_MIN_INTERVAL_SECONDS`` per job, sending only what moved
+(:mod:`finetune_operator.status_writes`). When the API server is slower than the progress,
+progress writes take at most ``runtime.CONCURRENT_PROGRESS_WRITES`` of the client's connections,
+so creating new jobs' objects and writing phase changes never wait behind them.
 
-Jobs and pods are kept in kopf in-memory indices fed by the watch streams
-(https://kopf.readthedocs.io/en/stable/indexing/), so recomputing a status costs no API read.
+FineTuneJobs, Jobs and pods are kept in kopf in-memory indices fed by the watch streams
+(https://kopf.readthedocs.io/en/stable/indexing/), so recomputing a status costs no API read;
+an index keeps only the fields the status computation reads (:mod:`finetune_operator.projections`).
 
 Deletion: nothing to do. The ConfigMap, Service and Job carry a controller owner reference and
 the garbage collector removes them (and the Job its pods); artifacts in object storage are
@@ -28,7 +32,6 @@ A FineTuneJob deleted while it runs and no operator is up waits for the operator
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import time
 from collections.abc import Iterable, Mapping
@@ -40,7 +43,7 @@ from finetune_api import FineTuneJob, ManifestError, parse_manifest
 from finetune_api.status import TERMINAL_PHASES, FineTuneJobStatus
 from pydantic import ValidationError
 
-from finetune_operator import gpu_usage, metrics, naming
+from finetune_operator import gpu_usage, metrics, naming, projections
 from finetune_operator.apply import ensure_objects, suspend_patch
 from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
 from finetune_operator.inventory import Key, job_pods, object_key, owned_job
@@ -49,7 +52,7 @@ from finetune_operator.progress import fetch_progress, progress_target
 from finetune_operator.render import RenderError, render_objects
 from finetune_operator.runtime import ProgressReading, Runtime, WrittenStatus
 from finetune_operator.settings import OperatorSettings
-from finetune_operator.status_writes import status_patch
+from finetune_operator.status_writes import progress_only, status_patch
 
 FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
 JOBS = ("batch", "v1", "jobs")
@@ -113,24 +116,24 @@ def _first(store: Iterable[Manifest] | None) -> Manifest | None:
 
 @kopf.index(*FTJ)
 def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Manifest]:
-    """FineTuneJobs by key."""
-    return {_key_of(namespace, name): _plain(body)}
+    """FineTuneJobs by key (only the fields the status computation reads)."""
+    return {_key_of(namespace, name): projections.finetunejob_entry(body)}
 
 
 @kopf.index(*JOBS, labels=LABELLED)
 def job_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Manifest]:
-    """Jobs created for FineTuneJobs, by key."""
-    return {object_key(namespace, labels[naming.JOB_LABEL]): _plain(body)}
+    """Jobs created for FineTuneJobs, by key (only the fields the status computation reads)."""
+    return {object_key(namespace, labels[naming.JOB_LABEL]): projections.job_entry(body)}
 
 
 @kopf.index(*PODS, labels=LABELLED)
 def pod_index(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, Manifest]:
-    """Trainer pods, by key."""
-    return {object_key(namespace, labels[naming.JOB_LABEL]): _plain(body)}
+    """Trainer pods, by key (only the fields the status computation reads)."""
+    return {object_key(namespace, labels[naming.JOB_LABEL]): projections.pod_entry(body)}
 
 
 # --- the status write --------------------------------------------------------------------------
@@ -178,13 +181,14 @@ async def refresh_status(
             time.monotonic(),
             rt.settings.status_min_interval_seconds,
         )
-        rt.phases[key] = update.phase
-        metrics.set_phase_counts(rt.phases.values())
+        phase, events = update.phase, update.events
+        if rt.phases.get(key) != phase:  # a tally over every job: only on a change
+            rt.phases[key] = phase
+            metrics.set_phase_counts(rt.phases.values())
         if patch is None:
             return
         meta = ftj["metadata"]
-        await asyncio.to_thread(
-            rt.api.patch,
+        write = rt.api.patch(
             ftj["apiVersion"],
             ftj["kind"],
             meta["namespace"],
@@ -192,16 +196,22 @@ async def refresh_status(
             patch,
             subresource="status",
         )
+        if progress_only(current, wanted):
+            del job, update, reading, live  # not kept while waiting for a slot (memory)
+            async with rt.progress_writes:  # phase changes and creations go first when busy
+                await write
+        else:
+            await write
         rt.written[key] = WrittenStatus(wanted, time.monotonic())
         new_progress = wanted.get("progress") or {}
         if new_progress.get("updatedAt") != (current.get("progress") or {}).get("updatedAt"):
             metrics.record_progress_lag(new_progress.get("updatedAt"), now)
-        if current.get("phase") != update.phase:
+        if current.get("phase") != phase:
             logger.info(
-                f"phase {current.get('phase') or '-'} -> {update.phase}",
-                extra={"phase": update.phase, "previousPhase": current.get("phase")},
+                f"phase {current.get('phase') or '-'} -> {phase}",
+                extra={"phase": phase, "previousPhase": current.get("phase")},
             )
-        for event in update.events:
+        for event in events:
             kopf.event(
                 kopf.Body(cast(kopf.RawBody, ftj)),
                 type=event.type,
@@ -218,8 +228,7 @@ async def _stop_for_budget(rt: Runtime, k8s_job: Manifest, logger: kopf.Logger) 
     (https://kubernetes.io/docs/concepts/workloads/controllers/job/#suspending-a-job).
     """
     meta = k8s_job["metadata"]
-    await asyncio.to_thread(
-        rt.api.patch,
+    await rt.api.patch(
         "batch/v1",
         "Job",
         meta["namespace"],
@@ -263,6 +272,13 @@ async def ensure_training(
 ) -> None:
     """Create the ConfigMap, Service and Job of a FineTuneJob unless they exist."""
     rt = runtime(memo)
+    async with rt.creating:  # bounds the memory of a creation burst (runtime.CONCURRENT_CREATES)
+        await _ensure_training(rt, body, logger, kwargs)
+
+
+async def _ensure_training(
+    rt: Runtime, body: kopf.Body, logger: kopf.Logger, kwargs: Mapping[str, Any]
+) -> None:
     started = time.monotonic()
     try:
         ftj = _plain(body)
@@ -280,7 +296,7 @@ async def ensure_training(
             await refresh_status(rt, key, ftj, None, [], logger, (err.reason, str(err)))
             return
         try:
-            applied = await asyncio.to_thread(ensure_objects, rt.api, objects.in_creation_order())
+            applied = await ensure_objects(rt.api, objects.in_creation_order())
         except OwnershipConflict as err:
             metrics.record_error(err)
             raise kopf.TemporaryError(str(err), delay=30) from err
@@ -295,8 +311,7 @@ async def ensure_training(
         wanted = job.spec.suspend or _budget_spent(job)
         drift = suspend_patch(wanted, job.spec.queue_name, k8s_job)
         if drift is not None:
-            k8s_job = await asyncio.to_thread(
-                rt.api.patch,
+            k8s_job = await rt.api.patch(
                 "batch/v1",
                 "Job",
                 k8s_job["metadata"]["namespace"],
@@ -324,12 +339,12 @@ async def suspend_changed(
     namespace = body.metadata.namespace or "default"
     name = naming.resource_name(body.metadata.name)
     try:
-        k8s_job = await asyncio.to_thread(rt.api.get, "batch/v1", "Job", namespace, name)
+        k8s_job = await rt.api.get("batch/v1", "Job", namespace, name)
     except NotFound:
         return  # the create/resume handler will create it with the right suspend value
     drift = suspend_patch(bool(new) or _budget_spent(job), job.spec.queue_name, k8s_job)
     if drift is not None:
-        await asyncio.to_thread(rt.api.patch, "batch/v1", "Job", namespace, name, drift)
+        await rt.api.patch("batch/v1", "Job", namespace, name, drift)
         logger.info(f"Job {name} suspend={bool(new)}", extra={"suspend": bool(new)})
 
 

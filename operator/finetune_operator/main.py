@@ -24,13 +24,14 @@ Without ``FTJ_PEERING`` the operator runs standalone and the chart must run one 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import aiohttp
 import kopf
 
-from finetune_operator import handlers, metrics, naming
+from finetune_operator import credentials, handlers, memory, metrics, naming
 from finetune_operator.handlers import JOBS, PODS, SETTINGS
 from finetune_operator.kube import KubeClient
 from finetune_operator.runtime import Runtime
@@ -42,7 +43,33 @@ FINALIZER = "finetune.dev/finalizer"
 WATCH_SERVER_TIMEOUT = 300
 WATCH_CLIENT_TIMEOUT = 330
 
-__all__ = ["handlers", "configure", "close"]
+__all__ = ["handlers", "configure", "close", "login"]
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's credentials: the same as the operator's own client (:mod:`.credentials`)."""
+    return credentials.connection_info()
+
+
+class RoutineSuccesses(logging.Filter):
+    """Drops kopf's "succeeded" line of the handlers that run on every poll and every event.
+
+    At a thousand running jobs they are ~500 lines per second that say nothing (a failure is
+    still logged, and so is every phase change); with ``FTJ_LOG_LEVEL=DEBUG`` they are kept.
+    """
+
+    ROUTINE = frozenset(
+        {
+            "Timer 'poll_progress' succeeded.",
+            "Handler 'ftj_event' succeeded.",
+            "Handler 'dependent_changed' succeeded.",
+        }
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False (drop) for a routine success."""
+        return record.levelno != logging.INFO or record.getMessage() not in self.ROUTINE
 
 
 @kopf.on.startup()
@@ -78,17 +105,23 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.peering.priority = ours.peering_priority
     else:
         settings.peering.standalone = True
+    if ours.log_level != "DEBUG":
+        logging.getLogger("kopf.objects").addFilter(RoutineSuccesses())
     metrics.serve(ours.metrics_port)
     memo.runtime = Runtime(settings=ours, api=KubeClient(), session=aiohttp.ClientSession())
+    memo.trimming = asyncio.create_task(memory.return_free_memory_forever())
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     """Close the HTTP clients."""
+    trimming = getattr(memo, "trimming", None)
+    if isinstance(trimming, asyncio.Task):
+        trimming.cancel()
     rt = getattr(memo, "runtime", None)
     if isinstance(rt, Runtime):
         await rt.session.close()
-        rt.api.close()
+        await rt.api.close()
 
 
 def main() -> None:

@@ -18,6 +18,16 @@ from finetune_operator.inventory import Key
 from finetune_operator.kube import KubeClient
 from finetune_operator.settings import OperatorSettings
 
+# FineTuneJobs whose objects are rendered and created at the same time. When many are created
+# at once (or the operator starts with many unfinished), kopf calls the create/resume handler
+# for all of them together; each holds its parsed spec and rendered objects until its API calls
+# finish, so without a bound the burst, not the steady state, sets the process's memory.
+CONCURRENT_CREATES = 16
+# Progress-only status writes in flight at once: fewer than the client's connections
+# (kube.MAX_CONNECTIONS), so that when the API server is the bottleneck, creating a new job's
+# objects and writing phase changes never queue behind a thousand jobs' progress numbers.
+CONCURRENT_PROGRESS_WRITES = 12
+
 
 @dataclass(frozen=True)
 class WrittenStatus:
@@ -46,6 +56,12 @@ class Runtime:
     progress: dict[Key, ProgressReading] = field(default_factory=dict)
     phases: dict[Key, str | None] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    creating: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CONCURRENT_CREATES)
+    )
+    progress_writes: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CONCURRENT_PROGRESS_WRITES)
+    )
 
     def lock(self, key: Key) -> asyncio.Lock:
         """The lock serializing status computations of one FineTuneJob."""

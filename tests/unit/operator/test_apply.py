@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -26,7 +27,7 @@ class FakeApi:
         self.calls: list[str] = []
         self.crash_after = crash_after
 
-    def create(self, obj: Obj) -> Obj:
+    async def create(self, obj: Obj) -> Obj:
         self.calls.append(f"create {obj['kind']}")
         key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         if key in self.objects:
@@ -40,7 +41,7 @@ class FakeApi:
         self.objects[key] = stored
         return copy.deepcopy(stored)
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj:
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Obj:
         self.calls.append(f"get {kind}")
         try:
             return copy.deepcopy(self.objects[(kind, namespace, name)])
@@ -54,7 +55,7 @@ def objects(**spec: Any) -> list[Obj]:
 
 def test_first_run_creates_everything_in_order() -> None:
     api = FakeApi()
-    applied = ensure_objects(api, objects(resources={"gpus": 8, "nodes": 2}))
+    applied = asyncio.run(ensure_objects(api, objects(resources={"gpus": 8, "nodes": 2})))
     assert [(a.kind, a.outcome) for a in applied] == [
         ("ConfigMap", "created"),
         ("Service", "created"),
@@ -65,9 +66,9 @@ def test_first_run_creates_everything_in_order() -> None:
 
 def test_second_run_reads_and_keeps_what_exists() -> None:
     api = FakeApi()
-    ensure_objects(api, objects())
+    asyncio.run(ensure_objects(api, objects()))
     api.calls.clear()
-    applied = ensure_objects(api, objects())
+    applied = asyncio.run(ensure_objects(api, objects()))
     assert [a.outcome for a in applied] == ["existing", "existing"]
     assert api.calls == ["create ConfigMap", "get ConfigMap", "create Job", "get Job"]
     assert applied[-1].obj["metadata"]["uid"] == "uid-1"  # the Job that was there
@@ -79,22 +80,22 @@ def test_crash_between_any_two_calls_ends_with_exactly_one_job(crash_after: int)
     api = FakeApi(crash_after=crash_after)
     wanted = objects(resources={"gpus": 8, "nodes": 2})
     with pytest.raises(ConnectionError):
-        ensure_objects(api, wanted)
+        asyncio.run(ensure_objects(api, wanted))
     api.crash_after = None  # the operator restarts; kopf retries the handler
-    ensure_objects(api, wanted)
-    ensure_objects(api, wanted)
+    asyncio.run(ensure_objects(api, wanted))
+    asyncio.run(ensure_objects(api, wanted))
     kinds = sorted(k[0] for k in api.objects)
     assert kinds == ["ConfigMap", "Job", "Service"]
 
 
 def test_an_object_owned_by_another_ftj_is_not_adopted() -> None:
     api = FakeApi()
-    ensure_objects(api, objects())
+    asyncio.run(ensure_objects(api, objects()))
     newer = objects()
     for obj in newer:
         obj["metadata"]["ownerReferences"][0]["uid"] = "uid-of-a-recreated-ftj"
     with pytest.raises(OwnershipConflict, match="not owned by this FineTuneJob"):
-        ensure_objects(api, newer)
+        asyncio.run(ensure_objects(api, newer))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,109 @@
+"""The status write of a running job as the handlers make it, against a recording API.
+
+What a cluster sees: no PATCH when nothing changed; a new step sends only what moved; when
+every progress-write slot is busy (the API server is slow) a progress write waits for one, and
+a phase change does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+import pytest
+from finetune_operator.handlers import refresh_status
+from finetune_operator.observe import observe_status
+from finetune_operator.runtime import ProgressReading, Runtime
+from finetune_operator.settings import OperatorSettings
+
+from .fixtures import ftj, k8s_job, manifest, pod
+from .test_observe import NOW, PROGRESS
+
+pytestmark = pytest.mark.unit
+
+KEY = ("ml", "demo")
+LOG = logging.getLogger("test")
+
+
+class RecordingApi:
+    """Records PATCHes; answers like the API server (the object after the patch)."""
+
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+
+    async def patch(self, *args: Any, subresource: str | None = None) -> dict[str, Any]:
+        assert subresource == "status"
+        self.patches.append(args[-1])
+        return {}
+
+
+def training_job() -> tuple[Runtime, RecordingApi, dict[str, Any], dict[str, Any], list[Any]]:
+    """A job at step 120 whose status already says so (as the API server has it). No GPUs: its
+    GPU-hours do not move with the clock."""
+    api = RecordingApi()
+    settings = OperatorSettings(status_min_interval_seconds=0.0)
+    rt = Runtime(settings=settings, api=api, session=None)  # type: ignore[arg-type]
+    job, pods = k8s_job(), [pod()]
+    cpu = {"resources": {"gpus": 0}}
+    status = observe_status(ftj(**cpu), job, pods, PROGRESS, NOW).status.to_wire()
+    body = {**manifest(**cpu), "status": status}
+    rt.progress[KEY] = ProgressReading(pods[0]["metadata"]["uid"], dict(PROGRESS))
+    return rt, api, body, job, pods
+
+
+def step(rt: Runtime, pods: list[Any], number: int) -> None:
+    data = {**PROGRESS, "step": number, "summary": f"{number}/500"}
+    rt.progress[KEY] = ProgressReading(pods[0]["metadata"]["uid"], data)
+
+
+def test_no_patch_when_nothing_changed_and_a_step_sends_only_what_moved() -> None:
+    rt, api, body, job, pods = training_job()
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert api.patches == []
+
+    step(rt, pods, 121)
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert len(api.patches) == 1
+    sent = api.patches[0]["status"]
+    assert sent["progress"] == {"step": 121, "summary": "121/500"}
+    assert "phase" not in sent and "jobName" not in sent
+
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert len(api.patches) == 1  # the same step again: nothing to write
+
+
+def test_a_progress_write_waits_for_a_free_slot() -> None:
+    rt, api, body, job, pods = training_job()
+
+    async def with_slots_taken() -> None:
+        rt.progress_writes = asyncio.Semaphore(1)
+        await rt.progress_writes.acquire()
+        step(rt, pods, 121)
+        waiting = asyncio.create_task(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert api.patches == []  # every slot busy: the write waits
+        rt.progress_writes.release()
+        await waiting
+
+    asyncio.run(with_slots_taken())
+    assert [p["status"]["progress"]["step"] for p in api.patches] == [121]
+
+
+def test_a_phase_change_is_written_even_when_every_slot_is_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+    monkeypatch.setattr(kopf, "event", lambda *_, reason, **__: events.append(reason))
+    rt, api, body, job, pods = training_job()
+    suspended = k8s_job(suspend=True)
+
+    async def with_slots_taken() -> None:
+        rt.progress_writes = asyncio.Semaphore(1)
+        async with rt.progress_writes:
+            await refresh_status(rt, KEY, body, suspended, [], LOG)  # type: ignore[arg-type]
+
+    asyncio.run(with_slots_taken())
+    assert len(api.patches) == 1 and api.patches[0]["status"]["phase"] == "Pending"
+    assert events == ["Resuming"]
