@@ -136,8 +136,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_FP8_COMPUTE",
         "fp8_compute",
         "bool",
-        "A Float8 base multiplies on FP8 tensor cores where the GPU has them; 0: dequantized "
-        "16-bit GEMMs.",
+        "FP8 tensor cores where the GPU has them: a Float8 base's GEMMs and, under precision "
+        "auto, a 16-bit LoRA base's forward GEMMs; 0: 16-bit GEMMs throughout.",
     ),
     Switch(
         "FTJ_FP8_BACKWARD",
