@@ -26,7 +26,7 @@ CONCURRENT_CREATES = 16
 # Progress-only status writes in flight at once: fewer than the client's connections
 # (kube.MAX_CONNECTIONS), so that when the API server is the bottleneck, creating a new job's
 # objects and writing phase changes never queue behind a thousand jobs' progress numbers.
-CONCURRENT_PROGRESS_WRITES = 12
+CONCURRENT_PROGRESS_WRITES = 28
 
 
 @dataclass(frozen=True)
