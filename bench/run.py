@@ -136,6 +136,8 @@ def run_row(
         env["FTJ_MEMORY_BUDGET_GIB"] = "18"
     if config.endswith("-nofp8"):  # ablation: every GEMM in bf16, no FP8 tensor cores
         env["FTJ_FP8_COMPUTE"] = "0"
+    if config.endswith("-fp8fwd"):  # a 16-bit base's forward GEMMs on FP8 tensor cores
+        env["FTJ_FP8_FORWARD_16BIT"] = "1"
     if config.endswith("-fp8bwd"):  # ablation: input gradients on FP8 tensor cores too
         env["FTJ_FP8_BACKWARD"] = "1"
     if config.endswith("-profile"):

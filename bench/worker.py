@@ -375,7 +375,9 @@ def build_trainer_path(
 
 
 # Suffixes that only change the environment (run.py sets it): the row builds as its base config.
-#   -nofp8: dequantized bf16 GEMMs instead of FP8 tensor cores (FTJ_FP8_COMPUTE=0)
+#   -nofp8: every GEMM in bf16, no FP8 tensor cores (FTJ_FP8_COMPUTE=0): a Float8 base's
+#     weights dequantized, a 16-bit base's forward GEMMs in bf16 (the default before session 15)
+#   -fp8fwd: a 16-bit base's forward GEMMs on FP8 tensor cores (FTJ_FP8_FORWARD_16BIT=1)
 #   -fp8bwd: input gradients on FP8 tensor cores too (FTJ_FP8_BACKWARD=1)
 #   -profile: where one step's GPU time goes (its tokens/s includes the profiler)
 #   -hostprofile: the same with the host's (CPU) time per op
@@ -390,8 +392,8 @@ def build_trainer_path(
 # and suffixes that only change the data (main): every example at the spread's mean length
 #   -samelen: so every step packs the same number of tokens
 #   -samelen-jitter: give or take 48 tokens each, so the count changes every step
-ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8bwd", "-profile", "-hostprofile", "-maskscan", "-nocast",
-                        "-compile", "-noskip", "-unpaired", "-nostream", "-draw4",
+ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-fp8bwd", "-profile", "-hostprofile", "-maskscan",
+                        "-nocast", "-compile", "-noskip", "-unpaired", "-nostream", "-draw4",
                         "-trace", "-samelen-jitter", "-samelen", "-peftnf4")  # fmt: skip
 
 

@@ -140,6 +140,14 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "auto, a 16-bit LoRA base's forward GEMMs; 0: 16-bit GEMMs throughout.",
     ),
     Switch(
+        "FTJ_FP8_FORWARD_16BIT",
+        "fp8_forward_16bit",
+        "bool",
+        "1: under precision auto, a 16-bit LoRA base's forward GEMMs run on FP8 tensor cores "
+        "(weights stay bf16; gradients bf16). Off until measured on a GPU (bench/NOTES.md, "
+        "session 15).",
+    ),
+    Switch(
         "FTJ_FP8_BACKWARD",
         "fp8_backward",
         "bool",
@@ -188,6 +196,7 @@ class TrainerSwitches:
     paired_dropout: bool = True
     dropout_halves: Literal[1, 2] = 2
     fp8_compute: bool = True
+    fp8_forward_16bit: bool = False
     fp8_backward: bool = False
     packed_mask_scan: bool = False
     ranged_download: bool = True

@@ -521,12 +521,14 @@ def test_weights_that_would_overfill_the_card_or_budget_load_through_host_memory
     assert MEMORY_SHARE == 0.85
 
 
-def test_fp8_forward_is_planned_for_a_16bit_base_only_where_fp8_tensor_cores_and_auto() -> None:
-    """precision auto on an H100 runs the 16-bit base's forward GEMMs in FP8 and says so;
-    precision bf16, a GPU without FP8 tensor cores, FTJ_FP8_COMPUTE=0 and CPUs keep bf16."""
+def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_under_auto() -> None:
+    """Asked for (FTJ_FP8_FORWARD_16BIT=1), precision auto on an H100 runs the 16-bit base's
+    forward GEMMs in FP8 and says so; not asked, precision bf16, a GPU without FP8 tensor
+    cores, FTJ_FP8_COMPUTE=0 and CPUs keep bf16."""
     a100 = DeviceInfo("cuda", "NVIDIA A100", 80 * GiB, True, (8, 0), sm_count=108)
 
     def plan(device: DeviceInfo, precision: str = "auto", **kw: Any) -> Any:
+        kw.setdefault("fp8_16bit", True)
         return plan_acceleration(
             training(precision=precision), Method(), QWEN_7B, device, mean_example_tokens=780, **kw
         )
@@ -534,27 +536,41 @@ def test_fp8_forward_is_planned_for_a_16bit_base_only_where_fp8_tensor_cores_and
     fast = plan(H100_80G)
     assert fast.fp8_forward and "fp8_forward=True" in fast.describe()
     assert any("FP8 tensor cores" in r and "precision: bf16" in r for r in fast.reasons)
-    for plain in (plan(H100_80G, "bf16"), plan(a100), plan(H100_80G, fp8_compute=False)):
+    for plain in (
+        plan(H100_80G, fp8_16bit=False),
+        plan(H100_80G, "bf16"),
+        plan(a100),
+        plan(H100_80G, fp8_compute=False),
+    ):
         assert not plain.fp8_forward and "fp8_forward" not in plain.describe()
         assert not any("FP8 tensor cores" in r for r in plain.reasons)
     assert not plan(CPU).fp8_forward
     # FP8 forward GEMMs make the same step faster in the planner's model.
     assert fast.predicted_step_s < plan(H100_80G, "bf16").predicted_step_s
+    # The default (not asked) stays bf16.
+    default = plan_acceleration(training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780)
+    assert not default.fp8_forward
 
 
 def test_a_tie_in_predicted_time_goes_to_the_plan_needing_less_memory() -> None:
     """On an H100 with FP8 forward GEMMs one 15.6k-token micro-step recomputing layers and two
-    7.8k-token micro-steps recomputing none are predicted within 3%: the default takes the
-    one with far less memory. A clear difference in time still wins (the H200's one step)."""
-    h100 = plan_acceleration(training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780)
+    7.8k-token micro-steps recomputing none are predicted within 3%: the plan takes the one
+    with far less memory. A clear difference in time still wins (the H200's one step)."""
+    fp8 = dict(mean_example_tokens=780, fp8_16bit=True)
+    h100 = plan_acceleration(training(), Method(), QWEN_7B, H100_80G, **fp8)  # type: ignore[arg-type]
     one_step = plan_acceleration(
-        training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780, micro_examples=20
+        training(),
+        Method(),
+        QWEN_7B,
+        H100_80G,
+        micro_examples=20,
+        **fp8,  # type: ignore[arg-type]
     )
     assert one_step.predicted_step_s <= h100.predicted_step_s  # the bigger step is no slower
     assert h100.predicted_step_s <= one_step.predicted_step_s * 1.03  # but only within 3%
     assert h100.estimated_peak_bytes < 0.85 * one_step.estimated_peak_bytes
     assert h100.gradient_accumulation_steps == 2 and h100.checkpointed_layers == 0
-    h200 = plan_acceleration(training(), Method(), QWEN_7B, H200, mean_example_tokens=780)
+    h200 = plan_acceleration(training(), Method(), QWEN_7B, H200, **fp8)  # type: ignore[arg-type]
     assert h200.gradient_accumulation_steps == 1  # no tie there: the one step is faster
 
 

@@ -132,6 +132,7 @@ def plan_acceleration(
     stream_weights: bool = True,
     micro_cap: int | None = None,
     fp8_compute: bool = True,
+    fp8_16bit: bool = False,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -148,7 +149,8 @@ def plan_acceleration(
     ``micro_examples`` pins the examples per micro-step (a divisor of the examples per
     optimizer step); ``stream_weights=False`` keeps every weight on the GPU. ``micro_cap``
     caps the examples per micro-step (a re-plan after an out-of-memory error: replan.py).
-    ``fp8_compute=False`` keeps every GEMM out of FP8 tensor cores.
+    ``fp8_compute=False`` keeps every GEMM out of FP8 tensor cores; ``fp8_16bit`` lets a
+    16-bit base's forward GEMMs use them (choices._fp8_forward).
     """
     inputs, why = choices.plan_inputs(
         training,
@@ -165,6 +167,7 @@ def plan_acceleration(
         micro_examples=micro_examples,
         micro_cap=micro_cap,
         fp8_compute=fp8_compute,
+        fp8_16bit=fp8_16bit,
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
@@ -301,4 +304,5 @@ def plan_for_model(
         stream_weights=on.stream_weights,
         micro_cap=micro_cap,
         fp8_compute=on.fp8_compute,
+        fp8_16bit=on.fp8_forward_16bit,
     )
