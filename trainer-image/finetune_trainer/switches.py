@@ -172,8 +172,9 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_LOAD_WHILE_DOWNLOADING",
         "load_while_downloading",
         "bool",
-        "0: load the base weights once the ranged download has finished; 1: read each "
-        "safetensors tensor onto the GPU as soon as its bytes are in.",
+        "1: read each safetensors tensor onto the GPU as soon as its bytes are in; 0 (the "
+        "default until it has run on a GPU, bench/NOTES.md session 15): load the base weights "
+        "once the ranged download has finished.",
     ),
 )
 
@@ -200,7 +201,7 @@ class TrainerSwitches:
     fp8_backward: bool = False
     packed_mask_scan: bool = False
     ranged_download: bool = True
-    load_while_downloading: bool = True
+    load_while_downloading: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TrainerSwitches:
