@@ -11,8 +11,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-qwen2.5-7b:baseline,qwen2.5-7b:unsloth,qwen2.5-7b:unsloth-dropout0,qwen2.5-7b:unsloth-4bit-dropout0}
 out=${OUT:-/tmp}
+# .xwhl (optional): the trainer's own extras (liger-kernel, boto3 + botocore, s3transfer,
+# jmespath from .whl) so the `default` rows run in the same call on Unsloth's pins.
+extra=()
+[ -d .xwhl ] && extra=(.xwhl/*.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/usite .uwhl/*.whl || exit 1
+  --target /tmp/usite .uwhl/*.whl "${extra[@]}" || exit 1
 export PYTHONPATH=/tmp/usite:$PWD:$PWD/operator:$PWD/trainer-image PYTHONUNBUFFERED=1
 # Versions without importing Unsloth (its import patches and compiles; the rows do it).
 python3 - <<'EOF' 2>&1 | tee "$out/versions.txt"
