@@ -89,27 +89,10 @@ SLICES = (
 
 def prepare_sharded_checkpoint(name: str, root: Path, max_shard_size: str) -> Path:
     """A random-init checkpoint of the named shape in ``max_shard_size`` shards, with the
-    bench's tokenizer; written once per machine (``bench.run.prepare_checkpoint``, sharded)."""
-    path = root / name
-    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
-        return path
-    code = (
-        "import torch\n"
-        "from pathlib import Path\n"
-        "from transformers import AutoModelForCausalLM\n"
-        "from bench.shapes import make_config\n"
-        "from bench import synthetic\n"
-        f"cfg = make_config({name!r})\n"
-        "torch.manual_seed(0)\n"
-        "with torch.device('cuda' if torch.cuda.is_available() else 'cpu'):\n"
-        "    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
-        f"model.save_pretrained({str(path)!r}, max_shard_size={max_shard_size!r})\n"
-        f"synthetic.save_tokenizer(Path({str(path)!r}))\n"
-    )
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    print(f"[first-step] wrote {name} in {time.perf_counter() - t:.0f}s", flush=True)
-    return path
+    bench's tokenizer; written once per machine."""
+    from bench.run import prepare_checkpoint
+
+    return prepare_checkpoint(name, root, max_shard_size)
 
 
 # ------------------------------------------------------------------------------------------

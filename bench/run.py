@@ -46,11 +46,14 @@ DEFAULT_CONFIGS = ("baseline", "trl-packing-liger", "trl-packing-liger-flex", "d
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def prepare_checkpoint(name: str, root: Path) -> Path:
-    """A random-init checkpoint of the named shape (+ tokenizer), written once per machine."""
+def prepare_checkpoint(name: str, root: Path, max_shard_size: str | None = None) -> Path:
+    """A random-init checkpoint of the named shape (+ tokenizer), written once per machine;
+    ``max_shard_size`` cuts it into safetensors shards as the hub's checkpoints are
+    (bench/first_step.py), else transformers' default."""
     path = root / name
-    if (path / "config.json").exists():
+    if (path / "config.json").exists() and (path / "tokenizer.json").exists():
         return path
+    shards = "" if max_shard_size is None else f", max_shard_size={max_shard_size!r}"
     code = (
         "import torch, sys\n"
         "from pathlib import Path\n"
@@ -61,7 +64,7 @@ def prepare_checkpoint(name: str, root: Path) -> Path:
         "torch.manual_seed(0)\n"
         "with torch.device('cuda' if torch.cuda.is_available() else 'cpu'):\n"
         "    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)\n"
-        f"model.save_pretrained({str(path)!r})\n"
+        f"model.save_pretrained({str(path)!r}{shards})\n"
         f"synthetic.save_tokenizer(Path({str(path)!r}))\n"
     )
     t = time.perf_counter()

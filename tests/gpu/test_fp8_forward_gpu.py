@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.rounding import relative_error
+
 torch = pytest.importorskip("torch")
 
 pytestmark = [
@@ -31,11 +33,6 @@ pytestmark = [
 _E4M3_PRODUCT_ERROR = 0.06
 
 
-def _relative_error(got: Any, want: Any) -> float:
-    got, want = got.detach().float(), want.detach().float()
-    return float((got - want).norm() / want.norm())
-
-
 @pytest.mark.parametrize("tokens", [1, 7, 1003, 4096])
 def test_fp8_gemm_of_a_16bit_weight_is_within_e4m3_rounding(tokens: int) -> None:
     from finetune_trainer.acceleration import float8_base
@@ -47,7 +44,7 @@ def test_fp8_gemm_of_a_16bit_weight_is_within_e4m3_rounding(tokens: int) -> None
     exact = torch.nn.functional.linear(x.double(), linear.weight.double(), linear.bias.double())
     assert fast.dtype == torch.bfloat16 and fast.shape == (tokens, 512)
     assert linear.weight.dtype == torch.bfloat16  # the weight itself is untouched
-    error = _relative_error(fast, exact)
+    error = relative_error(fast, exact)
     print(f"\n{tokens} tokens: relative error {error:.4f}")
     assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8, not bf16's ~0.003
 
