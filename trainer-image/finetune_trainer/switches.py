@@ -102,9 +102,15 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_STREAM_WEIGHTS",
         "stream_weights",
         "bool",
-        "Under a memory budget on a GPU (one, or several under DDP; never sharded), frozen "
-        "weights of recomputed layers may stay in pinned host memory and be copied in one "
-        "layer ahead of use.",
+        "Under a memory budget on a GPU (never sharded), frozen weights of recomputed layers "
+        "may stay in pinned host memory and be copied in one layer ahead of use.",
+    ),
+    Switch(
+        "FTJ_STREAM_WEIGHTS_DDP",
+        "stream_weights_ddp",
+        "bool",
+        "1: several DDP ranks may stream too, each its own copy. Off until it has run on "
+        "several GPUs (bench/NOTES.md, issue 25).",
     ),
     Switch(
         "FTJ_RECOMPUTE_SKIP",
@@ -192,6 +198,7 @@ class TrainerSwitches:
     fused_nf4: bool = True
     int8_half_compute: bool = True
     stream_weights: bool = True
+    stream_weights_ddp: bool = False
     recompute_skip: bool = True
     triton_dropout: bool = True
     paired_dropout: bool = True

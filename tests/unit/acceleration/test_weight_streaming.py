@@ -220,15 +220,22 @@ def test_ddp_ranks_stream_as_one_gpu_does_and_never_under_fsdp() -> None:
     streams (a sharded parameter is FSDP's to gather)."""
     one = _plan()
     assert one.streamed_layers > 0 and not one.fsdp
-    for ddp in (_plan(world_size=2), _plan(world_size=2, shard_weights=False)):
+    # Not asked for (the default until it has run on several GPUs): DDP ranks keep every weight.
+    assert _plan(world_size=2, shard_weights=False).streamed_layers == 0
+    for ddp in (
+        _plan(world_size=2, stream_ddp=True),
+        _plan(world_size=2, shard_weights=False, stream_ddp=True),
+    ):
         assert not ddp.fsdp
         assert ddp.streamed_layers == one.streamed_layers
         assert ddp.per_device_batch_size == one.per_device_batch_size
         assert ddp.checkpointed_layers == one.checkpointed_layers
-    fsdp = _plan(world_size=2, shard_weights=True)
+    fsdp = _plan(world_size=2, shard_weights=True, stream_ddp=True)
     assert fsdp.fsdp and fsdp.streamed_layers == 0
     # Host memory too small for what the budget needs: nothing streams on any rank.
-    small = _plan(dataclasses.replace(H200, host_memory_bytes=4 * GiB), world_size=2)
+    small = _plan(
+        dataclasses.replace(H200, host_memory_bytes=4 * GiB), world_size=2, stream_ddp=True
+    )
     assert small.streamed_layers * QWEN_7B.layer_params * 2 <= 3 * GiB
     # CPUs never stream, with any number of ranks.
     assert _plan(CPU, None, world_size=2, shard_weights=False).streamed_layers == 0
@@ -243,7 +250,7 @@ def test_sharding_comes_first_where_only_streaming_makes_replicated_weights_fit(
 
     def plan(**kw: Any) -> Any:
         return plan_acceleration(
-            training(), Method(), LLAMA_70B, host, mean_example_tokens=757, **kw
+            training(), Method(), LLAMA_70B, host, mean_example_tokens=757, stream_ddp=True, **kw
         )
 
     four = plan(world_size=4)

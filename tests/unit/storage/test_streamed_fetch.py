@@ -121,9 +121,10 @@ def test_loaded_while_arriving_equals_a_load_from_disk(
     server.on_get = hold_tensors
     monkeypatch.setattr(streamed_load, "lazy_state_dict", spy)
     storage = storage_for(server)
-    weights = storage.fetch_model("s3://models/tiny", tmp_path / "cache")
-    assert weights.arriving  # listed, not yet downloaded
-    model = load(weights.result, weights)
+    with switches.override(load_while_downloading=True):  # opt-in until run on a GPU
+        weights = storage.fetch_model("s3://models/tiny", tmp_path / "cache")
+        assert weights.arriving  # listed, not yet downloaded
+        model = load(weights.result, weights)
     assert loading.is_set()  # the load went through the lazy tensors
     reference = load(checkpoint)
     got, want = model.state_dict(), reference.state_dict()
@@ -193,9 +194,15 @@ def test_corrupt_shard_is_invalid_input_either_way(
     body = bytearray(path.read_bytes())
     body[:8] = (len(body) * 2).to_bytes(8, "little")  # a header longer than the file
     path.write_bytes(bytes(body))
-    weights = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "a")
-    with pytest.raises(InvalidInput, match=f"{first} is not a valid safetensors file"):
+    with (
+        switches.override(load_while_downloading=True),  # opt-in until run on a GPU
+        pytest.raises(InvalidInput, match=f"{first} is not a valid safetensors file"),
+    ):
+        weights = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "a")
         load(weights.result, weights)
+    ranged = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "r")
+    with pytest.raises(InvalidInput, match="spec.model.uri"):  # the default: load after download
+        load(ranged.result, ranged)
     with switches.override(ranged_download=False):
         before = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "b")
     with pytest.raises(InvalidInput, match="spec.model.uri"):

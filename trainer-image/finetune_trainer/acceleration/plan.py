@@ -130,6 +130,7 @@ def plan_acceleration(
     shard_weights: bool | None = None,
     micro_examples: int | None = None,
     stream_weights: bool = True,
+    stream_ddp: bool = False,
     micro_cap: int | None = None,
     fp8_compute: bool = True,
     fp8_16bit: bool = False,
@@ -147,7 +148,8 @@ def plan_acceleration(
     layers; ``shard_weights`` None shards the base weights (FSDP2) only when no unsharded plan
     fits one GPU, True always (where the base can be sharded), False never;
     ``micro_examples`` pins the examples per micro-step (a divisor of the examples per
-    optimizer step); ``stream_weights=False`` keeps every weight on the GPU. ``micro_cap``
+    optimizer step); ``stream_weights=False`` keeps every weight on the GPU, and
+    ``stream_ddp`` lets several DDP ranks stream. ``micro_cap``
     caps the examples per micro-step (a re-plan after an out-of-memory error: replan.py).
     ``fp8_compute=False`` keeps every GEMM out of FP8 tensor cores; ``fp8_16bit`` lets a
     16-bit base's forward GEMMs use them (choices._fp8_forward).
@@ -171,7 +173,7 @@ def plan_acceleration(
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
-    streamable = search.streamable(inputs, stream_weights, requested.fsdp)
+    streamable = search.streamable(inputs, stream_weights, requested.fsdp, world_size, stream_ddp)
     chosen, sharding, fits = search.choose_micro_step(
         inputs, step_time, requested, streamable, world_size, shard_weights
     )
@@ -302,6 +304,7 @@ def plan_for_model(
         shard_weights=on.shard_weights,
         micro_examples=on.micro_examples,
         stream_weights=on.stream_weights,
+        stream_ddp=on.stream_weights_ddp,
         micro_cap=micro_cap,
         fp8_compute=on.fp8_compute,
         fp8_16bit=on.fp8_forward_16bit,

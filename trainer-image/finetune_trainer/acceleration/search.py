@@ -35,7 +35,9 @@ def requested_sharding(inputs: PlanInputs, world_size: int, shard_weights: bool 
     return Sharding(shardable=shardable, fsdp=fsdp, ranks=max(1, world_size) if fsdp else 1)
 
 
-def streamable(inputs: PlanInputs, stream_weights: bool, fsdp: bool) -> bool:
+def streamable(
+    inputs: PlanInputs, stream_weights: bool, fsdp: bool, world_size: int = 1, ddp: bool = False
+) -> bool:
     """Whether frozen weights may stream from host memory (weight_streaming.py): 16-bit bases
     on a CUDA GPU, in eager mode (its hooks are not traced), not under FSDP (which shards
     instead: a sharded parameter is FSDP's to gather), and only with host memory known to
@@ -45,9 +47,12 @@ def streamable(inputs: PlanInputs, stream_weights: bool, fsdp: bool) -> bool:
     weights are no registered parameters, so DDP neither broadcasts nor all-reduces them, and
     every rank loaded the same checkpoint (weight_streaming.py says why that is correct). Each
     rank plans with its share of the node's host memory (``device.rank_host_memory_bytes``).
+    That runs only when asked (``ddp``: ``FTJ_STREAM_WEIGHTS_DDP=1``) until it has run on
+    several GPUs: its proof so far is two gloo ranks on CPUs (bench/NOTES.md, issue 25).
     """
     return bool(
         stream_weights
+        and (world_size <= 1 or ddp)
         and inputs.device.cuda
         and inputs.weight_bits == 16
         and not inputs.float8
