@@ -57,6 +57,8 @@ for _path in (REPO / "operator", REPO / "trainer-image", REPO):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from finetune_api.contract import prefer_wait  # noqa: E402
+
 PROGRESS_PORT = 8080  # finetune_api.contract.PROGRESS_PORT: the operator polls this port
 GROUP_PATH = "/apis/finetune.dev/v1alpha1"
 
@@ -96,25 +98,60 @@ class StepClock:
 
 
 class _ProgressProtocol(asyncio.Protocol):
-    """A minimal HTTP/1.1 server (keep-alive): every request gets this pod's progress JSON."""
+    """A minimal HTTP/1.1 server (keep-alive) of this pod's progress JSON, with the trainer's
+    long poll (``contract.PROGRESS_MAX_WAIT``): a request whose ``If-None-Match`` is the
+    current step's ETag and that sends ``Prefer: wait=N`` is answered when the next step
+    starts, or with 304 after N seconds."""
 
     def __init__(self, server: ProgressServer) -> None:
         self.server, self.buffer = server, b""
+        self.pending: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self.index = self.server.index.get(transport.get_extra_info("sockname")[0], 0)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending is not None:
+            self.pending.cancel()
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while b"\r\n\r\n" in self.buffer:
-            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            body = json.dumps(self.server.progress(self.index, time.time())).encode()
+            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            headers = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
             self.server.requests += 1
+            now = time.time()
+            step = self.server.clock.step_at(self.index, now)
+            wait = prefer_wait(headers.get("prefer"))
+            if wait > 0 and headers.get("if-none-match") == self.server.etag(step):
+                next_step = self.server.clock.started(self.index, step + 1)
+                delay = min(wait, max(0.0, next_step - now))
+                loop = asyncio.get_running_loop()
+                self.pending = loop.call_later(delay, self.answer, step)
+            else:
+                self.answer(None)
+
+    def answer(self, unchanged_since: int | None) -> None:
+        """200 with the document, or 304 when the step is still ``unchanged_since``."""
+        self.pending = None
+        if self.transport.is_closing():
+            return
+        step = self.server.clock.step_at(self.index, time.time())
+        etag = self.server.etag(step).encode()
+        if step == unchanged_since:
             self.transport.write(  # type: ignore[attr-defined]
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"HTTP/1.1 304 Not Modified\r\nETag: %s\r\nContent-Length: 0\r\n\r\n" % etag
             )
+            return
+        body = json.dumps(self.server.progress(self.index, time.time())).encode()
+        self.transport.write(  # type: ignore[attr-defined]
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: %s\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (etag, len(body), body)
+        )
 
 
 class ProgressServer:
@@ -125,6 +162,11 @@ class ProgressServer:
     def __init__(self, ips: Sequence[str], clock: StepClock) -> None:
         self.index = {ip: i for i, ip in enumerate(ips)}
         self.clock, self.requests = clock, 0
+
+    @staticmethod
+    def etag(step: int) -> str:
+        """The document changes with the step only."""
+        return f'"{step}"'
 
     def progress(self, index: int, now: float) -> dict[str, Any]:
         step = self.clock.step_at(index, now)

@@ -37,6 +37,11 @@ PROGRESS_PORT: Final = 8080
 PROGRESS_PORT_NAME: Final = "progress"
 PROGRESS_PATH: Final = "/progress"
 RENDEZVOUS_PORT: Final = 29500  # torchrun's c10d store on pod 0 of a multi-node job
+# GET /progress as a long poll: the operator sends the ETag of the document it has in
+# ``If-None-Match`` and ``Prefer: wait=N`` (RFC 7240 section 4.3); the trainer answers as soon as
+# its progress differs, or after N seconds (at most PROGRESS_MAX_WAIT) with 304 Not Modified.
+# A server that ignores both headers answers at once: a plain poll, as before.
+PROGRESS_MAX_WAIT: Final = 60.0
 
 # Phases the trainer reports in /progress and in the termination message, in run order.
 TRAINER_PHASES: Final = ("Initializing", "Training", "Merging", "Uploading", "Succeeded", "Failed")
@@ -148,3 +153,16 @@ def standalone_torchrun_args(gpus: int) -> list[str]:
     """torchrun's arguments (after the program) that start ``gpus`` trainer workers on one
     node: a one-pod multi-GPU job's command, and ``ftj run``'s on a multi-GPU machine."""
     return ["--standalone", f"--nproc-per-node={gpus}", "-m", TRAINER_MODULE]
+
+
+def prefer_wait(header: str | None) -> float:
+    """Seconds asked for by a ``Prefer: wait=N`` header (RFC 7240), clipped to
+    ``[0, PROGRESS_MAX_WAIT]``; 0 when absent or malformed (answer at once)."""
+    for preference in (header or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return min(max(float(value.strip().strip('"')), 0.0), PROGRESS_MAX_WAIT)
+            except ValueError:
+                return 0.0
+    return 0.0

@@ -6,8 +6,10 @@
 * ``status.gpuHours`` reached ``spec.limits.maxGPUHours`` → suspend the Job (its pods get
   SIGTERM, save a checkpoint and exit), then the job fails with reason BudgetExceeded;
 * any event of a labelled Job or pod → recompute the status with :func:`observe_status`;
-* a timer per unfinished FineTuneJob (``FTJ_PROGRESS_POLL_SECONDS``) → poll ``/progress`` of the
-  rank-0 pod, recompute the status (also a periodic resync in case an event was missed).
+* every ``FTJ_PROGRESS_POLL_SECONDS``, for each unfinished FineTuneJob → :func:`poll_job`: read
+  ``/progress`` of the rank-0 pod, recompute the status (also a periodic resync in case an event
+  was missed). One task calls it for every job (:mod:`finetune_operator.poller`); with peering,
+  a kopf timer per job does, so that kopf can pause a standby replica's polls.
 
 Status is always written through the ``/status`` subresource
 (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#status-subresource),
@@ -23,11 +25,12 @@ an index keeps only the fields the status computation reads (:mod:`finetune_oper
 
 Deletion: nothing to do. The ConfigMap, Service and Job carry a controller owner reference and
 the garbage collector removes them (and the Job its pods); artifacts in object storage are
-never touched. The only finalizer is the one kopf adds while the progress timer runs
-(``finetune.dev/finalizer``): kopf needs it to stop the timer before the object is gone. The
-timer's ``when`` filter excludes finished jobs, so kopf removes the finalizer when a job ends.
-A FineTuneJob deleted while it runs and no operator is up waits for the operator to come back
-(or for the finalizer to be removed by hand).
+never touched. A standalone operator puts no finalizer on a FineTuneJob (the poller simply
+stops seeing a deleted job). With peering, kopf adds ``finetune.dev/finalizer`` while the
+progress timer runs (it needs it to stop the timer before the object is gone) and removes it
+when the job ends (the timer's ``when`` filter excludes finished jobs); a FineTuneJob deleted
+while it runs and no peering operator is up waits for one to come back (or for the finalizer to
+be removed by hand). A standalone operator that finds a finalizer left by a peering one removes it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pydantic import ValidationError
 from finetune_operator import gpu_usage, metrics, naming, projections
 from finetune_operator.apply import ensure_objects, suspend_patch
 from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
+from finetune_operator.events import post_event
 from finetune_operator.inventory import Key, job_pods, object_key, owned_job
 from finetune_operator.observe import observe_status
 from finetune_operator.progress import fetch_progress, progress_target
@@ -212,12 +216,7 @@ async def refresh_status(
                 extra={"phase": phase, "previousPhase": current.get("phase")},
             )
         for event in events:
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, ftj)),
-                type=event.type,
-                reason=event.reason,
-                message=event.message,
-            )
+            await post_event(rt.api, ftj, event, logger)
 
 
 async def _stop_for_budget(rt: Runtime, k8s_job: Manifest, logger: kopf.Logger) -> None:
@@ -348,15 +347,20 @@ async def suspend_changed(
         logger.info(f"Job {name} suspend={bool(new)}", extra={"suspend": bool(new)})
 
 
-@kopf.on.event(*FTJ)
+def _deleted(type: str | None, **_: Any) -> bool:
+    return type == "DELETED"
+
+
+# The filter, not the handler, skips the other events: every status write comes back as a
+# MODIFIED event, and a filter costs kopf far less than a handler call.
+@kopf.on.event(*FTJ, when=_deleted)
 async def ftj_event(
     type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any
 ) -> None:
     """Forget a deleted FineTuneJob's in-memory state (async: runs on the loop, no thread races)."""
-    if type == "DELETED":
-        rt = runtime(memo)
-        rt.forget(_key_of(namespace, name))
-        metrics.set_phase_counts(rt.phases.values())
+    rt = runtime(memo)
+    rt.forget(_key_of(namespace, name))
+    metrics.set_phase_counts(rt.phases.values())
 
 
 # --- Jobs, pods and progress → status ----------------------------------------------------------
@@ -387,30 +391,45 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in TERMINAL_PHASES
 
 
-@kopf.timer(*FTJ, interval=SETTINGS.progress_poll_seconds, when=_unfinished)
-async def poll_progress(
-    namespace: str | None,
-    name: str,
-    memo: kopf.Memo,
-    logger: kopf.Logger,
-    **kwargs: Any,
+async def poll_job(
+    rt: Runtime, key: Key, indices: Mapping[str, Any], logger: kopf.Logger, wait: float = 0.0
 ) -> None:
-    """Read the rank-0 trainer's /progress and refresh the status (also a periodic resync)."""
-    rt = runtime(memo)
+    """Read the rank-0 trainer's /progress and refresh the status (also a periodic resync).
+
+    Called for every unfinished FineTuneJob by :mod:`finetune_operator.poller` (standalone:
+    a long poll, ``wait`` > 0, that returns when the trainer's progress changes) or once per
+    ``FTJ_PROGRESS_POLL_SECONDS`` by the kopf timer below (peering: ``wait`` 0, so that kopf
+    can pause it at any time)."""
     started = time.monotonic()
-    key = _key_of(namespace, name)
     try:
-        ftj = _first(_index(kwargs, "ftj_index").get(key))
+        ftj = _first(_index(indices, "ftj_index").get(key))
         uid = (ftj or {}).get("metadata", {}).get("uid")
-        k8s_job = owned_job(_index(kwargs, "job_index").get(key) or (), uid)
-        target = progress_target(job_pods(_index(kwargs, "pod_index").get(key) or (), k8s_job))
+        k8s_job = owned_job(_index(indices, "job_index").get(key) or (), uid)
+        target = progress_target(job_pods(_index(indices, "pod_index").get(key) or (), k8s_job))
         if target is not None:
-            data = await fetch_progress(rt.session, target, rt.settings.progress_timeout_seconds)
-            if data is not None:
-                rt.progress[key] = ProgressReading(target.pod_uid, data)
-        await refresh_from_indices(rt, key, kwargs, logger)
+            held = rt.progress.get(key)
+            etag = held.etag if held is not None and held.pod_uid == target.pod_uid else None
+            answer = await fetch_progress(
+                rt.session, target, rt.settings.progress_timeout_seconds, etag, wait
+            )
+            if answer is not None and answer.data is not None:
+                rt.progress[key] = ProgressReading(target.pod_uid, answer.data, answer.etag)
+        await refresh_from_indices(rt, key, indices, logger)
     except ApiError as err:
         metrics.record_error(err)
         logger.warning(f"status update failed: {err}")
     finally:
         metrics.RECONCILE_SECONDS.labels(handler="progress").observe(time.monotonic() - started)
+
+
+async def poll_progress(
+    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
+    """The per-job kopf timer of a peering operator (kopf pauses it on a standby replica)."""
+    await poll_job(runtime(memo), _key_of(namespace, name), kwargs, logger)
+
+
+if SETTINGS.peering:
+    # Only with peering: kopf must pause the polls of a standby replica, and it pauses only the
+    # timers it runs. A standalone operator polls from one task instead (main.configure).
+    kopf.timer(*FTJ, interval=SETTINGS.progress_poll_seconds, when=_unfinished)(poll_progress)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
 import kopf
 
-from finetune_operator import credentials, handlers, memory, metrics, naming
+from finetune_operator import credentials, handlers, inventory, memory, metrics, naming, poller
 from finetune_operator.handlers import JOBS, PODS, SETTINGS
 from finetune_operator.kube import KubeClient
 from finetune_operator.runtime import Runtime
@@ -73,8 +75,9 @@ class RoutineSuccesses(logging.Filter):
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    """Apply the FTJ_* settings to kopf and build the clients every handler shares."""
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Apply the FTJ_* settings to kopf, build the clients every handler shares and, when
+    standalone, start the progress poller (``kwargs`` holds kopf's indices by name)."""
     ours = SETTINGS
     # kopf's own bookkeeping goes into annotations with our prefix: the CRD's structural schema
     # would prune unknown status fields such as status.kopf.
@@ -108,16 +111,45 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if ours.log_level != "DEBUG":
         logging.getLogger("kopf.objects").addFilter(RoutineSuccesses())
     metrics.serve(ours.metrics_port)
-    memo.runtime = Runtime(settings=ours, api=KubeClient(), session=aiohttp.ClientSession())
+    # No cap on the progress connections: at most one long poll per running job is open
+    # (poller.Poller), and aiohttp's default cap of 100 would queue the rest behind them.
+    raise_open_files_limit()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    memo.runtime = Runtime(settings=ours, api=KubeClient(), session=session)
     memo.trimming = asyncio.create_task(memory.return_free_memory_forever())
+    if not ours.peering:  # with peering, kopf's per-job timers poll (handlers.poll_progress)
+        memo.polling = asyncio.create_task(_poll_forever(memo.runtime, kwargs, settings))
+
+
+def _poll_forever(
+    rt: Runtime, indices: dict[str, Any], settings: kopf.OperatorSettings
+) -> Coroutine[Any, Any, None]:
+    """The standalone operator's progress poller over kopf's live indices."""
+
+    async def poll(key: inventory.Key) -> None:
+        entry = next(iter(indices["ftj_index"].get(key) or ()), None)
+        if entry is not None:
+            logger = kopf.LocalObjectLogger(body=kopf.Body(entry), settings=settings)
+            await handlers.poll_job(rt, key, indices, logger, poller.LONG_POLL_SECONDS)
+
+    return poller.Poller(poll, SETTINGS.progress_poll_seconds).forever(lambda: indices["ftj_index"])
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: a connection per running job's
+    long poll must not meet a soft limit of 1,024 that the container's hard limit allows past."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     """Close the HTTP clients."""
-    trimming = getattr(memo, "trimming", None)
-    if isinstance(trimming, asyncio.Task):
-        trimming.cancel()
+    for name in ("trimming", "polling"):
+        task = getattr(memo, name, None)
+        if isinstance(task, asyncio.Task):
+            task.cancel()
     rt = getattr(memo, "runtime", None)
     if isinstance(rt, Runtime):
         await rt.session.close()

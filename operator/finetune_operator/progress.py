@@ -75,21 +75,44 @@ def progress_target(pods: Sequence[Mapping[str, Any]]) -> ProgressTarget | None:
     )
 
 
+@dataclass(frozen=True)
+class ProgressAnswer:
+    """What one GET of ``/progress`` told: the document and its ETag (``data`` None: unchanged
+    since the ETag that was sent, HTTP 304)."""
+
+    data: dict[str, Any] | None
+    etag: str | None
+
+
 async def fetch_progress(
-    session: aiohttp.ClientSession, target: ProgressTarget, timeout: float
-) -> dict[str, Any] | None:
+    session: aiohttp.ClientSession,
+    target: ProgressTarget,
+    timeout: float,
+    etag: str | None = None,
+    wait: float = 0.0,
+) -> ProgressAnswer | None:
     """GET the trainer's progress JSON; None when it can't be read right now.
 
-    Failures are expected (the server starts after the pod is Running; the pod may be ending)
-    and are not errors: the next poll tries again.
+    With ``etag`` (the one of the document already held) and ``wait`` > 0 this is a long poll:
+    the trainer answers when its progress changes, or with 304 after ``wait`` seconds
+    (``contract.PROGRESS_MAX_WAIT``); ``timeout`` then counts from the end of the wait. An older
+    trainer ignores the headers and answers at once. Failures are expected (the server starts
+    after the pod is Running; the pod may be ending) and are not errors: the next poll tries
+    again.
     """
+    headers = {}
+    if etag and wait > 0:
+        headers = {"If-None-Match": etag, "Prefer": f"wait={wait:g}"}
     try:
         async with session.get(
-            target.url, timeout=aiohttp.ClientTimeout(total=timeout)
+            target.url, headers=headers, timeout=aiohttp.ClientTimeout(total=wait + timeout)
         ) as response:
+            if response.status == 304:
+                return ProgressAnswer(None, response.headers.get("ETag") or etag)
             if response.status != 200:
                 return None
             data = json.loads(await response.text())
+            tag = response.headers.get("ETag")
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    return ProgressAnswer(data, tag) if isinstance(data, dict) else None

@@ -39,10 +39,12 @@ class WrittenStatus:
 
 @dataclass(frozen=True)
 class ProgressReading:
-    """The latest ``/progress`` answer of one job, and the pod that gave it."""
+    """The latest ``/progress`` answer of one job, the pod that gave it and its ETag (sent
+    back on the next poll, which then waits for a change: ``progress.fetch_progress``)."""
 
     pod_uid: str
     data: dict[str, Any]
+    etag: str | None = None
 
 
 @dataclass

@@ -4,8 +4,10 @@ The trainer pod serves its progress instead of pushing it (see ``docs/internals.
 needs no credentials, and the operator sets the polling rate. Three outputs share one
 :class:`ProgressState`:
 
-* ``GET /progress`` (JSON, keys of ``status.progress`` plus ``phase``), ``GET /metrics``
-  (Prometheus text) and ``GET /healthz`` from a small threaded HTTP server;
+* ``GET /progress`` (JSON, keys of ``status.progress`` plus ``phase``; with an ``ETag``, and a
+  long poll when asked: ``If-None-Match`` + ``Prefer: wait=N`` answer on the next change or
+  with 304 after N seconds, so the operator learns of a step at once without polling often),
+  ``GET /metrics`` (Prometheus text) and ``GET /healthz`` from a small threaded HTTP server;
 * a progress-bar line in the log every ``loggingSteps``;
 * the termination message (at most 4 KiB) the kubelet copies into the pod status.
 
@@ -14,18 +16,21 @@ Only rank 0 reports: the other ranks of a multi-GPU run get a reporter whose ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, TRAINER_PHASES
+from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, TRAINER_PHASES, prefer_wait
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from finetune_trainer.step_pace import StepPace
@@ -191,7 +196,8 @@ class ProgressReporter(TrainerCallback):
         self._host = host
         self._port = port
         self._server: ThreadingHTTPServer | None = None
-        self._lock = threading.Lock()
+        # Guards the state; its waiters are long polls of /progress (notified on every change).
+        self._lock = threading.Condition()
         self._pace = StepPace()
         self._rate_mark: tuple[float, int] | None = None
 
@@ -207,8 +213,21 @@ class ProgressReporter(TrainerCallback):
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 path = self.path.split("?")[0]
                 if path == "/progress":
-                    body = json.dumps(reporter.snapshot()).encode()
-                    kind = "application/json"
+                    body, etag = reporter.next_document(
+                        self.headers.get("If-None-Match"), prefer_wait(self.headers.get("Prefer"))
+                    )
+                    if body is None:  # unchanged for the whole wait
+                        self.send_response(304)
+                        self.send_header("ETag", etag)
+                        self.end_headers()
+                        return
+                    self.send_response(200)
+                    self.send_header("ETag", etag)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 elif path == "/metrics":
                     body = reporter.prometheus().encode()
                     kind = "text/plain; version=0.0.4"
@@ -250,6 +269,28 @@ class ProgressReporter(TrainerCallback):
         with self._lock:
             return self.state.to_json()
 
+    @contextmanager
+    def _update(self) -> Iterator[ProgressState]:
+        """Change the state under the lock, then wake the long polls waiting for a change."""
+        with self._lock:
+            yield self.state
+            self._lock.notify_all()
+
+    def next_document(self, etag: str | None, wait: float) -> tuple[bytes | None, str]:
+        """The ``/progress`` body and its ETag, as soon as the ETag differs from ``etag``;
+        ``(None, etag)`` when it still matches after ``wait`` seconds (HTTP 304)."""
+        deadline = time.monotonic() + wait
+        with self._lock:
+            while True:
+                body = json.dumps(self.state.to_json()).encode()
+                current = f'"{hashlib.blake2b(body, digest_size=8).hexdigest()}"'
+                left = deadline - time.monotonic()
+                if current != etag:
+                    return body, current
+                if left <= 0:
+                    return None, current
+                self._lock.wait(left)
+
     def prometheus(self) -> str:
         """The current ``/metrics`` text."""
         with self._lock:
@@ -258,33 +299,33 @@ class ProgressReporter(TrainerCallback):
     def set_phase(self, phase: str) -> None:
         """Move to another phase of the run (``Merging``, ``Uploading``...)."""
         assert phase in TRAINER_PHASES, phase
-        with self._lock:
+        with self._update():
             self.state.phase = phase
             self.state.updated_at = _now()
         log.info("phase: %s", phase)
 
     def set_resumed_from(self, step: int | None) -> None:
         """Record the checkpoint step this run continues from."""
-        with self._lock:
+        with self._update():
             self.state.resumed_from_step = step
 
     def set_started_fresh(self, why: str | None) -> None:
         """Record that the output's earlier checkpoints were removed, and why (None: they
         were not)."""
-        with self._lock:
+        with self._update():
             self.state.started_fresh = why
             self.state.updated_at = _now()
 
     def set_tracking(self, report: dict[str, Any]) -> None:
         """Record experiment tracking's state (``{ok, reason, message}``)."""
-        with self._lock:
+        with self._update():
             if report != self.state.tracking:
                 self.state.tracking = report
                 self.state.updated_at = _now()
 
     def add_replan(self, replan: Any) -> None:
         """Record a re-plan after an out-of-memory error (``oom_recovery.Replan``)."""
-        with self._lock:
+        with self._update():
             count = (self.state.memory_replan or {}).get("count", 0) + 1
             self.state.memory_replan = {**replan.to_json(), "count": count}
             self.state.updated_at = _now()
@@ -294,7 +335,7 @@ class ProgressReporter(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any
     ) -> None:
-        with self._lock:
+        with self._update():
             self.state.phase = "Training"
             self.state.total_steps = state.max_steps
             self.state.step = state.global_step
@@ -313,7 +354,7 @@ class ProgressReporter(TrainerCallback):
     ) -> None:
         now = time.monotonic()
         self._pace.step_end(now)
-        with self._lock:
+        with self._update():
             s = self.state
             s.step, s.total_steps, s.epoch = state.global_step, state.max_steps, state.epoch
             s.eta_seconds = self._pace.eta_seconds(state.global_step, state.max_steps)
@@ -335,7 +376,7 @@ class ProgressReporter(TrainerCallback):
         **kw: Any,
     ) -> None:
         logs = logs or {}
-        with self._lock:
+        with self._update():
             if "loss" in logs:
                 self.state.loss = round(float(logs["loss"]), 6)
             if "eval_loss" in logs:

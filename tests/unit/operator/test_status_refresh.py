@@ -11,7 +11,6 @@ import asyncio
 import logging
 from typing import Any
 
-import kopf
 import pytest
 from finetune_operator.handlers import refresh_status
 from finetune_operator.observe import observe_status
@@ -28,10 +27,15 @@ LOG = logging.getLogger("test")
 
 
 class RecordingApi:
-    """Records PATCHes; answers like the API server (the object after the patch)."""
+    """Records PATCHes and created objects (Events); answers like the API server."""
 
     def __init__(self) -> None:
         self.patches: list[dict[str, Any]] = []
+        self.created: list[dict[str, Any]] = []
+
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(obj)
+        return obj
 
     async def patch(self, *args: Any, subresource: str | None = None) -> dict[str, Any]:
         assert subresource == "status"
@@ -91,11 +95,7 @@ def test_a_progress_write_waits_for_a_free_slot() -> None:
     assert [p["status"]["progress"]["step"] for p in api.patches] == [121]
 
 
-def test_a_phase_change_is_written_even_when_every_slot_is_busy(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    events: list[str] = []
-    monkeypatch.setattr(kopf, "event", lambda *_, reason, **__: events.append(reason))
+def test_a_phase_change_is_written_even_when_every_slot_is_busy() -> None:
     rt, api, body, job, pods = training_job()
     suspended = k8s_job(suspend=True)
 
@@ -106,4 +106,13 @@ def test_a_phase_change_is_written_even_when_every_slot_is_busy(
 
     asyncio.run(with_slots_taken())
     assert len(api.patches) == 1 and api.patches[0]["status"]["phase"] == "Pending"
-    assert events == ["Resuming"]
+    # ... and posted as an Event on the FineTuneJob (what `kubectl describe ftj` lists).
+    assert [(e["kind"], e["reason"], e["type"]) for e in api.created] == [
+        ("Event", "Resuming", "Normal")
+    ]
+    about = api.created[0]["involvedObject"]
+    assert (about["kind"], about["name"], about["namespace"]) == (
+        "FineTuneJob",
+        body["metadata"]["name"],
+        body["metadata"]["namespace"],
+    )
