@@ -6,22 +6,24 @@ Why polling the pod, and not the trainer pushing to the API server:
   patch FineTuneJob status (or a per-job secret to mint and rotate); with polling the pod runs
   with ``automountServiceAccountToken: false`` and can't touch the cluster at all
   (https://kubernetes.io/docs/tasks/configure-pod-container/configure-service-account/#opt-out-of-api-credential-automounting).
-* **The operator sets the rate.** One small GET per running job every
-  ``FTJ_PROGRESS_POLL_SECONDS`` (default 10 s), pod to pod, not through the API server. Cost at
-  500 running jobs: 50 HTTP GETs/s of ~300 bytes each from one asyncio loop (well under 1% of a
-  core; requests are concurrent and time out after ``FTJ_PROGRESS_TIMEOUT_SECONDS``), and at most
-  50 status PATCHes/s to the API server in the worst case where every job's loss changes every
-  interval — raise ``FTJ_STATUS_MIN_INTERVAL_SECONDS`` to lower that bound. Pushing from 500
-  pods would put the same writes on the API server with no central rate limit. The writes go
-  out concurrently over a few keep-alive connections (:mod:`finetune_operator.kube`) and send
-  only what moved; ``bench/operator_scale.py`` measures lag, memory and API rate at 1,000 jobs.
+* **The operator sets the rate.** Each running job has at most one GET open, a long poll the
+  trainer answers when its progress changes (or with 304 after 30 s: ``poller.py``), started
+  at most once per ``FTJ_PROGRESS_POLL_SECONDS``; requests time out after the wait plus
+  ``FTJ_PROGRESS_TIMEOUT_SECONDS``. So a job costs about one small GET per step (at most one
+  per interval) and a step shows in the status as soon as its write goes out. Writes: at most
+  one status PATCH per job per ``FTJ_STATUS_MIN_INTERVAL_SECONDS`` for progress-only changes,
+  sent concurrently over a few keep-alive connections (:mod:`finetune_operator.kube`) with only
+  what moved. Pushing from 1,000 pods would put the same writes on the API server with no
+  central rate limit. ``bench/operator_scale.py`` measures lag, memory and API rate at 1,000
+  jobs.
 * **Nothing is lost when a GET fails.** The next poll reads the newest numbers; the final summary
   travels in the pod's termination message, which the kubelet stores in the pod status
   (https://kubernetes.io/docs/tasks/debug/debug-application/determine-reason-pod-failure/).
 
 Trade-off: the operator must reach pod IPs on port 8080 (a NetworkPolicy must allow it), and
-``kubectl get ftj`` lags reality by up to one poll interval plus the status rate limit, within
-the 30 s the architecture asks for with the defaults (10 s + 10 s).
+holds one open connection per running job. ``kubectl get ftj`` lags a step by the status rate
+limit at most (default 10 s); with peering, whose timers poll without waiting, by up to one
+poll interval more, within the 30 s the architecture asks for.
 """
 
 from __future__ import annotations
