@@ -190,7 +190,10 @@ async def refresh_status(
             rt.phases[key] = phase
             metrics.set_phase_counts(rt.phases.values())
         if patch is None:
+            if previous is not None and current != wanted:  # held back by the rate limit
+                rt.held_back[key] = previous.at + rt.settings.status_min_interval_seconds
             return
+        rt.held_back.pop(key, None)
         meta = ftj["metadata"]
         write = rt.api.patch(
             ftj["apiVersion"],
@@ -409,6 +412,8 @@ async def poll_job(
         if target is not None:
             held = rt.progress.get(key)
             etag = held.etag if held is not None and held.pod_uid == target.pod_uid else None
+            if key in rt.held_back:  # a change waits for the rate limit: be back by then
+                wait = min(wait, max(0.0, rt.held_back[key] - time.monotonic()))
             answer = await fetch_progress(
                 rt.session, target, rt.settings.progress_timeout_seconds, etag, wait
             )

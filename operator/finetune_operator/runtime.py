@@ -57,6 +57,9 @@ class Runtime:
     written: dict[Key, WrittenStatus] = field(default_factory=dict)
     progress: dict[Key, ProgressReading] = field(default_factory=dict)
     phases: dict[Key, str | None] = field(default_factory=dict)
+    # When a progress change held back by the rate limit may be written (time.monotonic()):
+    # the job's next long poll returns by then, so the change is not left waiting a whole wait.
+    held_back: dict[Key, float] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     creating: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CONCURRENT_CREATES)
@@ -71,5 +74,5 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         """Drop everything about a deleted FineTuneJob."""
-        for table in (self.written, self.progress, self.phases, self._locks):
+        for table in (self.written, self.progress, self.phases, self.held_back, self._locks):
             table.pop(key, None)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
+from finetune_operator import handlers
 from finetune_operator.handlers import refresh_status
 from finetune_operator.observe import observe_status
 from finetune_operator.runtime import ProgressReading, Runtime
@@ -116,3 +118,41 @@ def test_a_phase_change_is_written_even_when_every_slot_is_busy() -> None:
         body["metadata"]["name"],
         body["metadata"]["namespace"],
     )
+
+
+def test_a_step_held_back_by_the_rate_limit_shortens_the_next_long_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a 10 s rate limit a second step within 10 s is not written; the job's next long
+    poll must then return when the limit opens, not after its whole 30 s wait."""
+    rt, api, body, job, pods = training_job()
+    rt.settings = OperatorSettings(status_min_interval_seconds=10.0)
+    step(rt, pods, 121)
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert len(api.patches) == 1 and KEY not in rt.held_back
+    step(rt, pods, 122)
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert len(api.patches) == 1  # rate-limited
+    opens_in = rt.held_back[KEY] - time.monotonic()
+    assert 0 < opens_in <= 10.0
+
+    waits: list[float] = []
+
+    async def fake_fetch(*args: Any) -> None:
+        waits.append(args[-1])  # the wait asked of the trainer
+        return None
+
+    monkeypatch.setattr(handlers, "fetch_progress", fake_fetch)
+    indices = {
+        "ftj_index": {KEY: [body]},
+        "job_index": {KEY: [job]},
+        "pod_index": {KEY: pods},
+    }
+    asyncio.run(handlers.poll_job(rt, KEY, indices, LOG, wait=30.0))  # type: ignore[arg-type]
+    assert waits and waits[0] <= opens_in
+
+    # Once the limit has opened the held-back step is written and the mark is gone.
+    rt.settings = OperatorSettings(status_min_interval_seconds=0.0)
+    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    assert [p["status"]["progress"]["step"] for p in api.patches] == [121, 122]
+    assert KEY not in rt.held_back
