@@ -18,10 +18,12 @@ the job's next poll starts in its next slot (within ``FTJ_PROGRESS_POLL_SECONDS`
 bounds the reads of a trainer whose progress changes many times a second; and an older trainer
 that ignores the headers answers at once, which makes this the plain poll it was before.
 
-Who owns the schedule: this poller when the operator runs standalone (one replica, the chart's
-default). With kopf peering (``FTJ_PEERING``), kopf must be able to pause every replica but one,
-and it pauses only what it runs itself, so there the per-job kopf timer stays
-(:mod:`finetune_operator.handlers`); both call the same ``poll`` function.
+Who owns the schedule: this poller when the operator runs without peering (``FTJ_PEERING``
+unset: the chart with ``peering.enabled=false`` and one replica, ``ftj`` tooling, the e2e
+harness). With kopf peering, which the chart enables by default, kopf must be able to pause
+every replica but one, and it pauses only what it runs itself, so there the per-job kopf timer
+stays (:mod:`finetune_operator.handlers`), polling without waiting; both call the same
+``poll_job``. The 1,000-job figures in bench/NOTES.md are of this poller.
 """
 
 from __future__ import annotations
