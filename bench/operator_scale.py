@@ -23,6 +23,11 @@ with a step that advances every ``--step-seconds``, staggered across pods.
 Run (from the repository root)::
 
     python -m bench.operator_scale --jobs 250,1000
+    python -m bench.operator_scale --jobs 250,1000 --peering   # as the chart runs it
+
+``--peering`` runs the operator as the chart's default does (``FTJ_PEERING``, a ``KopfPeering``
+in the namespace, kopf's CRDs from the chart): kopf keeps its heartbeat there and the progress
+poller reads it before each round (:mod:`finetune_operator.standby`).
 
 prints one line per size, e.g.
 ``operator-scale: jobs=1000 lag_p50_s=1.1 lag_p99_s=2.3 rss_mb=95.0 cpu_pct=40.0 api_rps=101.2``
@@ -61,6 +66,8 @@ from finetune_api.contract import prefer_wait  # noqa: E402
 
 PROGRESS_PORT = 8080  # finetune_api.contract.PROGRESS_PORT: the operator polls this port
 GROUP_PATH = "/apis/finetune.dev/v1alpha1"
+PEERING_NAME = "ftj-scale"
+PEERING_CRDS = REPO / "charts" / "finetune-operator" / "crds" / "kopf.dev_peerings.yaml"
 
 
 def pod_ips(count: int) -> list[str]:
@@ -398,6 +405,16 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         )
         gateway.gc_interval = 10.0  # one LIST of every FineTuneJob per pass: not every second
         gateway.start()
+        if args.peering:  # the chart creates it; kopf never does
+            peerings = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
+            body = {
+                "apiVersion": "kopf.dev/v1",
+                "kind": "KopfPeering",
+                "metadata": {"name": PEERING_NAME, "namespace": namespace},
+            }
+            code, answer = apiserver.request("POST", peerings, body)
+            if code not in (200, 201):
+                raise RuntimeError(f"creating the KopfPeering failed ({code}): {answer}")
         simulator = JobSimulator(gateway, work / "pods", grace_seconds=1.0)
         # Private on purpose: the bench's pods must not take the 127.0.x.y addresses that e2e
         # tests running beside it use on the same port.
@@ -531,12 +548,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="extra environment of the operator process (repeatable)",
     )
+    parser.add_argument(
+        "--peering", action="store_true", help="kopf peering on, as the chart's default"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--serve-progress", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_progress:
         serve_main(args)
         return 0
+    if args.peering:
+        args.operator_env.append(f"FTJ_PEERING={PEERING_NAME}")
 
     from tests.harness.apiserver import KubeApiServer
 
@@ -548,6 +570,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = []
     with KubeApiServer() as apiserver:
         apiserver.install_crd(REPO / "crds" / "finetune.dev_finetunejobs.yaml")
+        if args.peering:
+            apiserver.install_crd(PEERING_CRDS)
         for jobs in sizes:
             result = run_size(jobs, args, apiserver, workdir)
             results.append(result)
@@ -563,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "min_interval_seconds",
                 "window",
                 "operator_env",
+                "peering",
             )
         },
         "cpus": os.cpu_count(),
@@ -575,7 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["jobs_ratio"] = large.jobs / small.jobs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{date.today().isoformat()}-operator-scale.json"
+    suffix = "-peering" if args.peering else ""
+    path = out / f"{date.today().isoformat()}-operator-scale{suffix}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

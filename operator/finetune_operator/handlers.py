@@ -8,8 +8,8 @@
 * any event of a labelled Job or pod → recompute the status with :func:`observe_status`;
 * every ``FTJ_PROGRESS_POLL_SECONDS``, for each unfinished FineTuneJob → :func:`poll_job`: read
   ``/progress`` of the rank-0 pod, recompute the status (also a periodic resync in case an event
-  was missed). One task calls it for every job (:mod:`finetune_operator.poller`); with peering,
-  a kopf timer per job does, so that kopf can pause a standby replica's polls.
+  was missed). One task calls it for every job (:mod:`finetune_operator.poller`), which a
+  standby replica under peering pauses (:mod:`finetune_operator.standby`).
 
 Status is always written through the ``/status`` subresource
 (https://kubernetes.io/docs/tasks/extend-kubernetes/custom-resources/custom-resource-definitions/#status-subresource),
@@ -25,12 +25,10 @@ an index keeps only the fields the status computation reads (:mod:`finetune_oper
 
 Deletion: nothing to do. The ConfigMap, Service and Job carry a controller owner reference and
 the garbage collector removes them (and the Job its pods); artifacts in object storage are
-never touched. A standalone operator puts no finalizer on a FineTuneJob (the poller simply
-stops seeing a deleted job). With peering, kopf adds ``finetune.dev/finalizer`` while the
-progress timer runs (it needs it to stop the timer before the object is gone) and removes it
-when the job ends (the timer's ``when`` filter excludes finished jobs); a FineTuneJob deleted
-while it runs and no peering operator is up waits for one to come back (or for the finalizer to
-be removed by hand). A standalone operator that finds a finalizer left by a peering one removes it.
+never touched. The operator puts no finalizer on a FineTuneJob (no handler needs to run before
+it is gone: the poller simply stops seeing a deleted job), so deleting one never waits for the
+operator. A ``finetune.dev/finalizer`` left by an older, timer-based release is removed by kopf
+on the job's next event.
 """
 
 from __future__ import annotations
@@ -390,19 +388,13 @@ async def dependent_changed(
         metrics.RECONCILE_SECONDS.labels(handler="observe").observe(time.monotonic() - started)
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in TERMINAL_PHASES
-
-
 async def poll_job(
     rt: Runtime, key: Key, indices: Mapping[str, Any], logger: kopf.Logger, wait: float = 0.0
 ) -> None:
     """Read the rank-0 trainer's /progress and refresh the status (also a periodic resync).
 
-    Called for every unfinished FineTuneJob by :mod:`finetune_operator.poller` (standalone:
-    a long poll, ``wait`` > 0, that returns when the trainer's progress changes) or once per
-    ``FTJ_PROGRESS_POLL_SECONDS`` by the kopf timer below (peering: ``wait`` 0, so that kopf
-    can pause it at any time)."""
+    Called for every unfinished FineTuneJob by :mod:`finetune_operator.poller`, as a long poll
+    (``wait`` > 0) that returns when the trainer's progress changes."""
     started = time.monotonic()
     try:
         ftj = _first(_index(indices, "ftj_index").get(key))
@@ -425,16 +417,3 @@ async def poll_job(
         logger.warning(f"status update failed: {err}")
     finally:
         metrics.RECONCILE_SECONDS.labels(handler="progress").observe(time.monotonic() - started)
-
-
-async def poll_progress(
-    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
-) -> None:
-    """The per-job kopf timer of a peering operator (kopf pauses it on a standby replica)."""
-    await poll_job(runtime(memo), _key_of(namespace, name), kwargs, logger)
-
-
-if SETTINGS.peering:
-    # Only with peering: kopf must pause the polls of a standby replica, and it pauses only the
-    # timers it runs. A standalone operator polls from one task instead (main.configure).
-    kopf.timer(*FTJ, interval=SETTINGS.progress_poll_seconds, when=_unfinished)(poll_progress)

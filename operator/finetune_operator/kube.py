@@ -34,6 +34,8 @@ PLURALS = {
     "Event": "events",
     "Job": "jobs",
     "FineTuneJob": "finetunejobs",
+    "KopfPeering": "kopfpeerings",
+    "ClusterKopfPeering": "clusterkopfpeerings",
 }
 FIELD_MANAGER = "finetune-operator"
 USER_AGENT = "finetune-operator"
@@ -45,13 +47,15 @@ REQUEST_TIMEOUT = 30.0
 MAX_CONNECTIONS = 32
 
 
-def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    """REST path of a namespaced object (or its collection when ``name`` is None).
+def object_path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+    """REST path of an object (or its collection when ``name`` is None); ``namespace`` None
+    for a cluster-scoped kind.
 
     https://kubernetes.io/docs/reference/using-api/api-concepts/#resource-uris
     """
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
+    scope = f"{prefix}/namespaces/{namespace}" if namespace is not None else prefix
+    path = f"{scope}/{PLURALS[kind]}"
     return f"{path}/{name}" if name else path
 
 
@@ -147,7 +151,7 @@ class KubeClient:
         path = object_path(obj["apiVersion"], obj["kind"], meta["namespace"])
         return await self._call("POST", path, obj, query={"fieldManager": FIELD_MANAGER})
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest:
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> Manifest:
         """GET one object; NotFound when it does not exist."""
         return await self._call("GET", object_path(api_version, kind, namespace, name))
 

@@ -18,7 +18,9 @@ priorities differ; on a tie kopf pauses *both* (it never lets both run). Peering
 lease: for a few seconds after a replica starts, before it has seen its peers, two replicas can
 overlap. That window is harmless by construction: objects are created by deterministic name
 (a second create gets 409 AlreadyExists, so there is never a second Job) and the status is a
-pure function of the observed objects, so two writers write the same status.
+pure function of the observed objects, so two writers write the same status. The progress
+poller is the operator's own task, not kopf's: it reads the same peering object before each round
+and polls nothing on a standby replica (:mod:`finetune_operator.standby`).
 Without ``FTJ_PEERING`` the operator runs standalone and the chart must run one replica.
 """
 
@@ -33,7 +35,16 @@ from typing import Any
 import aiohttp
 import kopf
 
-from finetune_operator import credentials, handlers, inventory, memory, metrics, naming, poller
+from finetune_operator import (
+    credentials,
+    handlers,
+    inventory,
+    memory,
+    metrics,
+    naming,
+    poller,
+    standby,
+)
 from finetune_operator.handlers import JOBS, PODS, SETTINGS
 from finetune_operator.kube import KubeClient
 from finetune_operator.runtime import Runtime
@@ -63,7 +74,6 @@ class RoutineSuccesses(logging.Filter):
 
     ROUTINE = frozenset(
         {
-            "Timer 'poll_progress' succeeded.",
             "Handler 'ftj_event' succeeded.",
             "Handler 'dependent_changed' succeeded.",
         }
@@ -77,7 +87,7 @@ class RoutineSuccesses(logging.Filter):
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     """Apply the FTJ_* settings to kopf, build the clients every handler shares and, when
-    standalone, start the progress poller (``kwargs`` holds kopf's indices by name)."""
+    start the progress poller (``kwargs`` holds kopf's indices by name)."""
     ours = SETTINGS
     # kopf's own bookkeeping goes into annotations with our prefix: the CRD's structural schema
     # would prune unknown status fields such as status.kopf.
@@ -117,14 +127,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     memo.runtime = Runtime(settings=ours, api=KubeClient(), session=session)
     memo.trimming = asyncio.create_task(memory.return_free_memory_forever())
-    if not ours.peering:  # with peering, kopf's per-job timers poll (handlers.poll_progress)
-        memo.polling = asyncio.create_task(_poll_forever(memo.runtime, kwargs, settings))
+    memo.polling = asyncio.create_task(_poll_forever(memo.runtime, kwargs, settings))
 
 
 def _poll_forever(
     rt: Runtime, indices: dict[str, Any], settings: kopf.OperatorSettings
 ) -> Coroutine[Any, Any, None]:
-    """The standalone operator's progress poller over kopf's live indices."""
+    """The progress poller over kopf's live indices; with peering it asks before each round
+    whether this replica is the active one."""
 
     async def poll(key: inventory.Key) -> None:
         entry = next(iter(indices["ftj_index"].get(key) or ()), None)
@@ -132,7 +142,13 @@ def _poll_forever(
             logger = kopf.LocalObjectLogger(body=kopf.Body(entry), settings=settings)
             await handlers.poll_job(rt, key, indices, logger, poller.LONG_POLL_SECONDS)
 
-    return poller.Poller(poll, SETTINGS.progress_poll_seconds).forever(lambda: indices["ftj_index"])
+    check = None
+    if SETTINGS.peering:
+        check = standby.PeeringCheck(
+            rt.api, SETTINGS.peering, SETTINGS.watch_namespaces, SETTINGS.peering_priority
+        ).standby
+    every = poller.Poller(poll, SETTINGS.progress_poll_seconds)
+    return every.forever(lambda: indices["ftj_index"], check)
 
 
 def raise_open_files_limit() -> None:

@@ -18,12 +18,11 @@ the job's next poll starts in its next slot (within ``FTJ_PROGRESS_POLL_SECONDS`
 bounds the reads of a trainer whose progress changes many times a second; and an older trainer
 that ignores the headers answers at once, which makes this the plain poll it was before.
 
-Who owns the schedule: this poller when the operator runs without peering (``FTJ_PEERING``
-unset: the chart with ``peering.enabled=false`` and one replica, ``ftj`` tooling, the e2e
-harness). With kopf peering, which the chart enables by default, kopf must be able to pause
-every replica but one, and it pauses only what it runs itself, so there the per-job kopf timer
-stays (:mod:`finetune_operator.handlers`), polling without waiting; both call the same
-``poll_job``. The 1,000-job figures in bench/NOTES.md are of this poller.
+Who owns the schedule: this poller, in every operator. With kopf peering (``FTJ_PEERING``, the
+chart's default) it asks :mod:`finetune_operator.standby` before each round whether a peer is
+the active replica, the question kopf asks before running its own handlers, and a standby
+replica polls nothing (its polls still in flight are cancelled). The 1,000-job figures in
+bench/NOTES.md are of this poller, with and without peering.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ LOGGER = logging.getLogger("finetune_operator.poller")
 LONG_POLL_SECONDS = 30.0
 
 Poll = Callable[[Key], Awaitable[None]]
+Standby = Callable[[], Awaitable[bool]]
 
 
 def unfinished(entries: Mapping[Key, Iterable[Mapping[str, Any]]]) -> list[Key]:
@@ -102,25 +102,37 @@ class Poller:
                 self.running[key] = asyncio.create_task(self._guarded(key))
 
     async def idle(self) -> None:
-        """Wait until no poll is running (tests; shutdown)."""
+        """Wait until no poll is running (the tests' way to let a round finish)."""
         while self.running:
             await asyncio.wait(list(self.running.values()))
 
-    async def forever(self, index: Callable[[], Mapping[Key, Iterable[Mapping[str, Any]]]]) -> None:
+    def cancel_running(self) -> None:
+        """Cancel the polls in flight (shutdown; a replica that became standby)."""
+        for task in list(self.running.values()):
+            task.cancel()
+
+    async def forever(
+        self,
+        index: Callable[[], Mapping[Key, Iterable[Mapping[str, Any]]]],
+        standby: Standby | None = None,
+    ) -> None:
         """A round per interval over ``index()`` (kopf's FineTuneJob index as it is now: jobs
         created since the last round join the next, deleted and finished ones leave it), until
-        cancelled at shutdown, which cancels the polls still running."""
+        cancelled at shutdown, which cancels the polls still running. A round for which
+        ``standby()`` answers True (peering: another replica is active) polls nothing."""
         loop = asyncio.get_running_loop()
         try:
             while True:
                 start = loop.time()
                 try:
-                    await self.round(unfinished(index()))
+                    if standby is not None and await standby():
+                        self.cancel_running()
+                    else:
+                        await self.round(unfinished(index()))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # noqa: BLE001 - the poller must outlive any one bad round
                     LOGGER.exception("progress poll round failed")
                 await asyncio.sleep(max(0.0, start + self.interval - loop.time()))
         finally:
-            for task in list(self.running.values()):
-                task.cancel()
+            self.cancel_running()

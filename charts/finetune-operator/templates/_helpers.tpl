@@ -102,7 +102,8 @@ Argument: a dict with "root" (the top context) and "clusterwide" (bool).
 */}}
 {{- define "finetune-operator.rules" -}}
 {{- $root := .root -}}
-# FineTuneJobs: listed and watched by kopf; patched for kopf's finalizer and annotations.
+# FineTuneJobs: listed and watched by kopf; patched for kopf's annotations (and to remove the
+# finalizer an older, timer-based release left).
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
   verbs: ["list", "watch", "patch"]
@@ -131,15 +132,16 @@ Argument: a dict with "root" (the top context) and "clusterwide" (bool).
   resources: ["events"]
   verbs: ["create"]
 {{- if $root.Values.peering.enabled }}
-# kopf peering: the operator keeps itself alive in its peering object's status.
+# kopf peering: the operator keeps itself alive in its peering object's status; the progress
+# poller reads (get) the same object before each round to stay idle on a standby replica.
 {{- if .clusterwide }}
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- else }}
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 {{- end }}
 {{- end }}
 {{- with $root.Values.rbac.extraRules }}

@@ -1,4 +1,4 @@
-"""The standalone operator's progress poller: every unfinished job read once per interval,
+"""The operator's progress poller: every unfinished job read once per interval,
 spread over it, finished and deleted jobs left alone, one failing job not stopping the rest."""
 
 from __future__ import annotations
@@ -96,3 +96,39 @@ def test_the_poller_picks_up_jobs_created_after_it_started() -> None:
     asyncio.run(run_briefly())
     assert ("ml", "second") in polled
     assert polled.count(("ml", "first")) >= 2  # polled again every interval
+
+
+def test_a_standby_replica_polls_nothing_and_cancels_its_polls_in_flight() -> None:
+    """Peering: while ``standby()`` says another replica is active, no poll starts and a long
+    poll still open from the active time is cancelled; when it turns active again, polls
+    resume on the next round."""
+    key = ("ml", "job")
+    polls: list[str] = []
+    cancelled = asyncio.Event()
+    answers = iter([False, True, True, False])
+    state = {"standby": False}
+
+    async def poll(_: tuple[str, str]) -> None:
+        polls.append("standby" if state["standby"] else "active")
+        try:
+            await asyncio.sleep(3600)  # a long poll that nothing answers
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def standby() -> bool:
+        state["standby"] = next(answers, False)
+        return state["standby"]
+
+    async def run() -> None:
+        rounds = poller.Poller(poll, 0.05)
+        task = asyncio.create_task(rounds.forever(lambda: {key: entry("Training")}, standby))
+        await asyncio.wait_for(cancelled.wait(), 5)  # round 2 (standby) cancelled round 1's
+        while len(polls) < 2:  # round 4 (active again) polls anew
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert polls == ["active", "active"]  # none started while standby
