@@ -20,9 +20,6 @@ from finetune_operator.errors import ApiError
 from finetune_operator.kube import FIELD_MANAGER, KubeClient
 from finetune_operator.observe import Event
 
-# The Event API caps messages at 1 KiB for the fields kubectl shows (observe.py clips them too).
-MAX_MESSAGE = 1024
-
 
 def event_object(ftj: Mapping[str, Any], event: Event, now: datetime) -> dict[str, Any]:
     """The core/v1 Event about ``ftj`` (pure)."""
@@ -41,7 +38,7 @@ def event_object(ftj: Mapping[str, Any], event: Event, now: datetime) -> dict[st
         },
         "type": event.type,
         "reason": event.reason,
-        "message": event.message[:MAX_MESSAGE],
+        "message": event.message,  # clipped where built (observe.EVENT_MESSAGE_LIMIT)
         "source": {"component": FIELD_MANAGER},
         "reportingComponent": FIELD_MANAGER,
         "reportingInstance": os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or "",

@@ -103,9 +103,14 @@ _SECRETISH = re.compile(
 )
 
 
+# The Event API caps messages at 1 KiB for the fields kubectl shows; every Event built here is
+# clipped to it (clean_message), so events.py posts the message as it is.
+EVENT_MESSAGE_LIMIT = 1024
+
+
 @dataclass(frozen=True)
 class Event:
-    """A Kubernetes Event to post on the FineTuneJob."""
+    """A Kubernetes Event to post on the FineTuneJob (its message within EVENT_MESSAGE_LIMIT)."""
 
     type: Literal["Normal", "Warning"]
     reason: str
@@ -577,7 +582,11 @@ def _events(old: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -
         old_running is not None and not verdict.running and old_running.reason != verdict.reason
     ):
         events.append(
-            Event(kind(verdict.reason), verdict.reason, clean_message(verdict.message, 1024))
+            Event(
+                kind(verdict.reason),
+                verdict.reason,
+                clean_message(verdict.message, EVENT_MESSAGE_LIMIT),
+            )
         )
     old_by_type = {c.type: c for c in old.conditions}
     for cond in new.conditions:
@@ -591,14 +600,20 @@ def _events(old: FineTuneJobStatus, new: FineTuneJobStatus, verdict: _Verdict) -
             cond.reason,
             cond.message,
         ):
-            events.append(Event(kind(cond.reason), cond.reason, clean_message(cond.message, 1024)))
+            events.append(
+                Event(
+                    kind(cond.reason), cond.reason, clean_message(cond.message, EVENT_MESSAGE_LIMIT)
+                )
+            )
     tracking = next((c for c in new.conditions if c.type == "Tracking"), None)
     before = old_by_type.get("Tracking")
     if tracking is not None and (before is None or before.reason != tracking.reason):
         severity: Literal["Normal", "Warning"] = (
             "Normal" if tracking.status == "True" else "Warning"
         )
-        events.append(Event(severity, tracking.reason, clean_message(tracking.message, 1024)))
+        events.append(
+            Event(severity, tracking.reason, clean_message(tracking.message, EVENT_MESSAGE_LIMIT))
+        )
     return events
 
 
