@@ -337,6 +337,8 @@ class SizeResult:
     api_rps: float
     api_by_verb: dict[str, float] = field(default_factory=dict)
     progress_gets_per_s: float = 0.0
+    # The operator's own count of its /progress reads by outcome (its /metrics), per second.
+    progress_polls_per_s: dict[str, float] = field(default_factory=dict)
     window_s: float = 0.0
     ramp_s: float = 0.0
     training_at_end: int = 0
@@ -362,6 +364,25 @@ def manifest(name: str, namespace: str) -> dict[str, Any]:
             "resources": {"gpus": 0},
         },
     }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def poll_outcomes(port: int) -> Counter[str]:
+    """finetune_operator_progress_polls_total by outcome, scraped from the operator."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        if line.startswith('finetune_operator_progress_polls_total{outcome="'):
+            outcome = line.split('"')[1]
+            counts[outcome] = float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path) -> SizeResult:
@@ -422,6 +443,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         # Every sweep reconciles every Job; these Jobs have no deadline and no failures.
         simulator.controller.sweep_seconds = 30.0
         simulator.start()
+        metrics_port = free_port()
         operator = OperatorProcess(
             gateway.kubeconfig_path,
             work / "operator",
@@ -432,6 +454,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
                 "FTJ_STATUS_MIN_INTERVAL_SECONDS": str(args.min_interval_seconds),
                 "FTJ_LOG_LEVEL": "INFO",
                 "MALLOC_ARENA_MAX": "2",  # as the chart's Deployment sets it
+                "FTJ_METRICS_PORT": str(metrics_port),
                 **dict(item.split("=", 1) for item in args.operator_env),
             },
         ).start()
@@ -461,6 +484,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         meter = ProcessMeter(operator.pid)
         audit_start, cpu_start = len(gateway.audit), meter.cpu_seconds()
         gets_start = json.loads(stats.read_text())["requests"]
+        outcomes_start = poll_outcomes(metrics_port)
         start = time.time()
         while time.time() - start < args.window:
             meter.rss_mb()
@@ -470,6 +494,8 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         window = end - start
         requests = list(gateway.audit)[audit_start:]
         gets = json.loads(stats.read_text())["requests"] - gets_start
+        outcomes = poll_outcomes(metrics_port)
+        outcomes.subtract(outcomes_start)
         time.sleep(args.tail)  # steps near the end get their chance to show
         ip_of = _pod_ips_by_job(gateway)
         with watch.lock:
@@ -494,6 +520,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
             api_rps=len(requests) / window,
             api_by_verb={k: round(v / window, 2) for k, v in verbs.most_common()},
             progress_gets_per_s=gets / window,
+            progress_polls_per_s={k: round(v / window, 2) for k, v in sorted(outcomes.items())},
             window_s=window,
             ramp_s=ramp_s,
             training_at_end=watch.training(),

@@ -40,6 +40,15 @@ PROGRESS_LAG_SECONDS = Histogram(
     buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300),
     registry=REGISTRY,
 )
+PROGRESS_POLLS = Counter(
+    "finetune_operator_progress_polls_total",
+    "Reads of a trainer's /progress, by outcome: changed (a new document), unchanged (304 after "
+    "the long poll's wait), timeout (no answer in wait + FTJ_PROGRESS_TIMEOUT_SECONDS), error "
+    "(refused, reset, not 200, not JSON). Many timeouts mean the operator or the trainers are "
+    "too slow to answer within the timeout.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 
 def serve(port: int) -> None:
@@ -71,3 +80,8 @@ def record_progress_lag(updated_at: str | None, now: datetime) -> None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     PROGRESS_LAG_SECONDS.observe(max(0.0, (now - moment).total_seconds()))
+
+
+def record_progress_poll(outcome: str) -> None:
+    """Count one read of a trainer's /progress under its outcome (see PROGRESS_POLLS)."""
+    PROGRESS_POLLS.labels(outcome=outcome).inc()

@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 from finetune_api import contract
 
-from finetune_operator import naming
+from finetune_operator import metrics, naming
 
 
 @dataclass(frozen=True)
@@ -105,16 +105,26 @@ async def fetch_progress(
     headers = {}
     if etag and wait > 0:
         headers = {"If-None-Match": etag, "Prefer": f"wait={wait:g}"}
+    outcome = "error"
     try:
         async with session.get(
             target.url, headers=headers, timeout=aiohttp.ClientTimeout(total=wait + timeout)
         ) as response:
             if response.status == 304:
+                outcome = "unchanged"
                 return ProgressAnswer(None, response.headers.get("ETag") or etag)
             if response.status != 200:
                 return None
             data = json.loads(await response.text())
             tag = response.headers.get("ETag")
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, UnicodeDecodeError):
+            if isinstance(data, dict):
+                outcome = "changed"
+                return ProgressAnswer(data, tag)
+            return None
+    except asyncio.TimeoutError:
+        outcome = "timeout"
         return None
-    return ProgressAnswer(data, tag) if isinstance(data, dict) else None
+    except (aiohttp.ClientError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        metrics.record_progress_poll(outcome)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from finetune_api.contract import PROGRESS_MAX_WAIT, prefer_wait
+from finetune_operator import metrics
 from finetune_operator.progress import ProgressAnswer, ProgressTarget, fetch_progress
 from finetune_trainer.progress import ProgressReporter
 
@@ -29,6 +30,14 @@ def fetch(url: str, etag: str | None = None, wait: float = 0.0) -> ProgressAnswe
             return await fetch_progress(session, ProgressTarget("uid", "pod", url), 5.0, etag, wait)
 
     return asyncio.run(once())
+
+
+def polls(outcome: str) -> float:
+    """The operator's finetune_operator_progress_polls_total{outcome} so far."""
+    value = metrics.REGISTRY.get_sample_value(
+        "finetune_operator_progress_polls_total", {"outcome": outcome}
+    )
+    return value or 0.0
 
 
 def started_reporter() -> tuple[ProgressReporter, Any, str]:
@@ -67,10 +76,12 @@ def test_an_unchanged_progress_waits_the_asked_time_then_answers_304() -> None:
     try:
         first = fetch(url)
         assert first is not None
+        unchanged = polls("unchanged")
         began = time.monotonic()
         answer = fetch(url, first.etag, wait=0.5)
         assert time.monotonic() - began >= 0.5
         assert answer == ProgressAnswer(None, first.etag)
+        assert polls("unchanged") == unchanged + 1  # what an operator's /metrics shows
         # Without an ETag (a first poll, or a new pod) the answer comes at once.
         began = time.monotonic()
         again = fetch(url, None, wait=5.0)
@@ -104,6 +115,37 @@ def test_a_trainer_that_ignores_the_headers_is_polled_as_before() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_trainer_that_does_not_answer_in_time_counts_as_a_timeout() -> None:
+    """The operator's metrics tell a trainer too slow to answer from one that refuses."""
+    release = threading.Event()
+
+    class Stuck(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            release.wait(10)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/progress"
+
+    async def once() -> ProgressAnswer | None:
+        async with aiohttp.ClientSession() as session:
+            return await fetch_progress(session, ProgressTarget("uid", "pod", url), 0.3)
+
+    timeouts, errors = polls("timeout"), polls("error")
+    try:
+        assert asyncio.run(once()) is None
+        assert polls("timeout") == timeouts + 1
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    assert fetch(url) is None  # nothing listens any more: refused
+    assert polls("error") == errors + 1
 
 
 @pytest.mark.parametrize(
