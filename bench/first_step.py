@@ -29,7 +29,8 @@ synthetic data. Runs:
   (``FTJ_RANGED_DOWNLOAD=0``: boto3's managed transfer, 4 files x 8 threads, then the load);
 * ``s3-ranged``: ranged GETs written in place, the load after the last byte
   (``FTJ_LOAD_WHILE_DOWNLOADING=0``): the first lever alone;
-* ``s3-after``: the default: ranged GETs, each tensor loaded as soon as its bytes are in.
+* ``s3-after``: ranged GETs, each tensor loaded as soon as its bytes are in (the default since
+  session 17).
 
 Slices per run (seconds; ``download_s`` and ``load_to_gpu_s`` overlap in ``s3-after``):
 ``startup_s`` (process start, imports), ``tokenizer_s`` (tokenizer files fetched and loaded,

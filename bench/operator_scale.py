@@ -14,6 +14,10 @@ once and measures, over a fixed window:
 What is real: the operator process (``python -m finetune_operator``, as the image starts it),
 apiextensions-apiserver + etcd (FineTuneJobs, their status subresource), the emulated core/batch
 API of the e2e harness (Jobs, pods, ConfigMaps, Services) and its Job controller/kubelet.
+The API server's state (etcd's data) lives on tmpfs (``/dev/shm``; ``--state-dir``): the bench
+measures the operator, and on this VM's shared disk etcd's fsyncs at ~100 writes/s made the lag
+swing between runs of the same code (p99 2.9 s in one run, 11.4 s three hours later, for the
+old code and the new alike; bench/NOTES.md session 17). A production etcd has its own disk.
 What is simulated: the trainers. 1,000 Python trainers would not fit a small machine, so each
 pod runs ``sleep`` and ONE child process of this bench serves every pod's ``GET /progress``: it
 listens on port 8080 of each pod IP (the kubelet gives every pod its own loopback address, here
@@ -578,6 +582,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--peering", action="store_true", help="kopf peering on, as the chart's default"
     )
+    parser.add_argument(
+        "--state-dir",
+        default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
+        help="where the API server keeps etcd's data (default /dev/shm: tmpfs)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--serve-progress", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -594,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = [int(s) for s in args.jobs.split(",") if s.strip()]
     workdir = Path(tempfile.mkdtemp(prefix="ftj-operator-scale-"))
+    if args.state_dir:
+        tempfile.tempdir = args.state_dir  # KubeApiServer keeps etcd's data in a temp dir
     results = []
     with KubeApiServer() as apiserver:
         apiserver.install_crd(REPO / "crds" / "finetune.dev_finetunejobs.yaml")
@@ -615,6 +626,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "window",
                 "operator_env",
                 "peering",
+                "state_dir",
             )
         },
         "cpus": os.cpu_count(),

@@ -140,7 +140,9 @@ def run_row(
     if config.endswith("-nofp8"):  # ablation: every GEMM in bf16, no FP8 tensor cores
         env["FTJ_FP8_COMPUTE"] = "0"
     if config.endswith("-fp8fwd"):  # a 16-bit base's forward GEMMs on FP8 tensor cores
-        env["FTJ_FP8_FORWARD_16BIT"] = "1"
+        env["FTJ_FP8_FORWARD_16BIT"] = "1"  # (the default since session 17)
+    if config.endswith("-bf16fwd"):  # ablation: a 16-bit base's forward GEMMs in bf16
+        env["FTJ_FP8_FORWARD_16BIT"] = "0"
     if config.endswith("-fp8bwd"):  # ablation: input gradients on FP8 tensor cores too
         env["FTJ_FP8_BACKWARD"] = "1"
     if config.endswith("-profile"):

@@ -1,4 +1,4 @@
-"""FP8 forward GEMMs for a 16-bit base (opt-in: ``FTJ_FP8_FORWARD_16BIT=1``, Ada/Hopper).
+"""FP8 forward GEMMs for a 16-bit base (default on Ada/Hopper; ``FTJ_FP8_FORWARD_16BIT=0``: off).
 
 The weights stay bf16; each forward GEMM quantizes its weight per output channel and its input
 per token to e4m3 (``float8_base.linear_16bit``); every gradient is computed in bf16 against

@@ -14,6 +14,7 @@ from finetune_trainer.acceleration import (
     estimate_memory_bytes,
     plan_acceleration,
 )
+from finetune_trainer.switches import TrainerSwitches
 
 pytestmark = pytest.mark.unit
 
@@ -522,9 +523,9 @@ def test_weights_that_would_overfill_the_card_or_budget_load_through_host_memory
 
 
 def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_under_auto() -> None:
-    """Asked for (FTJ_FP8_FORWARD_16BIT=1), precision auto on an H100 runs the 16-bit base's
-    forward GEMMs in FP8 and says so; not asked, precision bf16, a GPU without FP8 tensor
-    cores, FTJ_FP8_COMPUTE=0 and CPUs keep bf16."""
+    """Asked for (FTJ_FP8_FORWARD_16BIT, on by default), precision auto on an H100 runs the
+    16-bit base's forward GEMMs in FP8 and says so; not asked, precision bf16, a GPU without
+    FP8 tensor cores, FTJ_FP8_COMPUTE=0 and CPUs keep bf16."""
     a100 = DeviceInfo("cuda", "NVIDIA A100", 80 * GiB, True, (8, 0), sm_count=108)
 
     def plan(device: DeviceInfo, precision: str = "auto", **kw: Any) -> Any:
@@ -547,9 +548,9 @@ def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_und
     assert not plan(CPU).fp8_forward
     # FP8 forward GEMMs make the same step faster in the planner's model.
     assert fast.predicted_step_s < plan(H100_80G, "bf16").predicted_step_s
-    # The default (not asked) stays bf16.
-    default = plan_acceleration(training(), Method(), QWEN_7B, H100_80G, mean_example_tokens=780)
-    assert not default.fp8_forward
+    # The trainer asks for it unless FTJ_FP8_FORWARD_16BIT=0 (its default since session 17).
+    assert TrainerSwitches.from_env({}).fp8_forward_16bit
+    assert not TrainerSwitches.from_env({"FTJ_FP8_FORWARD_16BIT": "0"}).fp8_forward_16bit
 
 
 def test_a_tie_in_predicted_time_goes_to_the_plan_needing_less_memory() -> None:

@@ -121,7 +121,7 @@ def test_loaded_while_arriving_equals_a_load_from_disk(
     server.on_get = hold_tensors
     monkeypatch.setattr(streamed_load, "lazy_state_dict", spy)
     storage = storage_for(server)
-    with switches.override(load_while_downloading=True):  # opt-in until run on a GPU
+    with switches.override(load_while_downloading=True):  # the default, pinned
         weights = storage.fetch_model("s3://models/tiny", tmp_path / "cache")
         assert weights.arriving  # listed, not yet downloaded
         model = load(weights.result, weights)
@@ -195,7 +195,7 @@ def test_corrupt_shard_is_invalid_input_either_way(
     body[:8] = (len(body) * 2).to_bytes(8, "little")  # a header longer than the file
     path.write_bytes(bytes(body))
     with (
-        switches.override(load_while_downloading=True),  # opt-in until run on a GPU
+        switches.override(load_while_downloading=True),  # the default, pinned
         pytest.raises(InvalidInput, match=f"{first} is not a valid safetensors file"),
     ):
         weights = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "a")
