@@ -297,7 +297,11 @@ class Training(ApiModel):
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto",
-        description=("auto: bf16 where the device supports it, else fp16 on GPUs, fp32 on CPUs."),
+        description=(
+            "auto: bf16 where the device supports it, else fp16 on GPUs, fp32 on CPUs; on GPUs "
+            "with FP8 tensor cores (Ada, Hopper and newer) a LoRA's frozen 16-bit base also runs "
+            "its forward GEMMs in FP8 (weights and gradients stay bf16). bf16: every GEMM in bf16."
+        ),
     )
     gradient_checkpointing: Literal["auto", "always", "never"] = Field(
         default="auto",
