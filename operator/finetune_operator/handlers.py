@@ -61,7 +61,7 @@ JOBS = ("batch", "v1", "jobs")
 PODS = ("v1", "pods")
 LABELLED = {naming.JOB_LABEL: kopf.PRESENT}
 
-# Read once at import: kopf needs the timer interval when the decorators run.
+# Read once at import: the handlers and the poller share one reading of the environment.
 SETTINGS = OperatorSettings.from_env()
 
 Manifest = dict[str, Any]

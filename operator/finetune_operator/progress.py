@@ -22,8 +22,8 @@ Why polling the pod, and not the trainer pushing to the API server:
 
 Trade-off: the operator must reach pod IPs on port 8080 (a NetworkPolicy must allow it), and
 holds one open connection per running job. ``kubectl get ftj`` lags a step by the status rate
-limit at most (default 10 s); with peering, whose timers poll without waiting, by up to one
-poll interval more, within the 30 s the architecture asks for.
+limit at most (default 10 s), within the 30 s the architecture asks for; a replica that just
+took over from another under peering starts its polls within one poll interval.
 """
 
 from __future__ import annotations
