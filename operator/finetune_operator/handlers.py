@@ -404,13 +404,17 @@ async def poll_job(
         if target is not None:
             held = rt.progress.get(key)
             etag = held.etag if held is not None and held.pod_uid == target.pod_uid else None
-            if key in rt.held_back:  # a change waits for the rate limit: be back by then
+            waiting = etag is not None and key in rt.held_back
+            if waiting:  # a change waits for the rate limit: be back by then
                 wait = min(wait, max(0.0, rt.held_back[key] - time.monotonic()))
-            answer = await fetch_progress(
-                rt.session, target, rt.settings.progress_timeout_seconds, etag, wait
-            )
-            if answer is not None and answer.data is not None:
-                rt.progress[key] = ProgressReading(target.pod_uid, answer.data, answer.etag)
+            # Once the limit has opened, the newest progress is the one already held: write it
+            # without another read (at a thousand jobs these reads were a fifth of all GETs).
+            if not (waiting and wait <= 0):
+                answer = await fetch_progress(
+                    rt.session, target, rt.settings.progress_timeout_seconds, etag, wait
+                )
+                if answer is not None and answer.data is not None:
+                    rt.progress[key] = ProgressReading(target.pod_uid, answer.data, answer.etag)
         await refresh_from_indices(rt, key, indices, logger)
     except ApiError as err:
         metrics.record_error(err)

@@ -61,7 +61,7 @@ def training_job() -> tuple[Runtime, RecordingApi, dict[str, Any], dict[str, Any
 
 def step(rt: Runtime, pods: list[Any], number: int) -> None:
     data = {**PROGRESS, "step": number, "summary": f"{number}/500"}
-    rt.progress[KEY] = ProgressReading(pods[0]["metadata"]["uid"], data)
+    rt.progress[KEY] = ProgressReading(pods[0]["metadata"]["uid"], data, f'"{number}"')
 
 
 def test_no_patch_when_nothing_changed_and_a_step_sends_only_what_moved() -> None:
@@ -151,8 +151,11 @@ def test_a_step_held_back_by_the_rate_limit_shortens_the_next_long_poll(
     asyncio.run(handlers.poll_job(rt, KEY, indices, LOG, wait=30.0))  # type: ignore[arg-type]
     assert waits and waits[0] <= opens_in
 
-    # Once the limit has opened the held-back step is written and the mark is gone.
+    # Once the limit has opened the next poll writes the held-back step without reading the
+    # trainer again (the newest progress is the one held), and the mark is gone.
+    rt.held_back[KEY] = time.monotonic() - 0.1
     rt.settings = OperatorSettings(status_min_interval_seconds=0.0)
-    asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
+    asyncio.run(handlers.poll_job(rt, KEY, indices, LOG, wait=30.0))  # type: ignore[arg-type]
+    assert len(waits) == 1  # no second read
     assert [p["status"]["progress"]["step"] for p in api.patches] == [121, 122]
     assert KEY not in rt.held_back
