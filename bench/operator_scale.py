@@ -14,10 +14,9 @@ once and measures, over a fixed window:
 What is real: the operator process (``python -m finetune_operator``, as the image starts it),
 apiextensions-apiserver + etcd (FineTuneJobs, their status subresource), the emulated core/batch
 API of the e2e harness (Jobs, pods, ConfigMaps, Services) and its Job controller/kubelet.
-The API server's state (etcd's data) lives on tmpfs (``/dev/shm``; ``--state-dir``): the bench
-measures the operator, and on this VM's shared disk etcd's fsyncs at ~100 writes/s made the lag
-swing between runs of the same code (p99 2.9 s in one run, 11.4 s three hours later, for the
-old code and the new alike; bench/NOTES.md session 17). A production etcd has its own disk.
+``--state-dir`` puts the API server's state (etcd's data) elsewhere, e.g. ``/dev/shm`` (tmpfs),
+to take this VM's shared disk out of a measurement (session 17: one run on tmpfs had a p99 of
+4.9 s, the next 10.7 s, so the disk is not what swings the lag; bench/NOTES.md).
 What is simulated: the trainers. 1,000 Python trainers would not fit a small machine, so each
 pod runs ``sleep`` and ONE child process of this bench serves every pod's ``GET /progress``: it
 listens on port 8080 of each pod IP (the kubelet gives every pod its own loopback address, here
@@ -584,8 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--state-dir",
-        default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
-        help="where the API server keeps etcd's data (default /dev/shm: tmpfs)",
+        default=None,
+        help="where the API server keeps etcd's data (default: the temp dir), e.g. /dev/shm",
     )
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--serve-progress", help=argparse.SUPPRESS)
