@@ -2,7 +2,9 @@
 
 Why this shape: the operator's costs grow with the number of *running* jobs (one progress GET
 and at most one status PATCH per job per interval), so the bench keeps N jobs in Training at
-once and measures, over a fixed window:
+once and measures, over a fixed window that starts when the statuses have caught up with the
+creation burst (every job's phase changes and first steps at once leave writes behind; the
+JSON's ``settle_s`` says how long that backlog took to drain):
 
 * **status lag**: from the moment a simulated trainer's step changes to the moment the
   FineTuneJob's ``status.progress.step`` shows that step (or a later one), seen by a watch on
@@ -271,6 +273,18 @@ class StatusWatch:
             except (OSError, ValueError):
                 time.sleep(0.5)  # the stream broke: list again and go on
 
+    def caught_up(
+        self, ip_of: dict[str, str], index: dict[str, int], clock: StepClock, now: float
+    ) -> int:
+        """Jobs whose status shows the step that was current one period ago, or a later one."""
+        with self.lock:
+            last = {name: history[-1][1] for name, history in self.seen.items() if history}
+        return sum(
+            1
+            for name, ip in ip_of.items()
+            if ip in index and last.get(name, -1) >= clock.step_at(index[ip], now - clock.period)
+        )
+
     def training(self) -> int:
         with self.lock:
             return sum(1 for name, phase in self.phases.items() if phase == "Training")
@@ -344,6 +358,9 @@ class SizeResult:
     progress_polls_per_s: dict[str, float] = field(default_factory=dict)
     window_s: float = 0.0
     ramp_s: float = 0.0
+    # From the last job reaching Training until the statuses had caught up (--settle-timeout:
+    # they had not): how long the creation burst's backlog took to drain.
+    settle_s: float = 0.0
     training_at_end: int = 0
 
     def line(self) -> str:
@@ -482,7 +499,18 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
                 )
             time.sleep(1)
         ramp_s = time.monotonic() - ramp_start
-        time.sleep(args.settle)  # let the creation burst drain before measuring
+        # The creation burst leaves status writes behind (every job's phase changes and first
+        # steps at once): measure the steady state, once it has drained. Caught up: the status
+        # shows the step that was current one step period ago (or a later one) for 99% of jobs.
+        settle_start = time.monotonic()
+        time.sleep(args.settle)
+        ip_of = _pod_ips_by_job(gateway)
+        index = {ip: i for i, ip in enumerate(ips)}
+        while time.monotonic() - settle_start < args.settle_timeout:
+            if watch.caught_up(ip_of, index, clock, time.time()) >= 0.99 * jobs:
+                break
+            time.sleep(2)
+        settle_s = time.monotonic() - settle_start
         assert operator.pid is not None
         meter = ProcessMeter(operator.pid)
         audit_start, cpu_start = len(gateway.audit), meter.cpu_seconds()
@@ -503,7 +531,6 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         ip_of = _pod_ips_by_job(gateway)
         with watch.lock:
             seen = {name: list(history) for name, history in watch.seen.items()}
-        index = {ip: i for i, ip in enumerate(ips)}
         lags: list[float] = []
         for name in names:
             ip = ip_of.get(name)
@@ -526,6 +553,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
             progress_polls_per_s={k: round(v / window, 2) for k, v in sorted(outcomes.items())},
             window_s=window,
             ramp_s=ramp_s,
+            settle_s=settle_s,
             training_at_end=watch.training(),
         )
     finally:
@@ -568,7 +596,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--min-interval-seconds", type=float, default=2.0, help="FTJ_STATUS_MIN_INTERVAL_SECONDS"
     )
     parser.add_argument("--window", type=float, default=60.0, help="measured seconds per size")
-    parser.add_argument("--settle", type=float, default=10.0, help="wait after the ramp")
+    parser.add_argument(
+        "--settle", type=float, default=10.0, help="least wait after the ramp before measuring"
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=300.0,
+        help="most wait for the statuses to catch up after the ramp",
+    )
     parser.add_argument("--tail", type=float, default=10.0, help="wait after the window")
     parser.add_argument("--ramp-timeout", type=float, default=400.0)
     parser.add_argument(
@@ -623,6 +659,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "poll_seconds",
                 "min_interval_seconds",
                 "window",
+                "settle",
+                "settle_timeout",
                 "operator_env",
                 "peering",
                 "state_dir",
