@@ -86,8 +86,8 @@ class RoutineSuccesses(logging.Filter):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
-    """Apply the FTJ_* settings to kopf, build the clients every handler shares and, when
-    start the progress poller (``kwargs`` holds kopf's indices by name)."""
+    """Apply the FTJ_* settings to kopf, build the clients every handler shares and start the
+    progress poller (``kwargs`` holds kopf's indices by name)."""
     ours = SETTINGS
     # kopf's own bookkeeping goes into annotations with our prefix: the CRD's structural schema
     # would prune unknown status fields such as status.kopf.
