@@ -386,14 +386,6 @@ def manifest(name: str, namespace: str) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def poll_outcomes(port: int) -> Counter[str]:
     """finetune_operator_progress_polls_total by outcome, scraped from the operator."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -407,6 +399,7 @@ def poll_outcomes(port: int) -> Counter[str]:
 
 def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path) -> SizeResult:
     """Fresh gateway, simulator, progress server and operator; N jobs; one measured window."""
+    from tests.harness.apiserver import free_port
     from tests.harness.cluster import JobSimulator
     from tests.harness.kube_api import KubeGateway, Upstream
     from tests.harness.operator_process import OperatorProcess
