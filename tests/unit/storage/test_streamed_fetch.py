@@ -194,12 +194,36 @@ def test_corrupt_shard_is_invalid_input_either_way(
     body = bytearray(path.read_bytes())
     body[:8] = (len(body) * 2).to_bytes(8, "little")  # a header longer than the file
     path.write_bytes(bytes(body))
-    with (
-        switches.override(load_while_downloading=True),  # the default, pinned
-        pytest.raises(InvalidInput, match=f"{first} is not a valid safetensors file"),
-    ):
-        weights = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "a")
-        load(weights.result, weights)
+    # The broken shard's first range (its header) passes, its other ranges are held back, so
+    # the load starts while the download runs: a tiny model from a local server is otherwise
+    # often whole before the load begins, which takes the load-after-download path. The failed
+    # load cancels the fetch, which lets them go.
+    release = threading.Event()
+
+    def hold_tensors(key: str, start: int, end: int) -> int:
+        if key.endswith(first) and start > 0:
+            release.wait(30)
+        return 0
+
+    server.on_get = hold_tensors
+    weights = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "a")
+    cancel = weights.cancel
+
+    def release_then_cancel() -> None:
+        release.set()
+        cancel()
+
+    weights.cancel = release_then_cancel  # type: ignore[method-assign]
+    try:
+        assert weights.arriving
+        with (
+            switches.override(load_while_downloading=True),  # the default, pinned
+            pytest.raises(InvalidInput, match=f"{first} is not a valid safetensors file"),
+        ):
+            load(weights.result, weights)
+    finally:
+        release.set()
+    server.on_get = None
     ranged = storage_for(server).fetch_model("s3://models/tiny", tmp_path / "r")
     with pytest.raises(InvalidInput, match="spec.model.uri"):  # the default: load after download
         load(ranged.result, ranged)
