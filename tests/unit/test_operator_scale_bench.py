@@ -6,7 +6,14 @@ Why: the bench's headline numbers are lag percentiles; a step that never shows u
 
 from __future__ import annotations
 
-from bench.operator_scale import ProgressServer, StepClock, percentile, step_lags
+from bench.operator_scale import (
+    ProgressServer,
+    StatusWatch,
+    StepClock,
+    lag_parts,
+    percentile,
+    step_lags,
+)
 
 
 def test_pods_step_at_staggered_times_and_report_when_the_step_began() -> None:
@@ -33,3 +40,30 @@ def test_percentile_is_a_nearest_rank_of_the_samples() -> None:
     assert percentile(samples, 0.50) == 50.0
     assert percentile(samples, 0.99) == 99.0
     assert percentile([3.0], 0.99) == 3.0
+
+
+def test_lag_parts_split_a_step_at_its_write_to_the_gateway() -> None:
+    clock = StepClock(t0=0.0, period=10.0, pods=1)
+    history = [(11.5, 1), (31.0, 3)]
+    # Step 1: PATCH arrived at 11.0, answered at 11.2, the watch saw it at 11.5. Step 3's write
+    # (30.4-30.9) also showed step 2, which gets the same write; step 4 was never shown.
+    writes = [(11.0, 11.2), (30.4, 30.9)]
+    parts = lag_parts(history, writes, 0, clock, start=5.0, end=45.0)
+    rounded = [tuple(round(x, 3) for x in p) for p in parts]
+    assert rounded == [(1.0, 0.2, 0.3), (10.4, 0.5, 0.1), (0.4, 0.5, 0.1)]
+    # The parts of each step add up to its lag.
+    assert [round(sum(p), 3) for p in parts] == step_lags(history, 0, clock, 5.0, 45.0)[:3]
+
+
+def test_a_status_one_step_behind_has_not_caught_up() -> None:
+    """The settle gate: a job whose status is a whole step behind is still draining the
+    creation backlog, and must not open the measured window (session 17's gate let it)."""
+    clock = StepClock(t0=0.0, period=10.0, pods=2)
+    watch = StatusWatch(apiserver=None, namespace="ns")
+    watch.seen = {"a": [(30.2, 3)], "b": [(26.0, 2)]}  # at 36.0: a shows 3, b (step 3 from 35) 2
+    ips = {"a": "ip-a", "b": "ip-b"}
+    index = {"ip-a": 0, "ip-b": 1}
+    assert watch.caught_up(ips, index, clock, now=36.0, within=2.0) == 2  # b's step 3 is 1 s old
+    assert watch.caught_up(ips, index, clock, now=38.0, within=2.0) == 1  # now 3 s old: behind
+    watch.seen["b"].append((38.1, 3))
+    assert watch.caught_up(ips, index, clock, now=38.2, within=2.0) == 2

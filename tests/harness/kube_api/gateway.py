@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -229,6 +230,7 @@ class KubeGateway:
                 request.headers.get("User-Agent", ""),
                 0,
                 "",
+                time.time(),
             )
             self.audit.append(record)
         try:
@@ -271,6 +273,7 @@ class KubeGateway:
         finally:
             if record is not None:
                 record.code, record.backend = code, backend
+                record.seconds = time.time() - record.arrived
 
     # -- discovery and OpenAPI: the emulated groups plus what the real server reports -------
 

@@ -27,6 +27,10 @@ class AuditRecord:
     user_agent: str
     code: int
     backend: str  # "emulated", "apiserver" or "gateway" (discovery)
+    # When it arrived (time.time()) and how long the answer took: the gateway's share of a
+    # request's latency, which bench/operator_scale.py separates from the operator's.
+    arrived: float = 0.0
+    seconds: float = 0.0
 
 
 @dataclasses.dataclass
