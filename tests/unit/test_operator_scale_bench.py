@@ -11,8 +11,10 @@ from bench.operator_scale import (
     StatusWatch,
     StepClock,
     lag_parts,
+    lag_timeline,
     percentile,
     step_lags,
+    step_lags_by_start,
 )
 
 
@@ -67,3 +69,18 @@ def test_a_status_one_step_behind_has_not_caught_up() -> None:
     assert watch.caught_up(ips, index, clock, now=38.0, within=2.0) == 1  # now 3 s old: behind
     watch.seen["b"].append((38.1, 3))
     assert watch.caught_up(ips, index, clock, now=38.2, within=2.0) == 2
+
+
+def test_the_lag_timeline_shows_a_backlog_draining() -> None:
+    clock = StepClock(t0=0.0, period=10.0, pods=1)
+    # Shown late at first (steps 1, 2 at 19 and 27 s), then at once; step 5 never.
+    history = [(19.0, 1), (27.0, 2), (30.1, 3), (40.1, 4)]
+    samples = step_lags_by_start(history, 0, clock, start=5.0, end=55.0)
+    assert [round(lag, 3) for _, lag in samples] == [9.0, 7.0, 0.1, 0.1, 5.0]
+    assert [began for began, _ in samples] == [10.0, 20.0, 30.0, 40.0, 50.0]
+    timeline = lag_timeline(samples, since=10.0, bucket=20.0)
+    assert timeline == [
+        {"t": 0.0, "steps": 2, "p90_s": 9.0, "max_s": 9.0},
+        {"t": 20.0, "steps": 2, "p90_s": 0.1, "max_s": 0.1},
+        {"t": 40.0, "steps": 1, "p90_s": 5.0, "max_s": 5.0},
+    ]
