@@ -254,7 +254,12 @@ async def refresh_from_indices(
     ftj = _first(_index(indices, "ftj_index").get(key))
     if ftj is None:
         return  # deleted, or not seen yet: its own events will come
-    k8s_job = owned_job(_index(indices, "job_index").get(key) or (), ftj["metadata"].get("uid"))
+    uid = ftj["metadata"].get("uid")
+    k8s_job = owned_job(_index(indices, "job_index").get(key) or (), uid)
+    if k8s_job is not None:
+        rt.unseen_jobs.pop(key, None)
+    elif key in rt.unseen_jobs:  # created here, not yet in the watch: the Job as created
+        k8s_job = owned_job((rt.unseen_jobs[key],), uid)
     pods = job_pods(_index(indices, "pod_index").get(key) or (), k8s_job)
     await refresh_status(rt, key, ftj, k8s_job, pods, logger)
 
@@ -318,6 +323,11 @@ async def _ensure_training(
                 k8s_job["metadata"]["name"],
                 drift,
             )
+        if (
+            owned_job(_index(kwargs, "job_index").get(key) or (), k8s_job["metadata"]["uid"])
+            is None
+        ):
+            rt.unseen_jobs[key] = projections.job_entry(k8s_job)
         pods = job_pods(_index(kwargs, "pod_index").get(key) or (), k8s_job)
         await refresh_status(rt, key, ftj, k8s_job, pods, logger)
     except (ApiError, kopf.PermanentError) as err:
@@ -380,7 +390,13 @@ async def dependent_changed(
     started = time.monotonic()
     try:
         key = object_key(namespace, labels[naming.JOB_LABEL])
-        await refresh_from_indices(runtime(memo), key, kwargs, logger)
+        rt = runtime(memo)
+        if (
+            kwargs.get("type") == "DELETED"
+            and getattr(kwargs.get("resource"), "plural", "") == "jobs"
+        ):
+            rt.unseen_jobs.pop(key, None)  # gone: never stand in for it
+        await refresh_from_indices(rt, key, kwargs, logger)
     except ApiError as err:
         metrics.record_error(err)
         logger.warning(f"status update failed: {err}")

@@ -60,6 +60,12 @@ class Runtime:
     # When a progress change held back by the rate limit may be written (time.monotonic()):
     # the job's next long poll returns by then, so the change is not left waiting a whole wait.
     held_back: dict[Key, float] = field(default_factory=dict)
+    # The Job this process created (or found) for a FineTuneJob, as ``projections.job_entry``,
+    # until the Job watch shows it. In that gap a status computed from the watches alone would
+    # say "creating the Kubernetes Job" right after "waiting for pods of Job ..." (a reason
+    # going backwards in `kubectl get ftj`, and one status write in seven when a thousand jobs
+    # are created at once; bench/NOTES.md, session 18).
+    unseen_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     creating: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CONCURRENT_CREATES)
@@ -74,5 +80,12 @@ class Runtime:
 
     def forget(self, key: Key) -> None:
         """Drop everything about a deleted FineTuneJob."""
-        for table in (self.written, self.progress, self.phases, self.held_back, self._locks):
+        for table in (
+            self.written,
+            self.progress,
+            self.phases,
+            self.held_back,
+            self.unseen_jobs,
+            self._locks,
+        ):
             table.pop(key, None)

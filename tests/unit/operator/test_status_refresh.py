@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from finetune_operator import handlers
+from finetune_operator import handlers, naming, projections
 from finetune_operator.handlers import refresh_status
 from finetune_operator.observe import observe_status
 from finetune_operator.runtime import ProgressReading, Runtime
@@ -159,3 +160,46 @@ def test_a_step_held_back_by_the_rate_limit_shortens_the_next_long_poll(
     assert len(waits) == 1  # no second read
     assert [p["status"]["progress"]["step"] for p in api.patches] == [121, 122]
     assert KEY not in rt.held_back
+
+
+def test_a_job_created_here_is_not_reported_as_being_created_until_the_watch_shows_it() -> None:
+    """Between creating a Job and its watch event, a pod event or a poll must not turn "waiting
+    for pods of Job ..." back into "creating the Kubernetes Job" (a reason going backwards in
+    `kubectl get ftj`, and a wasted write). A Job deleted after that is no longer stood in for.
+    """
+    api = RecordingApi()
+    rt = Runtime(settings=OperatorSettings(), api=api, session=None)  # type: ignore[arg-type]
+    job = k8s_job()
+    created = observe_status(ftj(), job, [], None, NOW).status.to_wire()
+    assert created["conditions"][0]["reason"] == "JobCreated"
+    body = {**manifest(), "status": created}
+    rt.unseen_jobs[KEY] = projections.job_entry(job)  # as the create handler leaves it
+    unwatched = {"ftj_index": {KEY: [body]}, "job_index": {}, "pod_index": {}}
+    memo = SimpleNamespace(runtime=rt)
+    labels = {naming.JOB_LABEL: "demo"}
+
+    async def pod_event() -> None:
+        await handlers.dependent_changed(
+            namespace="ml", labels=labels, memo=memo, logger=LOG, type="ADDED",
+            resource=SimpleNamespace(plural="pods"), **unwatched,
+        )  # fmt: skip
+
+    asyncio.run(pod_event())
+    asyncio.run(handlers.refresh_from_indices(rt, KEY, unwatched, LOG))  # type: ignore[arg-type]
+    assert api.patches == []  # still "waiting for pods of Job ftj-demo"
+
+    watched = {**unwatched, "job_index": {KEY: [job]}}
+    asyncio.run(handlers.refresh_from_indices(rt, KEY, watched, LOG))  # type: ignore[arg-type]
+    assert KEY not in rt.unseen_jobs and api.patches == []  # the watch has it now
+
+    rt.unseen_jobs[KEY] = projections.job_entry(job)
+
+    async def job_deleted() -> None:
+        await handlers.dependent_changed(
+            namespace="ml", labels=labels, memo=memo, logger=LOG, type="DELETED",
+            resource=SimpleNamespace(plural="jobs"), **unwatched,
+        )  # fmt: skip
+
+    asyncio.run(job_deleted())
+    assert KEY not in rt.unseen_jobs
+    assert [p["status"]["conditions"][0]["reason"] for p in api.patches] == ["Creating"]
