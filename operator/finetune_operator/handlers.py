@@ -48,7 +48,7 @@ from finetune_operator import gpu_usage, metrics, naming, projections
 from finetune_operator.apply import ensure_objects, suspend_patch
 from finetune_operator.errors import ApiError, NotFound, OwnershipConflict
 from finetune_operator.events import post_event
-from finetune_operator.inventory import Key, job_pods, object_key, owned_job
+from finetune_operator.inventory import Key, is_owned_by, job_pods, object_key, owned_job
 from finetune_operator.observe import observe_status
 from finetune_operator.progress import fetch_progress, progress_target
 from finetune_operator.render import RenderError, render_objects
@@ -374,6 +374,44 @@ async def ftj_event(
     metrics.set_phase_counts(rt.phases.values())
 
 
+async def _recreate_deleted_job(
+    rt: Runtime,
+    key: Key,
+    deleted: Mapping[str, Any],
+    logger: kopf.Logger,
+    kwargs: Mapping[str, Any],
+) -> bool:
+    """Create the Job again when it was deleted while its FineTuneJob still trains; True if so.
+
+    Why: the FineTuneJob owns the decision to train, the Job only carries it out, so a Job
+    deleted by hand (or by a cluster cleanup) is put back as a Deployment puts back its
+    ReplicaSet, and the trainer resumes from its last checkpoint. Without this the status said
+    "creating the Kubernetes Job" until the operator restarted. Not when the FineTuneJob has
+    finished, is being deleted or is gone (the garbage collector deleting the Job of a deleted
+    FineTuneJob; the FineTuneJob's own watch may not have said so yet, hence the LIST).
+    """
+    entry = _first(_index(kwargs, "ftj_index").get(key))
+    if entry is None or (entry.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return False
+    namespace, name = key
+    current = await rt.api.find(entry["apiVersion"], entry["kind"], namespace, name)
+    if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if not is_owned_by(deleted, current["metadata"].get("uid")):
+        return False  # a Job of an earlier FineTuneJob of the same name
+    if (current.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return False
+    job_name = (deleted.get("metadata") or {}).get("name")
+    logger.warning(
+        f"Job {job_name} was deleted while the job trains: creating it again (the trainer "
+        "resumes from its last checkpoint)",
+        extra={"reason": "JobDeleted"},
+    )
+    async with rt.creating:
+        await _ensure_training(rt, kopf.Body(current), logger, kwargs)
+    return True
+
+
 # --- Jobs, pods and progress → status ----------------------------------------------------------
 
 
@@ -396,6 +434,8 @@ async def dependent_changed(
             and getattr(kwargs.get("resource"), "plural", "") == "jobs"
         ):
             rt.unseen_jobs.pop(key, None)  # gone: never stand in for it
+            if await _recreate_deleted_job(rt, key, kwargs.get("body") or {}, logger, kwargs):
+                return
         await refresh_from_indices(rt, key, kwargs, logger)
     except ApiError as err:
         metrics.record_error(err)

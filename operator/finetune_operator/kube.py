@@ -155,6 +155,18 @@ class KubeClient:
         """GET one object; NotFound when it does not exist."""
         return await self._call("GET", object_path(api_version, kind, namespace, name))
 
+    async def find(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        """The object named ``name``, by a LIST with a ``metadata.name`` field selector: what the
+        ``list`` permission already granted for a watch allows, where a GET would need ``get``.
+        None when it does not exist."""
+        found = await self._call(
+            "GET",
+            object_path(api_version, kind, namespace),
+            query={"fieldSelector": f"metadata.name={name}"},
+        )
+        items = found.get("items") or []
+        return items[0] if items else None
+
     async def patch(
         self,
         api_version: str,

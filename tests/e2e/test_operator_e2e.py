@@ -280,6 +280,34 @@ def test_suspend_then_resume_continues_from_checkpoint(
     assert '"event": "resumed"' in logs
 
 
+def test_a_job_deleted_by_hand_is_created_again_and_resumes(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
+    """`kubectl delete job` on a training FineTuneJob's Job: the operator creates the Job again
+    and the trainer resumes from its checkpoint, instead of the status saying "creating the
+    Kubernetes Job" until the operator restarts."""
+    kube_env.apply(ftj("redo", kube_env, ns, steps=40, step_seconds=0.1), ns)
+    wait_for(
+        lambda: (status(kube_env, ns, "redo").get("progress") or {}).get("step", 0) > 12,
+        timeout=60,
+        what="past the first checkpoint",
+        details=operator.logs,
+    )
+    (first,) = trainer_jobs(kube_env, ns)
+    kube_env.kubectl("delete", "job", first["metadata"]["name"], "-n", ns, timeout=60)
+    done = wait_phase(kube_env, ns, "redo", {"Succeeded", "Failed"}, operator, timeout=120)
+    assert done["phase"] == "Succeeded", done
+    (again,) = trainer_jobs(kube_env, ns)
+    assert again["metadata"]["name"] == first["metadata"]["name"]
+    assert again["metadata"]["uid"] != first["metadata"]["uid"]
+    assert "was deleted while the job trains: creating it again" in operator.logs()
+    logs = "".join(
+        kube_env.kubectl("logs", p["metadata"]["name"], "-n", ns).stdout
+        for p in kube_env.gateway.objects("pods", ns)
+    )
+    assert '"event": "resumed"' in logs  # only a pod of the new Job can have resumed
+
+
 def test_delete_removes_job_and_keeps_artifacts(
     kube_env: KubeEnv, ns: str, operator: OperatorProcess
 ) -> None:

@@ -102,8 +102,9 @@ Argument: a dict with "root" (the top context) and "clusterwide" (bool).
 */}}
 {{- define "finetune-operator.rules" -}}
 {{- $root := .root -}}
-# FineTuneJobs: listed and watched by kopf; patched for kopf's annotations (and to remove the
-# finalizer an older, timer-based release left).
+# FineTuneJobs: listed and watched by kopf, listed by name before a Job deleted by hand is
+# created again; patched for kopf's annotations (and to remove the finalizer an older,
+# timer-based release left).
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
   verbs: ["list", "watch", "patch"]

@@ -40,6 +40,9 @@ class RecordingApi:
         self.created.append(obj)
         return obj
 
+    async def find(self, *args: Any) -> dict[str, Any] | None:
+        return None  # no such FineTuneJob on the server (a deleted Job is not created again)
+
     async def patch(self, *args: Any, subresource: str | None = None) -> dict[str, Any]:
         assert subresource == "status"
         self.patches.append(args[-1])
@@ -203,3 +206,49 @@ def test_a_job_created_here_is_not_reported_as_being_created_until_the_watch_sho
     asyncio.run(job_deleted())
     assert KEY not in rt.unseen_jobs
     assert [p["status"]["conditions"][0]["reason"] for p in api.patches] == ["Creating"]
+
+
+@pytest.mark.parametrize(
+    ("found", "recreated"),
+    [
+        ("training", True),  # deleted by hand: created again
+        ("gone", False),  # the garbage collector after the FineTuneJob was deleted
+        ("deleting", False),  # the FineTuneJob is being deleted (foreground)
+        ("succeeded", False),  # finished: never train again
+        ("renamed", False),  # a new FineTuneJob of the same name owns nothing of this Job
+    ],
+)
+def test_a_deleted_job_is_created_again_only_while_its_finetunejob_trains(
+    found: str, recreated: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    live = manifest()
+    live["metadata"]["uid"] = k8s_job()["metadata"]["ownerReferences"][0]["uid"]
+    if found == "deleting":
+        live["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    if found == "succeeded":
+        live["status"] = {"phase": "Succeeded"}
+    if found == "renamed":
+        live["metadata"]["uid"] = "another-uid"
+
+    class FindingApi(RecordingApi):
+        async def find(self, *args: Any) -> dict[str, Any] | None:
+            return None if found == "gone" else live
+
+    api = FindingApi()
+    rt = Runtime(settings=OperatorSettings(), api=api, session=None)  # type: ignore[arg-type]
+    ensured: list[dict[str, Any]] = []
+
+    async def ensure(rt: Runtime, body: Any, logger: Any, kwargs: Any) -> None:
+        ensured.append(dict(body))
+
+    monkeypatch.setattr(handlers, "_ensure_training", ensure)
+    indices = {"ftj_index": {KEY: [manifest()]}, "job_index": {}, "pod_index": {}}
+    asyncio.run(
+        handlers.dependent_changed(
+            namespace="ml", labels={naming.JOB_LABEL: "demo"}, memo=SimpleNamespace(runtime=rt),
+            logger=LOG, type="DELETED", resource=SimpleNamespace(plural="jobs"), body=k8s_job(),
+            **indices,
+        )
+    )  # fmt: skip
+    expected = [live["metadata"]["uid"]] if recreated else []
+    assert [b["metadata"]["uid"] for b in ensured] == expected
