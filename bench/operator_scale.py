@@ -476,6 +476,9 @@ class SizeResult:
     # From the last job reaching Training until the statuses had caught up (--settle-timeout:
     # they had not): how long the creation burst's backlog took to drain.
     settle_s: float = 0.0
+    # Status PATCHes from the first creation until every job was Training, per job: the phase
+    # changes of the jobs being created, and the steps of those already training.
+    ramp_status_writes_per_job: float = 0.0
     # The lag of the steps taken in that time: what a user sees right after creating N jobs.
     settle_lag_p99_s: float = 0.0
     settle_lag_max_s: float = 0.0
@@ -599,6 +602,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
         operator.wait_ready(marker="Initial authentication has finished.")
         watch = StatusWatch(apiserver, namespace).start()
         ramp_start = time.monotonic()
+        ramp_audit = len(gateway.audit)
         names = [f"scale-{i:04d}" for i in range(jobs)]
         collection = f"{GROUP_PATH}/namespaces/{namespace}/finetunejobs"
         with ThreadPoolExecutor(4) as pool:
@@ -618,6 +622,11 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
             time.sleep(1)
         ramp_s = time.monotonic() - ramp_start
         ramp_end = time.time()
+        ramp_writes = sum(
+            1
+            for r in list(gateway.audit)[ramp_audit:]
+            if r.verb == "patch" and r.resource == "finetunejobs" and r.subresource == "status"
+        )
         # The creation burst leaves status writes behind (every job's phase changes and first
         # steps at once): measure the steady state, once it has drained. Caught up: for 99% of
         # jobs the status shows the step that was current one poll interval (or one status
@@ -705,6 +714,7 @@ def run_size(jobs: int, args: argparse.Namespace, apiserver: Any, workdir: Path)
             window_s=window,
             ramp_s=ramp_s,
             settle_s=settle_s,
+            ramp_status_writes_per_job=ramp_writes / jobs,
             training_at_end=watch.training(),
         )
     finally:

@@ -157,6 +157,10 @@ async def refresh_status(
     async with rt.lock(key):
         previous = rt.written.get(key)
         baseline = previous.status if previous else ftj.get("status") or {}
+        if k8s_job is None and refusal is None and baseline.get("phase") in TERMINAL_PHASES:
+            # Finished, and its Job deleted since (by hand, or a TTL): without the Job the
+            # status would read "creating the Kubernetes Job"; the final one stands.
+            return
         job = _parse(ftj, baseline)
         reading = rt.progress.get(key)
         target = progress_target(pods)

@@ -63,8 +63,7 @@ class Runtime:
     # The Job this process created (or found) for a FineTuneJob, as ``projections.job_entry``,
     # until the Job watch shows it. In that gap a status computed from the watches alone would
     # say "creating the Kubernetes Job" right after "waiting for pods of Job ..." (a reason
-    # going backwards in `kubectl get ftj`, and one status write in seven when a thousand jobs
-    # are created at once; bench/NOTES.md, session 18).
+    # going backwards in `kubectl get ftj`, and a wasted write; bench/NOTES.md, session 18).
     unseen_jobs: dict[Key, dict[str, Any]] = field(default_factory=dict)
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     creating: asyncio.Semaphore = field(

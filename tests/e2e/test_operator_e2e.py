@@ -307,6 +307,14 @@ def test_a_job_deleted_by_hand_is_created_again_and_resumes(
     )
     assert '"event": "resumed"' in logs  # only a pod of the new Job can have resumed
 
+    # Finished: deleting the Job now changes nothing (no new Job, the status stays Succeeded).
+    kube_env.kubectl("delete", "job", again["metadata"]["name"], "-n", ns, timeout=60)
+    wait_for(lambda: not trainer_jobs(kube_env, ns), timeout=30, what="Job deleted")
+    time.sleep(3)  # the operator has the DELETED event well within this (a watch, not a poll)
+    assert not trainer_jobs(kube_env, ns)
+    after = status(kube_env, ns, "redo")
+    assert after["phase"] == "Succeeded" and after.get("artifacts") == done.get("artifacts")
+
 
 def test_delete_removes_job_and_keeps_artifacts(
     kube_env: KubeEnv, ns: str, operator: OperatorProcess

@@ -20,7 +20,7 @@ from finetune_operator.observe import observe_status
 from finetune_operator.runtime import ProgressReading, Runtime
 from finetune_operator.settings import OperatorSettings
 
-from .fixtures import ftj, k8s_job, manifest, pod
+from .fixtures import ftj, job_condition, k8s_job, manifest, pod
 from .test_observe import NOW, PROGRESS
 
 pytestmark = pytest.mark.unit
@@ -252,3 +252,26 @@ def test_a_deleted_job_is_created_again_only_while_its_finetunejob_trains(
     )  # fmt: skip
     expected = [live["metadata"]["uid"]] if recreated else []
     assert [b["metadata"]["uid"] for b in ensured] == expected
+
+
+def test_a_finished_job_keeps_its_status_when_its_job_is_deleted() -> None:
+    """`kubectl delete job` (or a TTL) after the FineTuneJob succeeded: the status stays
+    Succeeded with its artifacts, not "Pending: creating the Kubernetes Job"."""
+    api = RecordingApi()
+    rt = Runtime(settings=OperatorSettings(), api=api, session=None)  # type: ignore[arg-type]
+    done = k8s_job(job_condition("Complete", "Completed"))
+    final = observe_status(ftj(), done, [], None, NOW).status.to_wire()
+    assert final["phase"] == "Succeeded"
+    body = {**manifest(), "status": final}
+    gone = {"ftj_index": {KEY: [body]}, "job_index": {}, "pod_index": {}}
+
+    async def job_deleted() -> None:
+        await handlers.dependent_changed(
+            namespace="ml", labels={naming.JOB_LABEL: "demo"}, memo=SimpleNamespace(runtime=rt),
+            logger=LOG, type="DELETED", resource=SimpleNamespace(plural="jobs"), body=done,
+            **gone,
+        )  # fmt: skip
+
+    asyncio.run(job_deleted())
+    asyncio.run(handlers.refresh_from_indices(rt, KEY, gone, LOG))  # type: ignore[arg-type]
+    assert api.patches == []
