@@ -253,16 +253,23 @@ def test_operator_killed_mid_reconcile_creates_exactly_one_job(
     assert len(configmaps) <= 1
 
 
-def test_suspend_then_resume_continues_from_checkpoint(
-    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+def wait_past_first_checkpoint(
+    kube_env: KubeEnv, ns: str, name: str, operator: OperatorProcess
 ) -> None:
-    kube_env.apply(ftj("pause", kube_env, ns, steps=40, step_seconds=0.1), ns)
+    """Until the status shows a step past the first checkpoint (saveSteps=10 at 40 steps)."""
     wait_for(
-        lambda: (status(kube_env, ns, "pause").get("progress") or {}).get("step", 0) > 12,
+        lambda: (status(kube_env, ns, name).get("progress") or {}).get("step", 0) > 12,
         timeout=60,
         what="past the first checkpoint",
         details=operator.logs,
     )
+
+
+def test_suspend_then_resume_continues_from_checkpoint(
+    kube_env: KubeEnv, ns: str, operator: OperatorProcess
+) -> None:
+    kube_env.apply(ftj("pause", kube_env, ns, steps=40, step_seconds=0.1), ns)
+    wait_past_first_checkpoint(kube_env, ns, "pause", operator)
     kube_env.kubectl(
         "patch", "ftj", "pause", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}'
     )
@@ -287,12 +294,7 @@ def test_a_job_deleted_by_hand_is_created_again_and_resumes(
     and the trainer resumes from its checkpoint, instead of the status saying "creating the
     Kubernetes Job" until the operator restarts."""
     kube_env.apply(ftj("redo", kube_env, ns, steps=40, step_seconds=0.1), ns)
-    wait_for(
-        lambda: (status(kube_env, ns, "redo").get("progress") or {}).get("step", 0) > 12,
-        timeout=60,
-        what="past the first checkpoint",
-        details=operator.logs,
-    )
+    wait_past_first_checkpoint(kube_env, ns, "redo", operator)
     (first,) = trainer_jobs(kube_env, ns)
     kube_env.kubectl("delete", "job", first["metadata"]["name"], "-n", ns, timeout=60)
     done = wait_phase(kube_env, ns, "redo", {"Succeeded", "Failed"}, operator, timeout=120)

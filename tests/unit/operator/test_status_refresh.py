@@ -68,6 +68,19 @@ def step(rt: Runtime, pods: list[Any], number: int) -> None:
     rt.progress[KEY] = ProgressReading(pods[0]["metadata"]["uid"], data, f'"{number}"')
 
 
+def dependent_event(
+    rt: Runtime, plural: str, type_: str, indices: dict[str, Any], body: Any = None
+) -> None:
+    """Run the handler kopf calls for an event of a Job or pod of the FineTuneJob ``KEY``."""
+    asyncio.run(
+        handlers.dependent_changed(
+            namespace=KEY[0], labels={naming.JOB_LABEL: KEY[1]}, memo=SimpleNamespace(runtime=rt),
+            logger=LOG, type=type_, resource=SimpleNamespace(plural=plural), body=body or {},
+            **indices,
+        )
+    )  # fmt: skip
+
+
 def test_no_patch_when_nothing_changed_and_a_step_sends_only_what_moved() -> None:
     rt, api, body, job, pods = training_job()
     asyncio.run(refresh_status(rt, KEY, body, job, pods, LOG))  # type: ignore[arg-type]
@@ -178,16 +191,7 @@ def test_a_job_created_here_is_not_reported_as_being_created_until_the_watch_sho
     body = {**manifest(), "status": created}
     rt.unseen_jobs[KEY] = projections.job_entry(job)  # as the create handler leaves it
     unwatched = {"ftj_index": {KEY: [body]}, "job_index": {}, "pod_index": {}}
-    memo = SimpleNamespace(runtime=rt)
-    labels = {naming.JOB_LABEL: "demo"}
-
-    async def pod_event() -> None:
-        await handlers.dependent_changed(
-            namespace="ml", labels=labels, memo=memo, logger=LOG, type="ADDED",
-            resource=SimpleNamespace(plural="pods"), **unwatched,
-        )  # fmt: skip
-
-    asyncio.run(pod_event())
+    dependent_event(rt, "pods", "ADDED", unwatched)
     asyncio.run(handlers.refresh_from_indices(rt, KEY, unwatched, LOG))  # type: ignore[arg-type]
     assert api.patches == []  # still "waiting for pods of Job ftj-demo"
 
@@ -197,13 +201,7 @@ def test_a_job_created_here_is_not_reported_as_being_created_until_the_watch_sho
 
     rt.unseen_jobs[KEY] = projections.job_entry(job)
 
-    async def job_deleted() -> None:
-        await handlers.dependent_changed(
-            namespace="ml", labels=labels, memo=memo, logger=LOG, type="DELETED",
-            resource=SimpleNamespace(plural="jobs"), **unwatched,
-        )  # fmt: skip
-
-    asyncio.run(job_deleted())
+    dependent_event(rt, "jobs", "DELETED", unwatched)
     assert KEY not in rt.unseen_jobs
     assert [p["status"]["conditions"][0]["reason"] for p in api.patches] == ["Creating"]
 
@@ -243,13 +241,7 @@ def test_a_deleted_job_is_created_again_only_while_its_finetunejob_trains(
 
     monkeypatch.setattr(handlers, "_ensure_training", ensure)
     indices = {"ftj_index": {KEY: [manifest()]}, "job_index": {}, "pod_index": {}}
-    asyncio.run(
-        handlers.dependent_changed(
-            namespace="ml", labels={naming.JOB_LABEL: "demo"}, memo=SimpleNamespace(runtime=rt),
-            logger=LOG, type="DELETED", resource=SimpleNamespace(plural="jobs"), body=k8s_job(),
-            **indices,
-        )
-    )  # fmt: skip
+    dependent_event(rt, "jobs", "DELETED", indices, k8s_job())
     expected = [live["metadata"]["uid"]] if recreated else []
     assert [b["metadata"]["uid"] for b in ensured] == expected
 
@@ -265,13 +257,6 @@ def test_a_finished_job_keeps_its_status_when_its_job_is_deleted() -> None:
     body = {**manifest(), "status": final}
     gone = {"ftj_index": {KEY: [body]}, "job_index": {}, "pod_index": {}}
 
-    async def job_deleted() -> None:
-        await handlers.dependent_changed(
-            namespace="ml", labels={naming.JOB_LABEL: "demo"}, memo=SimpleNamespace(runtime=rt),
-            logger=LOG, type="DELETED", resource=SimpleNamespace(plural="jobs"), body=done,
-            **gone,
-        )  # fmt: skip
-
-    asyncio.run(job_deleted())
+    dependent_event(rt, "jobs", "DELETED", gone, done)
     asyncio.run(handlers.refresh_from_indices(rt, KEY, gone, LOG))  # type: ignore[arg-type]
     assert api.patches == []
