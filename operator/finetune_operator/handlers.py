@@ -412,7 +412,7 @@ async def _recreate_deleted_job(
         extra={"reason": "JobDeleted"},
     )
     async with rt.creating:
-        await _ensure_training(rt, kopf.Body(current), logger, kwargs)
+        await _ensure_training(rt, kopf.Body(cast("kopf.RawBody", current)), logger, kwargs)
     return True
 
 
