@@ -303,31 +303,38 @@ class StatusWatch:
             return sum(1 for name, phase in self.phases.items() if phase == "Training")
 
 
-def step_lags(
+def steps_shown(
     history: Sequence[tuple[float, int]], index: int, clock: StepClock, start: float, end: float
-) -> list[float]:
-    """Lag of every step of one job that started in ``[start, end)`` (pure).
-
-    A step's lag is the time from its start until the status showed it or a later step. A step
-    not yet shown at ``end`` counts as ``end - started`` (a lower bound, never dropped).
-    """
-    lags = []
-    first = clock.step_at(index, start) + 1
-    last = clock.step_at(index, end)
-    for step in range(first, last + 1):
-        began = clock.started(index, step)
-        shown = next((t for t, s in history if s >= step and t >= began), None)
-        lags.append((shown if shown is not None else end) - began)
-    return lags
+) -> list[tuple[float, float | None]]:
+    """Every step of one job that started in ``[start, end)``: ``(began, shown)``, when the
+    status first showed it or a later step (None: not by the end of ``history``) (pure)."""
+    steps = range(clock.step_at(index, start) + 1, clock.step_at(index, end) + 1)
+    return [
+        (began, next((t for t, s in history if s >= step and t >= began), None))
+        for step, began in ((step, clock.started(index, step)) for step in steps)
+    ]
 
 
 def step_lags_by_start(
     history: Sequence[tuple[float, int]], index: int, clock: StepClock, start: float, end: float
 ) -> list[tuple[float, float]]:
-    """:func:`step_lags` with each step's start: ``(began, lag)`` (pure)."""
-    first = clock.step_at(index, start) + 1
-    began = [clock.started(index, step) for step in range(first, clock.step_at(index, end) + 1)]
-    return list(zip(began, step_lags(history, index, clock, start, end), strict=True))
+    """Lag of every step of one job that started in ``[start, end)``, with the step's start:
+    ``(began, lag)`` (pure).
+
+    A step's lag is the time from its start until the status showed it or a later step. A step
+    not yet shown at ``end`` counts as ``end - began`` (a lower bound, never dropped).
+    """
+    return [
+        (began, (shown if shown is not None else end) - began)
+        for began, shown in steps_shown(history, index, clock, start, end)
+    ]
+
+
+def step_lags(
+    history: Sequence[tuple[float, int]], index: int, clock: StepClock, start: float, end: float
+) -> list[float]:
+    """:func:`step_lags_by_start` without the starts (pure)."""
+    return [lag for _, lag in step_lags_by_start(history, index, clock, start, end)]
 
 
 def lag_timeline(
@@ -368,9 +375,7 @@ def lag_parts(
     answering it, *watch* the API server's watch delivering the change to this bench.
     """
     parts = []
-    for step in range(clock.step_at(index, start) + 1, clock.step_at(index, end) + 1):
-        began = clock.started(index, step)
-        shown = next((t for t, s in history if s >= step and t >= began), None)
+    for began, shown in steps_shown(history, index, clock, start, end):
         if shown is None:
             continue
         write = max((w for w in writes if w[1] <= shown), default=None, key=lambda w: w[1])

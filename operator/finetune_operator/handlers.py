@@ -248,6 +248,19 @@ def _budget_spent(job: FineTuneJob) -> bool:
     return gpu_usage.budget_spent(job, job.status.gpu_hours if job.status else None)
 
 
+def _current_job(
+    rt: Runtime, key: Key, indices: Mapping[str, Any], ftj_uid: str | None
+) -> Manifest | None:
+    """The FineTuneJob's Job as the Job watch shows it or, until the watch has it, as this
+    process created it (``Runtime.unseen_jobs``)."""
+    k8s_job = owned_job(_index(indices, "job_index").get(key) or (), ftj_uid)
+    if k8s_job is not None:
+        rt.unseen_jobs.pop(key, None)
+        return k8s_job
+    unseen = rt.unseen_jobs.get(key)
+    return owned_job((unseen,), ftj_uid) if unseen is not None else None
+
+
 async def refresh_from_indices(
     rt: Runtime,
     key: Key,
@@ -258,12 +271,7 @@ async def refresh_from_indices(
     ftj = _first(_index(indices, "ftj_index").get(key))
     if ftj is None:
         return  # deleted, or not seen yet: its own events will come
-    uid = ftj["metadata"].get("uid")
-    k8s_job = owned_job(_index(indices, "job_index").get(key) or (), uid)
-    if k8s_job is not None:
-        rt.unseen_jobs.pop(key, None)
-    elif key in rt.unseen_jobs:  # created here, not yet in the watch: the Job as created
-        k8s_job = owned_job((rt.unseen_jobs[key],), uid)
+    k8s_job = _current_job(rt, key, indices, ftj["metadata"].get("uid"))
     pods = job_pods(_index(indices, "pod_index").get(key) or (), k8s_job)
     await refresh_status(rt, key, ftj, k8s_job, pods, logger)
 
@@ -458,8 +466,7 @@ async def poll_job(
     started = time.monotonic()
     try:
         ftj = _first(_index(indices, "ftj_index").get(key))
-        uid = (ftj or {}).get("metadata", {}).get("uid")
-        k8s_job = owned_job(_index(indices, "job_index").get(key) or (), uid)
+        k8s_job = _current_job(rt, key, indices, (ftj or {}).get("metadata", {}).get("uid"))
         target = progress_target(job_pods(_index(indices, "pod_index").get(key) or (), k8s_job))
         if target is not None:
             held = rt.progress.get(key)
