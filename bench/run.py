@@ -143,8 +143,10 @@ def run_row(
         env["FTJ_FP8_FORWARD_16BIT"] = "1"  # (the default since session 17)
     if config.endswith("-bf16fwd"):  # ablation: a 16-bit base's forward GEMMs in bf16
         env["FTJ_FP8_FORWARD_16BIT"] = "0"
-    if config.endswith("-fp8bwd"):  # ablation: input gradients on FP8 tensor cores too
+    if config.endswith("-fp8bwd"):  # ablation: a Float8 base's input gradients on FP8 too
         env["FTJ_FP8_BACKWARD"] = "1"
+    if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
+        env["FTJ_FP8_BACKWARD_16BIT"] = "0"
     if config.endswith("-profile"):
         env["FTJ_BENCH_PROFILE"] = "1"
     if config.endswith("-hostprofile"):

@@ -381,7 +381,9 @@ def build_trainer_path(
 #     the default since session 17, so now the same as no suffix)
 #   -bf16fwd: a 16-bit base's forward GEMMs in bf16 (FTJ_FP8_FORWARD_16BIT=0; the default
 #     before session 17)
-#   -fp8bwd: input gradients on FP8 tensor cores too (FTJ_FP8_BACKWARD=1)
+#   -fp8bwd: a Float8 base's input gradients on FP8 tensor cores too (FTJ_FP8_BACKWARD=1)
+#   -bf16bwd: a 16-bit base's input gradients in bf16 while its forward runs in FP8
+#     (FTJ_FP8_BACKWARD_16BIT=0; the default before session 19)
 #   -profile: where one step's GPU time goes (its tokens/s includes the profiler)
 #   -hostprofile: the same with the host's (CPU) time per op
 #   -maskscan: transformers' packed-sequence scan at every forward, as before step 26
@@ -395,9 +397,10 @@ def build_trainer_path(
 # and suffixes that only change the data (main): every example at the spread's mean length
 #   -samelen: so every step packs the same number of tokens
 #   -samelen-jitter: give or take 48 tokens each, so the count changes every step
-ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-bf16fwd", "-fp8bwd", "-profile", "-hostprofile",
-                        "-maskscan", "-nocast", "-compile", "-noskip", "-unpaired", "-nostream",
-                        "-draw4", "-trace", "-samelen-jitter", "-samelen", "-peftnf4")  # fmt: skip
+ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-bf16fwd", "-bf16bwd", "-fp8bwd", "-profile",
+                        "-hostprofile", "-maskscan", "-nocast", "-compile", "-noskip",
+                        "-unpaired", "-nostream", "-draw4", "-trace", "-samelen-jitter",
+                        "-samelen", "-peftnf4")  # fmt: skip
 
 
 def builder(config: str) -> Any:

@@ -1,10 +1,12 @@
-"""FP8 forward GEMMs for a 16-bit base (default on Ada/Hopper; ``FTJ_FP8_FORWARD_16BIT=0``: off).
+"""FP8 GEMMs for a 16-bit base (default on Ada/Hopper; ``FTJ_FP8_FORWARD_16BIT=0``: off).
 
 The weights stay bf16; each forward GEMM quantizes its weight per output channel and its input
-per token to e4m3 (``float8_base.linear_16bit``); every gradient is computed in bf16 against
-the bf16 weights. These tests hold it to what a user would notice: the layer's output within
-e4m3's rounding, the adapter's gradients pointing the same way, and a short training run whose
-loss curve moves less than a change of seed moves it.
+per token to e4m3 (``float8_base.linear_16bit``). The input-gradient GEMM does the same with
+the gradient per token and the weight per input channel (``float8_base.grad_input_16bit``,
+``FTJ_FP8_BACKWARD_16BIT``); the adapter's own gradients stay bf16. These tests hold it to
+what a user would notice: each GEMM within e4m3's rounding, the adapter's gradients pointing
+the same way, and a short training run whose loss curve moves less than a change of seed
+moves it.
 """
 
 from __future__ import annotations
@@ -49,22 +51,61 @@ def test_fp8_gemm_of_a_16bit_weight_is_within_e4m3_rounding(tokens: int) -> None
     assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8, not bf16's ~0.003
 
 
-def _fused(fp8: bool) -> Any:
+@pytest.mark.parametrize(("out_features", "in_features"), [(512, 3584), (3584, 18944)])
+@pytest.mark.parametrize("tokens", [1, 1003, 4096])
+def test_fp8_input_gradient_of_a_16bit_weight_is_within_e4m3_rounding(
+    tokens: int, out_features: int, in_features: int
+) -> None:
+    from finetune_trainer.acceleration import float8_base
+
+    torch.manual_seed(0)
+    weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16)
+    weight *= torch.rand(1, in_features, device="cuda", dtype=torch.bfloat16)  # uneven columns
+    grad = torch.randn(tokens, out_features, device="cuda", dtype=torch.bfloat16)
+    fast = float8_base.grad_input_16bit(grad, weight)
+    exact = grad.double() @ weight.double()
+    assert fast.dtype == torch.bfloat16 and fast.shape == (tokens, in_features)
+    error = relative_error(fast, exact)
+    print(
+        f"\n{tokens} x {out_features} @ {out_features} x {in_features}: relative error {error:.4f}"
+    )
+    assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8
+
+
+def test_the_transposing_quantization_matches_quantizing_the_transposed_weight() -> None:
+    """The Triton kernel against the torch path (a transposed copy, then rows): the same
+    scales exactly, and e4m3 values at most one step of e4m3 apart (the torch path scales in
+    bf16, the kernel in fp32)."""
+    from finetune_trainer.acceleration import float8_base
+
+    torch.manual_seed(0)
+    weight = torch.randn(1000, 200, device="cuda", dtype=torch.bfloat16) * 3  # ragged tiles
+    qt, scale = float8_base.quantize_columns(weight)
+    ref_q, ref_scale = float8_base.quantize_rows(weight.t(), weight.dtype)
+    assert qt.shape == (200, 1000) and qt.is_contiguous() and scale.shape == (200, 1)
+    assert torch.equal(scale, ref_scale)
+    step = 2.0**-3  # e4m3's relative spacing at the top of a binade
+    gap = (qt.float() - ref_q.float()).abs() / ref_q.float().abs().clamp(min=2.0**-6)
+    assert float(gap.max()) <= step
+
+
+def _fused(fp8: bool, fp8_backward: bool = False) -> Any:
     from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
     from tests.harness.tiny_lora import GPU_SIZED, tiny_qwen2, with_lora
 
     model = with_lora(tiny_qwen2(GPU_SIZED, "cuda", torch.bfloat16), 16, 0.0, 0.02)
-    assert fuse_lora_linears(model, fp8_forward=fp8) == 28
+    assert fuse_lora_linears(model, fp8_forward=fp8, fp8_backward=fp8_backward) == 28
     return model
 
 
-def test_the_adapter_gradients_point_the_same_way_as_in_bf16() -> None:
+@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+backward"])
+def test_the_adapter_gradients_point_the_same_way_as_in_bf16(fp8_backward: bool) -> None:
     from tests.harness.tiny_lora import bf16_loss_and_grads
 
     ids = torch.randint(0, 1000, (2, 256), device="cuda", generator=None)
     exact_loss, exact = bf16_loss_and_grads(_fused(False), ids)
-    loss, grads = bf16_loss_and_grads(_fused(True), ids)
+    loss, grads = bf16_loss_and_grads(_fused(True, fp8_backward), ids)
     assert loss != exact_loss  # FP8 really ran
     assert loss == pytest.approx(exact_loss, rel=_E4M3_PRODUCT_ERROR / 4)  # errors average out
     cosines = [
@@ -75,8 +116,8 @@ def test_the_adapter_gradients_point_the_same_way_as_in_bf16() -> None:
     assert set(grads) == set(exact) and min(cosines) > 0.95
 
 
-def _losses(fp8: bool, data_seed: int, steps: int = 12) -> list[float]:
-    model = _fused(fp8)
+def _losses(fp8: bool, data_seed: int, steps: int = 12, fp8_backward: bool = False) -> list[float]:
+    model = _fused(fp8, fp8_backward)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=2e-3)
     generator = torch.Generator(device="cuda").manual_seed(data_seed)
@@ -97,11 +138,12 @@ def _losses(fp8: bool, data_seed: int, steps: int = 12) -> list[float]:
     return losses
 
 
-def test_fp8_moves_the_loss_curve_less_than_a_change_of_data_seed_does() -> None:
+@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+backward"])
+def test_fp8_moves_the_loss_curve_less_than_a_change_of_data_seed_does(fp8_backward: bool) -> None:
     """The tolerance is the run-to-run spread a user already accepts: the same training on the
     next batch draw. FP8's effect on the loss must stay inside it."""
     exact = _losses(False, data_seed=0)
-    fp8 = _losses(True, data_seed=0)
+    fp8 = _losses(True, data_seed=0, fp8_backward=fp8_backward)
     other_draw = _losses(False, data_seed=1)
     assert exact[-1] < exact[0] * 0.8 and fp8[-1] < fp8[0] * 0.8  # both learn
     fp8_gap = max(abs(a - b) for a, b in zip(fp8, exact, strict=True))

@@ -246,11 +246,17 @@ def build_model(
         from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
         fp8_16bit = plan.fp8_forward and not plan.float8_base  # Float8 bases take FP8 anyway
-        count = fuse_lora_linears(model, fp8_forward=fp8_16bit)
+        fp8_backward = fp8_16bit and plan.fp8_backward
+        count = fuse_lora_linears(model, fp8_forward=fp8_16bit, fp8_backward=fp8_backward)
         log.info(
             "fused LoRA forward on %d linears%s",
             count,
-            ", base GEMMs on FP8 tensor cores (16-bit weights)" if fp8_16bit else "",
+            (
+                ", base GEMMs on FP8 tensor cores (16-bit weights; "
+                + ("forward and input gradients)" if fp8_backward else "forward only)")
+            )
+            if fp8_16bit
+            else "",
         )
     trainable, total = model.get_nb_trainable_parameters()
     log.info(

@@ -154,6 +154,14 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "(default 1: +6% tok/s on an H100, loss within a data draw's, bench/NOTES.md session 17).",
     ),
     Switch(
+        "FTJ_FP8_BACKWARD_16BIT",
+        "fp8_backward_16bit",
+        "bool",
+        "With FP8 forward GEMMs on a 16-bit LoRA base, its input-gradient GEMMs run on FP8 "
+        "tensor cores too (gradients quantized per token, weights per input channel; the "
+        "adapter's own gradients stay bf16); 0: bf16 input gradients.",
+    ),
+    Switch(
         "FTJ_FP8_BACKWARD",
         "fp8_backward",
         "bool",
@@ -205,6 +213,7 @@ class TrainerSwitches:
     dropout_halves: Literal[1, 2] = 2
     fp8_compute: bool = True
     fp8_forward_16bit: bool = True
+    fp8_backward_16bit: bool = True
     fp8_backward: bool = False
     packed_mask_scan: bool = False
     ranged_download: bool = True

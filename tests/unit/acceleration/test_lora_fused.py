@@ -171,16 +171,20 @@ def test_gated_mlp_recomputes_its_activation_product_instead_of_keeping_it() -> 
     assert saved_linears - saved_whole >= 2 * intermediate * 0.9, (saved_linears, saved_whole)
 
 
-def test_fp8_forward_asked_for_where_no_fp8_tensor_cores_exist_computes_exactly_as_bf16() -> None:
-    """The plan asks for FP8 forward GEMMs only on FP8 GPUs; a model fused with it that runs on
-    a CPU (or an older GPU) must still compute the plain GEMM, not fail or approximate."""
+@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+backward"])
+def test_fp8_asked_for_where_no_fp8_tensor_cores_exist_computes_exactly_as_bf16(
+    fp8_backward: bool,
+) -> None:
+    """The plan asks for FP8 GEMMs only on FP8 GPUs; a model fused with them that runs on a CPU
+    (or an older GPU) must still compute the plain GEMMs, forward and backward, not fail or
+    approximate."""
     base = _base()
     ids = torch.randint(0, 101, (2, 16))
     plain, asked = _peft(base, 0.0), _peft(base, 0.0)
     fuse_lora_linears(plain)
-    assert fuse_lora_linears(asked, fp8_forward=True) == 14
-    flags = [m._ftj_fp8_forward for m in asked.modules() if getattr(m, "_ftj_fused", False)]
-    assert flags == [True] * 14
+    assert fuse_lora_linears(asked, fp8_forward=True, fp8_backward=fp8_backward) == 14
+    fused = [m for m in asked.modules() if getattr(m, "_ftj_fused", False)]
+    assert [(m._ftj_fp8_forward, m._ftj_fp8_backward) for m in fused] == [(True, fp8_backward)] * 14
     torch.manual_seed(5)
     want_loss, want = loss_and_grads(plain, ids)
     torch.manual_seed(5)

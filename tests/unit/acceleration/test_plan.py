@@ -553,6 +553,35 @@ def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_und
     assert not TrainerSwitches.from_env({"FTJ_FP8_FORWARD_16BIT": "0"}).fp8_forward_16bit
 
 
+def test_fp8_input_gradients_follow_a_16bit_base_forward_onto_fp8_when_asked() -> None:
+    """FTJ_FP8_BACKWARD_16BIT (on by default) puts a 16-bit base's input-gradient GEMMs on FP8
+    tensor cores wherever its forward GEMMs are: predicted faster, in the same memory, and
+    said in the plan. Never without the FP8 forward, and never for a Float8 base (its own
+    ablation, FTJ_FP8_BACKWARD)."""
+
+    def plan(device: DeviceInfo = H100_80G, method: Method | None = None, **kw: Any) -> Any:
+        kw.setdefault("fp8_16bit", True)
+        kw.setdefault("fp8_backward_16bit", True)
+        return plan_acceleration(
+            training(), method or Method(), QWEN_7B, device, mean_example_tokens=780, **kw
+        )
+
+    both, forward_only = plan(), plan(fp8_backward_16bit=False)
+    assert both.fp8_forward and both.fp8_backward and "fp8_backward=True" in both.describe()
+    assert any("forward GEMMs and input gradients run in FP8" in r for r in both.reasons)
+    assert not forward_only.fp8_backward and "fp8_backward" not in forward_only.describe()
+    assert both.predicted_step_s < forward_only.predicted_step_s
+    # The 7B's H100 plan is unchanged: two micro-steps, no layer recomputed, the same memory.
+    assert (both.gradient_accumulation_steps, both.checkpointed_layers) == (2, 0)
+    assert both.estimated_peak_bytes == forward_only.estimated_peak_bytes
+    assert not plan(fp8_16bit=False).fp8_backward  # no FP8 forward, no FP8 backward
+    assert not plan(fp8_compute=False).fp8_backward
+    float8 = Method(type="qlora", quantization=Quantization(bits=8))
+    assert plan(method=float8).fp8_forward and not plan(method=float8).fp8_backward
+    assert TrainerSwitches.from_env({}).fp8_backward_16bit
+    assert not TrainerSwitches.from_env({"FTJ_FP8_BACKWARD_16BIT": "0"}).fp8_backward_16bit
+
+
 def test_a_tie_in_predicted_time_goes_to_the_plan_needing_less_memory() -> None:
     """On an H100 with FP8 forward GEMMs one 15.6k-token micro-step recomputing layers and two
     7.8k-token micro-steps recomputing none are predicted within 3%: the plan takes the one

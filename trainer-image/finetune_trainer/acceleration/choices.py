@@ -94,6 +94,8 @@ class PlanInputs:
     # such a GPU; for a 16-bit base under precision auto, its weights quantized per call
     # (``float8_base.linear_16bit``: the weights themselves stay 16-bit).
     fp8_forward: bool
+    # A 16-bit base's input-gradient GEMMs run on FP8 tensor cores too (_fp8_backward).
+    fp8_backward: bool
     memory_budget_bytes: int
     mode: str  # gradient checkpointing: auto, always or never
     # Examples per micro-step to try (largest first), and the most worth trying
@@ -181,6 +183,7 @@ class PlanInputs:
             host_link=self.host_link,
             matmul_rate=cost.matmul_flops_per_s(device.compute_capability, device.sm_count),
             fp8_forward=self.fp8_forward,
+            fp8_backward=self.fp8_backward,
             recompute_work=recompute_work,
         )
 
@@ -202,6 +205,7 @@ def plan_inputs(
     micro_cap: int | None = None,
     fp8_compute: bool = True,
     fp8_16bit: bool = False,
+    fp8_backward_16bit: bool = False,
 ) -> tuple[PlanInputs, list[str]]:
     """Read the spec and settle what needs no memory estimate, with the reasons for the
     kernels chosen (they come first in the plan's reasons). ``micro_cap``: at most this many
@@ -220,6 +224,9 @@ def plan_inputs(
         device, fp8_compute, float8, fp8_16bit and fused, weight_bits, training.precision,
         precision,
     )  # fmt: skip
+    # A 16-bit base's input gradients follow its forward onto FP8 tensor cores when asked
+    # (float8_base.grad_input_16bit); a Float8 base has its own ablation (FTJ_FP8_BACKWARD).
+    fp8_backward = fp8_forward and not float8 and fp8_backward_16bit
     examples_per_step = batch_size * accumulation
     if memory_budget_bytes is None:
         memory_budget_bytes = int(device.total_memory_bytes * cost.MEMORY_SHARE) if on_gpu else 0
@@ -264,6 +271,7 @@ def plan_inputs(
         float8=float8,
         fused=fused,
         fp8_forward=fp8_forward,
+        fp8_backward=fp8_backward,
         memory_budget_bytes=memory_budget_bytes,
         mode=training.gradient_checkpointing,
         candidates=candidates,

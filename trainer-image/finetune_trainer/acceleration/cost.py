@@ -219,13 +219,15 @@ class StepTimeModel:
     layer_bytes: int  # one decoder layer's frozen weights (what streaming copies)
     host_link: float  # bytes per second of a streamed layer's copy
     matmul_rate: float  # FLOP/s the trainer reaches
-    fp8_forward: bool  # a Float8 base's forward runs on FP8 tensor cores
+    fp8_forward: bool  # the base's forward GEMMs run on FP8 tensor cores
     recompute_work: float  # share of a layer's forward a recomputation repeats
+    fp8_backward: bool = False  # and its input-gradient GEMMs
 
     def seconds(self, micro: int, ckpt_layers: int, streamed: int = 0) -> float:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
-        a Float8 forward runs faster; a recomputation without its down projection does less)
+        FP8 forward and input-gradient GEMMs run faster; a recomputation without its down
+        projection does less)
         and the host's work for it, plus what each micro-step boundary exposes. Streamed
         layers' weights cross the host link once in the forward and once for the backward's
         recomputation; each crossing hides behind that pass's GPU work when it is shorter."""
@@ -234,9 +236,10 @@ class StepTimeModel:
         speedup = _FP8_FORWARD_SPEEDUP if self.fp8_forward else 1.0
         first = 2 / speedup
         again = 2 * recomputed * self.recompute_work / speedup
+        backward = 2 / (_FP8_FORWARD_SPEEDUP if self.fp8_backward else 1.0)
         flops_per_unit = micro * self.tokens_per_example * self.matmul_params / self.matmul_rate
         copies = streamed * self.layer_bytes / self.host_link
-        gpu = max(first * flops_per_unit, copies) + max((again + 2) * flops_per_unit, copies)
+        gpu = max(first * flops_per_unit, copies) + max((again + backward) * flops_per_unit, copies)
         host = layers * _HOST_S_PER_LAYER * (1 + _HOST_RECOMPUTE_SHARE * recomputed)
         per_micro_step = max(gpu, host) + layers * _MICRO_STEP_S_PER_LAYER
         return (self.examples_per_step // micro) * per_micro_step

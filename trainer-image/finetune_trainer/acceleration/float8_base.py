@@ -145,6 +145,39 @@ def linear_16bit(
     return linear(rows, q, scale, bias, share_input)
 
 
+def quantize_columns(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(qt, scale)``: the e4m3 copy of ``weight.T`` (contiguous) with one fp32 scale per
+    column of ``weight`` (its input channel), ``weight.T ≈ qt * scale``: the operand of an
+    input-gradient GEMM, whose reduction runs along the weight's output channels, so only a
+    per-input-channel scale can be applied after it."""
+    if triton_kernels.available(weight):
+        return triton_kernels.quantize_columns_transposed(weight, FLOAT8, FLOAT8_MAX)
+    return quantize_rows(weight.t(), weight.dtype)  # one transposed copy, in the weight's dtype
+
+
+def grad_input_16bit(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ W``, the input gradient of a frozen 16-bit ``weight`` (out, in), on FP8 tensor
+    cores: the gradient quantized per token (its row), the weight per input channel (its
+    column), each scale along an axis the product keeps, so both are applied to the output
+    (``torch._scaled_mm``'s row-wise scaling). The FP8 recipe torchao calls "rowwise" uses
+    e4m3 for gradients the same way; the accumulation is kept exact (``use_fast_accum=False``,
+    as torchao does for gradients) because the reduction runs over up to 18,944 products.
+    The LoRA weights' gradients stay bf16: only the base's input gradient is quantized.
+    Where FP8 GEMMs don't fit, the plain bf16 product."""
+    if not _fp8_gemm_fits(grad, weight):
+        return grad @ weight
+    q, row_scale = quantize_rows(grad)
+    qt, column_scale = quantize_columns(weight)
+    return torch._scaled_mm(
+        q,
+        qt.t(),  # (out, in), column-major: the layout _scaled_mm wants for its 2nd matrix
+        scale_a=row_scale,
+        scale_b=column_scale.view(1, -1),
+        out_dtype=grad.dtype,
+        use_fast_accum=False,
+    )
+
+
 def _fp8_gemm_fits(rows: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``_scaled_mm`` takes these operands: FP8 tensor cores, half-precision rows,
     both weight dimensions multiples of 16."""

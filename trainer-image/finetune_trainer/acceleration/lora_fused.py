@@ -183,6 +183,8 @@ def _lora_backward(
     grad_b = (grad.t() @ down).mul_(scale) if ctx.needs_input_grad[first + 6] else None
     if ctx.quant is not None:
         grad_rows = grad @ nf4_base.dequantized(weight, ctx.quant, grad.dtype)
+    elif weight_scale is None and ctx.fp8_backward:
+        grad_rows = float8_base.grad_input_16bit(grad, weight)
     elif weight_scale is None:
         grad_rows = grad @ weight
     else:
@@ -237,6 +239,7 @@ class LoraLinearFunction(torch.autograd.Function):
         p: float,
         seed: int,
         fp8: bool = False,
+        fp8_backward: bool = False,
     ) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         out, down = _lora_forward(
@@ -244,6 +247,7 @@ class LoraLinearFunction(torch.autograd.Function):
         )
         _save(ctx, x, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed, ctx.quant = scale, p, seed, quant
+        ctx.fp8_backward = fp8_backward
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -255,7 +259,7 @@ class LoraLinearFunction(torch.autograd.Function):
             ctx, rows, grad, weight, weight_scale, lora_a, lora_b, down, 0
         )
         grad_x = None if grad_x is None or not ctx.needs_input_grad[0] else grad_x.view(x.shape)
-        return grad_x, None, None, None, None, grad_a, grad_b, None, None, None, None
+        return grad_x, None, None, None, None, grad_a, grad_b, None, None, None, None, None
 
 
 def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
@@ -318,6 +322,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         p: float,
         seed: int,
         fp8: bool = False,
+        fp8_backward: bool = False,
         output_needed: bool = True,
     ) -> torch.Tensor:
         h = _silu_mul(gate, up)
@@ -329,6 +334,7 @@ class SwiGLUDownFunction(torch.autograd.Function):
         del h, rows  # the largest tensor of the layer: gone before the next one is made
         _save(ctx, gate, up, weight, weight_scale, lora_a, lora_b, down)
         ctx.scale, ctx.p, ctx.seed, ctx.quant = scale, p, seed, quant
+        ctx.fp8_backward = fp8_backward
         return out.view(*gate.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -344,7 +350,8 @@ class SwiGLUDownFunction(torch.autograd.Function):
         assert grad_h is not None
         grad_gate, grad_up = _silu_mul_backward(gate, up, grad_h.view(gate.shape))
         return (
-            grad_gate, grad_up, None, None, None, None, grad_a, grad_b, None, None, None, None, None
+            grad_gate, grad_up, None, None, None, None, grad_a, grad_b,
+            None, None, None, None, None, None,
         )  # fmt: skip
 
 
@@ -385,7 +392,8 @@ def _through_peft(module: Any, name: str, args: tuple[Any, ...], kwargs: dict[st
 def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
     """The fused functions' arguments after their inputs: W, W's Float8 scale (or None), W's
     4-bit quantization state (or None), bias, A, B, scale, p, seed, and whether a 16-bit W's
-    GEMM runs on FP8 tensor cores (``fuse_lora_linears(fp8_forward=True)``).
+    forward GEMM and its input-gradient GEMM run on FP8 tensor cores
+    (``fuse_lora_linears(fp8_forward=..., fp8_backward=...)``).
 
     Draws the dropout seed (from torch's CPU generator) when dropout is on, so callers take it
     in the order the model's own forward would have drawn its masks."""
@@ -403,6 +411,7 @@ def _lora_arguments(module: Any, name: str) -> tuple[Any, ...]:
         p,
         seed,
         bool(getattr(module, "_ftj_fp8_forward", False)),
+        bool(getattr(module, "_ftj_fp8_backward", False)),
     )
 
 
@@ -468,13 +477,14 @@ def _is_silu_gated_mlp(module: Any) -> bool:
     return isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation")
 
 
-def fuse_lora_linears(model: Any, fp8_forward: bool = False) -> int:
+def fuse_lora_linears(model: Any, fp8_forward: bool = False, fp8_backward: bool = False) -> int:
     """Give every fusable peft LoRA linear of ``model`` the fused forward, and every llama-style
     gated MLP over them the fused activation + down projection; returns how many linears.
 
     Call after ``get_peft_model``. The base weights must be frozen (they are under peft).
     ``fp8_forward``: 16-bit base weights' forward GEMMs run on FP8 tensor cores where the
-    operands allow it (the plan's ``fp8_forward``; Float8 bases do regardless).
+    operands allow it (the plan's ``fp8_forward``; Float8 bases do regardless);
+    ``fp8_backward``: their input-gradient GEMMs too (the plan's ``fp8_backward``).
     """
     count = 0
     for module in model.modules():
@@ -485,6 +495,7 @@ def fuse_lora_linears(model: Any, fp8_forward: bool = False) -> int:
         module.forward = _fused_forward(module)
         module._ftj_fused = True
         module._ftj_fp8_forward = fp8_forward
+        module._ftj_fp8_backward = fp8_backward
         count += 1
     for module in model.modules():
         if not getattr(module, "_ftj_fused_mlp", False) and _is_silu_gated_mlp(module):

@@ -64,6 +64,9 @@ class AccelerationPlan:
     # The frozen base's forward GEMMs run on FP8 tensor cores (choices._fp8_forward); for a
     # 16-bit base its weights stay 16-bit and are quantized per GEMM.
     fp8_forward: bool = False
+    # A 16-bit base's input-gradient GEMMs run on FP8 tensor cores too (gradients quantized
+    # per token, weights per input channel: float8_base.grad_input_16bit).
+    fp8_backward: bool = False
     # Base weights sharded with FSDP2 over all ranks (otherwise every rank holds the whole
     # model and DDP all-reduces the adapter's gradients). ``FTJ_SHARD_WEIGHTS=1`` forces it,
     # even on one rank (how the path is tested on a single GPU).
@@ -101,6 +104,7 @@ class AccelerationPlan:
             + f"fused_lora={self.fused_lora}"
             + (" base=float8" if self.float8_base else "")
             + (" fp8_forward=True" if self.fp8_forward else "")
+            + (" fp8_backward=True" if self.fp8_backward else "")
             + (" fsdp=sharded" if self.fsdp else "")
             + (f" streamed={self.streamed_layers} layers" if self.streamed_layers else "")
             + (
@@ -134,6 +138,7 @@ def plan_acceleration(
     micro_cap: int | None = None,
     fp8_compute: bool = True,
     fp8_16bit: bool = False,
+    fp8_backward_16bit: bool = False,
 ) -> AccelerationPlan:
     """Decide how to run: a pure function of the spec, the model's shape and the device.
 
@@ -152,7 +157,8 @@ def plan_acceleration(
     ``stream_ddp`` lets several DDP ranks stream. ``micro_cap``
     caps the examples per micro-step (a re-plan after an out-of-memory error: replan.py).
     ``fp8_compute=False`` keeps every GEMM out of FP8 tensor cores; ``fp8_16bit`` lets a
-    16-bit base's forward GEMMs use them (choices._fp8_forward).
+    16-bit base's forward GEMMs use them (choices._fp8_forward), and ``fp8_backward_16bit``
+    its input-gradient GEMMs too.
     """
     inputs, why = choices.plan_inputs(
         training,
@@ -170,6 +176,7 @@ def plan_acceleration(
         micro_cap=micro_cap,
         fp8_compute=fp8_compute,
         fp8_16bit=fp8_16bit,
+        fp8_backward_16bit=fp8_backward_16bit,
     )
     step_time = inputs.step_time_model()
     requested = search.requested_sharding(inputs, world_size, shard_weights)
@@ -213,6 +220,7 @@ def plan_acceleration(
         fused_lora=inputs.fused,
         float8_base=inputs.float8,
         fp8_forward=inputs.fp8_forward,
+        fp8_backward=inputs.fp8_backward,
         fsdp=sharding.fsdp,
         predicted_step_s=(
             round(step_time.seconds(micro, ckpt_layers, streamed), 3) if inputs.on_gpu else 0.0
@@ -308,4 +316,5 @@ def plan_for_model(
         micro_cap=micro_cap,
         fp8_compute=on.fp8_compute,
         fp8_16bit=on.fp8_forward_16bit,
+        fp8_backward_16bit=on.fp8_backward_16bit,
     )

@@ -15,7 +15,12 @@ backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the d
   A's gradient, the dropped bottleneck gradient added into the input's) from one draw;
 * ``quantize_rows``: one row's max-abs and its e4m3 copy, read from memory twice per row
   (the second read mostly hits L2), written once;
-* ``dequantize_rows``: e4m3 rows times their scale, into the training dtype.
+* ``dequantize_rows``: e4m3 rows times their scale, into the training dtype;
+* ``quantize_columns_transposed``: a 16-bit weight's e4m3 copy for an input-gradient GEMM,
+  scaled per input channel (its column) and written transposed, the layout
+  ``torch._scaled_mm`` wants for that product: one pass for the columns' max-abs, one to
+  scale, cast and transpose, on a 2-D grid of tiles so that every SM has work even for a
+  512-row projection.
 
 Callers use these only for CUDA tensors when Triton imports (``available``); the
 torch code next to each call stays the reference and the CPU path.
@@ -102,6 +107,36 @@ if triton is not None:
             q = tl.load(q_ptr + base + offsets, mask=inside, other=0.0)
             out = q.to(tl.float32) * scale
             tl.store(out_ptr + base + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def column_amax_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, amax_ptr, rows, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+    ):
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        inside = (r[:, None] < rows) & (c[None, :] < cols)
+        x = tl.load(x_ptr + r[:, None].to(tl.int64) * cols + c[None, :], mask=inside, other=0.0)
+        amax = tl.max(tl.abs(x.to(tl.float32)), 0)
+        # Non-negative floats order as their bit patterns do, so an integer max is a float max
+        # (and integer atomics are exact on every GPU).
+        tl.atomic_max(amax_ptr + c, amax.to(tl.int32, bitcast=True), mask=c < cols)
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def quantize_transposed_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, amax_ptr, qt_ptr, scale_ptr, rows, cols, fp8_max,
+        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        inside = (r[:, None] < rows) & (c[None, :] < cols)
+        x = tl.load(x_ptr + r[:, None].to(tl.int64) * cols + c[None, :], mask=inside, other=0.0)
+        bits = tl.load(amax_ptr + c, mask=c < cols, other=0)
+        largest = tl.maximum(bits.to(tl.float32, bitcast=True), 1e-12)
+        q = (x.to(tl.float32) * (fp8_max / largest)[None, :]).to(qt_ptr.dtype.element_ty)
+        # qt is (cols, rows): element (r, c) of x lands at c * rows + r.
+        tl.store(qt_ptr + c[None, :].to(tl.int64) * rows + r[:, None], q, mask=inside)
+        if tl.program_id(0) == 0:
+            tl.store(scale_ptr + c, largest / fp8_max, mask=c < cols)
 
 
 def _kernels() -> Any:
@@ -203,3 +238,28 @@ def dequantize_rows(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) ->
     if rows:
         dequantize_kernel[(rows,)](q, scale.contiguous(), out, cols, BLOCK=_ROW_BLOCK)
     return out
+
+
+_TILE = 64  # rows and columns per program of the transposing quantization
+
+
+def quantize_columns_transposed(
+    x: torch.Tensor, dtype: torch.dtype, fp8_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(qt, scale)`` for 2-D ``x`` of shape (rows, cols): ``qt`` (cols, rows), contiguous, is
+    the ``dtype`` (e4m3) copy of ``x.T`` with one fp32 ``scale`` per column of ``x`` (per row
+    of ``qt``), shape (cols, 1): ``x.T ≈ qt * scale``. The same result as quantizing the rows of
+    ``x.T``, without making a transposed 16-bit copy first."""
+    triton = _kernels()[0]
+    x = x.contiguous()
+    rows, cols = x.shape
+    qt = torch.empty((cols, rows), dtype=dtype, device=x.device)
+    scale = torch.empty((cols, 1), dtype=torch.float32, device=x.device)
+    if rows and cols:
+        amax_bits = torch.zeros(cols, dtype=torch.int32, device=x.device)
+        grid = (triton.cdiv(rows, _TILE), triton.cdiv(cols, _TILE))
+        column_amax_kernel[grid](x, amax_bits, rows, cols, BLOCK_R=_TILE, BLOCK_C=_TILE)
+        quantize_transposed_kernel[grid](
+            x, amax_bits, qt, scale, rows, cols, fp8_max, BLOCK_R=_TILE, BLOCK_C=_TILE
+        )
+    return qt, scale
