@@ -143,8 +143,9 @@ def run_row(
         env["FTJ_FP8_FORWARD_16BIT"] = "1"  # (the default since session 17)
     if config.endswith("-bf16fwd"):  # ablation: a 16-bit base's forward GEMMs in bf16
         env["FTJ_FP8_FORWARD_16BIT"] = "0"
-    if config.endswith("-fp8bwd"):  # ablation: a Float8 base's input gradients on FP8 too
-        env["FTJ_FP8_BACKWARD"] = "1"
+    if config.endswith("-fp8bwd"):  # input gradients on FP8 tensor cores, whatever the base
+        env["FTJ_FP8_BACKWARD"] = "1"  # a Float8 base's
+        env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's, with its FP8 forward
     if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
     if config.endswith("-profile"):

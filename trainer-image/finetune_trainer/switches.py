@@ -159,7 +159,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "bool",
         "With FP8 forward GEMMs on a 16-bit LoRA base, its input-gradient GEMMs run on FP8 "
         "tensor cores too (gradients quantized per token, weights per input channel; the "
-        "adapter's own gradients stay bf16); 0: bf16 input gradients.",
+        "adapter's own gradients stay bf16); 0 (default until it is measured on a GPU, "
+        "bench/NOTES.md session 19): bf16 input gradients.",
     ),
     Switch(
         "FTJ_FP8_BACKWARD",
@@ -213,7 +214,7 @@ class TrainerSwitches:
     dropout_halves: Literal[1, 2] = 2
     fp8_compute: bool = True
     fp8_forward_16bit: bool = True
-    fp8_backward_16bit: bool = True
+    fp8_backward_16bit: bool = False
     fp8_backward: bool = False
     packed_mask_scan: bool = False
     ranged_download: bool = True
