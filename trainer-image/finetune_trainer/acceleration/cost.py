@@ -236,6 +236,8 @@ class StepTimeModel:
         speedup = _FP8_FORWARD_SPEEDUP if self.fp8_forward else 1.0
         first = 2 / speedup
         again = 2 * recomputed * self.recompute_work / speedup
+        # FP8 input gradients: the forward's measured factor until they are measured on their
+        # own (exact accumulation may make them somewhat slower; bench/NOTES.md session 19).
         backward = 2 / (_FP8_FORWARD_SPEEDUP if self.fp8_backward else 1.0)
         flops_per_unit = micro * self.tokens_per_example * self.matmul_params / self.matmul_rate
         copies = streamed * self.layer_bytes / self.host_link
