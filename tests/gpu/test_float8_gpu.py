@@ -8,11 +8,12 @@ reason to exist (speed) is checked against bf16 on a 7B MLP shape.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from tests.harness.gpu_timing import gpu_time_ms
 
 torch = pytest.importorskip("torch")
 
@@ -98,17 +99,6 @@ def test_fp8_model_trains_the_adapter_like_the_16bit_model() -> None:
     assert min(cosines) > 0.95
 
 
-def _time_ms(fn: Any, repeat: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat * 1e3
-
-
 def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: None) -> None:
     from finetune_trainer import switches
     from finetune_trainer.acceleration import float8_base
@@ -119,10 +109,10 @@ def test_fp8_forward_is_faster_than_bf16_on_a_7b_mlp_shape(dequantized_gemms: No
         torch.nn.Linear(3584, 18944, bias=False, device="cuda", dtype=torch.bfloat16)
     )
     x = torch.randn(8192, 3584, device="cuda", dtype=torch.bfloat16)
-    bf16_ms = _time_ms(lambda: torch.nn.functional.linear(x, weight))
-    dequantized_ms = _time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
+    bf16_ms = gpu_time_ms(lambda: torch.nn.functional.linear(x, weight))
+    dequantized_ms = gpu_time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
     with switches.override(fp8_compute=True):
-        fp8_ms = _time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
+        fp8_ms = gpu_time_ms(lambda: float8_base.linear(x, f8.weight, f8.weight_scale, None))
     print(
         f"\n8192x3584 @ 3584x18944: bf16 {bf16_ms:.3f} ms, fp8 (with input quantization) "
         f"{fp8_ms:.3f} ms ({bf16_ms / fp8_ms:.2f}x), dequantized bf16 {dequantized_ms:.3f} ms"
@@ -143,8 +133,8 @@ def test_fp8_backward_ablation_matches_the_bf16_input_gradient() -> None:
     with switches.override(fp8_backward=True):
         fast = float8_base.grad_input(grad, f8.weight, f8.weight_scale)
         grad8 = torch.randn(8192, 18944, device="cuda", dtype=torch.bfloat16)
-        fp8_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
-    bf16_ms = _time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
+        fp8_ms = gpu_time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
+    bf16_ms = gpu_time_ms(lambda: float8_base.grad_input(grad8, f8.weight, f8.weight_scale))
     print(f"\ninput gradient 8192x18944 @ 18944x3584: bf16 {bf16_ms:.3f} ms, fp8 {fp8_ms:.3f} ms")
     assert fast.shape == exact.shape and _relative_error(fast, exact) < 0.04
 

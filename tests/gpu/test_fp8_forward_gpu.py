@@ -11,11 +11,11 @@ moves it.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
+from tests.harness.gpu_timing import gpu_time_ms
 from tests.rounding import relative_error
 
 torch = pytest.importorskip("torch")
@@ -73,17 +73,6 @@ def test_fp8_input_gradient_of_a_16bit_weight_is_within_e4m3_rounding(
     assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8
 
 
-def _time_ms(fn: Any, repeat: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeat * 1e3
-
-
 @pytest.mark.parametrize(("out_features", "in_features"), [(18944, 3584), (3584, 18944)])
 def test_fp8_input_gradient_is_faster_than_bf16_on_7b_mlp_shapes(
     out_features: int, in_features: int
@@ -95,8 +84,8 @@ def test_fp8_input_gradient_is_faster_than_bf16_on_7b_mlp_shapes(
     torch.manual_seed(0)
     weight = torch.randn(out_features, in_features, device="cuda", dtype=torch.bfloat16) * 0.02
     grad = torch.randn(8192, out_features, device="cuda", dtype=torch.bfloat16)
-    bf16_ms = _time_ms(lambda: grad @ weight)
-    fp8_ms = _time_ms(lambda: float8_base.grad_input_16bit(grad, weight))
+    bf16_ms = gpu_time_ms(lambda: grad @ weight)
+    fp8_ms = gpu_time_ms(lambda: float8_base.grad_input_16bit(grad, weight))
     print(
         f"\ninput gradient 8192x{out_features} @ {out_features}x{in_features}: bf16 "
         f"{bf16_ms:.3f} ms, fp8 with both quantizations {fp8_ms:.3f} ms "
