@@ -246,7 +246,8 @@ def build_model(
         from finetune_trainer.acceleration.lora_fused import fuse_lora_linears
 
         fp8_16bit = plan.fp8_forward and not plan.float8_base  # Float8 bases take FP8 anyway
-        fp8_backward = fp8_16bit and plan.fp8_backward
+        # The plan sets fp8_backward only for a 16-bit base with its FP8 forward.
+        fp8_backward = plan.fp8_backward
         count = fuse_lora_linears(model, fp8_forward=fp8_16bit, fp8_backward=fp8_backward)
         log.info(
             "fused LoRA forward on %d linears%s",

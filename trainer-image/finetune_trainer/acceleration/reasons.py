@@ -133,12 +133,15 @@ def base_compute_reasons(inputs: PlanInputs, half_int8: bool) -> list[str]:
             )
         )
     if inputs.fp8_forward and not inputs.float8:
+        gemms, bf16_gradients = (
+            ("forward GEMMs and input gradients", "the adapter's gradients")
+            if inputs.fp8_backward
+            else ("forward GEMMs", "gradients")
+        )
         reasons.append(
-            "FP8 tensor cores: the frozen base's forward GEMMs"
-            + (" and input gradients" if inputs.fp8_backward else "")
-            + " run in FP8 (weights kept bf16 and quantized per channel for each GEMM; "
-            + ("the adapter's gradients in bf16" if inputs.fp8_backward else "gradients in bf16")
-            + "); precision: bf16 keeps every GEMM in bf16"
+            f"FP8 tensor cores: the frozen base's {gemms} run in FP8 (weights kept bf16 and "
+            f"quantized per channel for each GEMM; {bf16_gradients} in bf16); "
+            "precision: bf16 keeps every GEMM in bf16"
         )
     if half_int8:
         reasons.append(f"8-bit base layers compute in {inputs.dtype} (not fp32)")
