@@ -3,7 +3,8 @@
 The weights stay bf16; each forward GEMM quantizes its weight per output channel and its input
 per token to e4m3 (``float8_base.linear_16bit``). The input-gradient GEMM does the same with
 the gradient per token and the weight per input channel (``float8_base.grad_input_16bit``,
-``FTJ_FP8_BACKWARD_16BIT``); the adapter's own gradients stay bf16. These tests hold it to
+``FTJ_FP8_BACKWARD_16BIT``), for the MLPs' down projections only (``fuse_lora_linears`` says
+why); every other gradient stays bf16. These tests hold it to
 what a user would notice: each GEMM within e4m3's rounding, the adapter's gradients pointing
 the same way, and a short training run whose loss curve moves less than a change of seed
 moves it.
@@ -73,12 +74,12 @@ def test_fp8_input_gradient_of_a_16bit_weight_is_within_e4m3_rounding(
     assert 0 < error < _E4M3_PRODUCT_ERROR  # > 0: it did run in FP8
 
 
-@pytest.mark.parametrize(("out_features", "in_features"), [(18944, 3584), (3584, 18944)])
-def test_fp8_input_gradient_is_faster_than_bf16_on_7b_mlp_shapes(
-    out_features: int, in_features: int
-) -> None:
+def test_fp8_input_gradient_is_faster_than_bf16_on_the_7b_down_projection() -> None:
     """The reason the FP8 input gradient exists: with both quantizations counted (the
-    gradient's and the weight's, made for every GEMM), it beats the bf16 GEMM it replaces."""
+    gradient's and the weight's, made for every GEMM), it beats the bf16 GEMM it replaces on
+    the down projection, the one it runs for (session 20 on an H100: 1.41x; gate's and up's
+    shape, 18944 x 3584, only 1.05x, which is why they stay bf16)."""
+    out_features, in_features = 3584, 18944
     from finetune_trainer.acceleration import float8_base
 
     torch.manual_seed(0)
@@ -121,7 +122,7 @@ def _fused(fp8: bool, fp8_backward: bool = False) -> Any:
     return model
 
 
-@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+down-backward"])
 def test_the_adapter_gradients_point_the_same_way_as_in_bf16(fp8_backward: bool) -> None:
     from tests.harness.tiny_lora import bf16_loss_and_grads
 
@@ -160,7 +161,7 @@ def _losses(fp8: bool, data_seed: int, steps: int = 12, fp8_backward: bool = Fal
     return losses
 
 
-@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("fp8_backward", [False, True], ids=["forward", "forward+down-backward"])
 def test_fp8_moves_the_loss_curve_less_than_a_change_of_data_seed_does(fp8_backward: bool) -> None:
     """The tolerance is the run-to-run spread a user already accepts: the same training on the
     next batch draw. FP8's effect on the loss must stay inside it."""

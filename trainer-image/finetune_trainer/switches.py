@@ -157,10 +157,10 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_FP8_BACKWARD_16BIT",
         "fp8_backward_16bit",
         "bool",
-        "With FP8 forward GEMMs on a 16-bit LoRA base, its input-gradient GEMMs run on FP8 "
-        "tensor cores too (gradients quantized per token, weights per input channel; the "
-        "adapter's own gradients stay bf16); 0 (default until it is measured on a GPU, "
-        "bench/NOTES.md session 19): bf16 input gradients.",
+        "With FP8 forward GEMMs on a 16-bit LoRA base, each MLP down projection's "
+        "input-gradient GEMM runs on FP8 tensor cores too (the gradient quantized per token, "
+        "the weight per input channel; every other gradient stays bf16); 0 (default until it "
+        "is measured end to end, bench/NOTES.md session 20): bf16 input gradients.",
     ),
     Switch(
         "FTJ_FP8_BACKWARD",

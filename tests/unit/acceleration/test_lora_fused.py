@@ -184,7 +184,11 @@ def test_fp8_asked_for_where_no_fp8_tensor_cores_exist_computes_exactly_as_bf16(
     fuse_lora_linears(plain)
     assert fuse_lora_linears(asked, fp8_forward=True, fp8_backward=fp8_backward) == 14
     fused = [m for m in asked.modules() if getattr(m, "_ftj_fused", False)]
-    assert [(m._ftj_fp8_forward, m._ftj_fp8_backward) for m in fused] == [(True, fp8_backward)] * 14
+    assert all(m._ftj_fp8_forward for m in fused) and len(fused) == 14
+    # FP8 input gradients only for the MLPs' down projections (fuse_lora_linears says why).
+    fp8_backward_names = {n for n, m in asked.named_modules() if getattr(m, "_ftj_fp8_backward", 0)}
+    downs = {n for n, _ in asked.named_modules() if n.endswith("mlp.down_proj")}
+    assert len(downs) == 2 and fp8_backward_names == (downs if fp8_backward else set())
     torch.manual_seed(5)
     want_loss, want = loss_and_grads(plain, ids)
     torch.manual_seed(5)

@@ -168,12 +168,10 @@ class PlanInputs:
     def step_time_model(self) -> cost.StepTimeModel:
         """The device's speed for this model, as the search trades options against it."""
         device, shape = self.device, self.shape
-        # A recomputed layer without its down projection repeats less of its forward.
-        recompute_work = 1.0 - (
-            shape.hidden_size * shape.intermediate_size / shape.layer_params
-            if self.skips_down
-            else 0.0
-        )
+        # The down projection's share of a layer's GEMM work: a recomputed layer without it
+        # repeats less of its forward, and its input gradient is the one FP8 backward speeds.
+        down_share = shape.hidden_size * shape.intermediate_size / shape.layer_params
+        recompute_work = 1.0 - (down_share if self.skips_down else 0.0)
         return cost.StepTimeModel(
             layers=self.layers,
             tokens_per_example=self.mean_tokens if self.packing else self.cutoff,
@@ -183,7 +181,7 @@ class PlanInputs:
             host_link=self.host_link,
             matmul_rate=cost.matmul_flops_per_s(device.compute_capability, device.sm_count),
             fp8_forward=self.fp8_forward,
-            fp8_backward=self.fp8_backward,
+            fp8_backward_share=down_share if self.fp8_backward else 0.0,
             recompute_work=recompute_work,
         )
 
@@ -224,8 +222,9 @@ def plan_inputs(
         device, fp8_compute, float8, fp8_16bit and fused, weight_bits, training.precision,
         precision,
     )  # fmt: skip
-    # A 16-bit base's input gradients follow its forward onto FP8 tensor cores when asked
-    # (float8_base.grad_input_16bit); a Float8 base has its own ablation (FTJ_FP8_BACKWARD).
+    # A 16-bit base's down projections' input gradients follow its forward onto FP8 tensor
+    # cores when asked (lora_fused.fuse_lora_linears says why only those); a Float8 base has
+    # its own ablation (FTJ_FP8_BACKWARD).
     fp8_backward = fp8_forward and not float8 and fp8_backward_16bit
     examples_per_step = batch_size * accumulation
     if memory_budget_bytes is None:

@@ -91,6 +91,10 @@ LESS_MEMORY_SHARE = 0.85
 # A Float8 base's forward GEMMs on FP8 tensor cores, quantization included, against bf16
 # (bench/NOTES.md step 16: 0.88 ms against 1.39 ms for 8192 x 3584 @ 3584 x 18944).
 _FP8_FORWARD_SPEEDUP = 1.58
+# The down projection's input gradient on FP8 tensor cores, both quantizations included,
+# against bf16 (H100, 8192 x 3584 @ 3584 x 18944: 1.070 ms against 1.507 ms; bench/NOTES.md
+# session 20, tests/gpu/test_fp8_forward_gpu.py).
+_FP8_INPUT_GRADIENT_SPEEDUP = 1.41
 
 
 def estimate_memory_bytes(
@@ -221,12 +225,14 @@ class StepTimeModel:
     matmul_rate: float  # FLOP/s the trainer reaches
     fp8_forward: bool  # the base's forward GEMMs run on FP8 tensor cores
     recompute_work: float  # share of a layer's forward a recomputation repeats
-    fp8_backward: bool = False  # and its input-gradient GEMMs
+    # The share of the input-gradient FLOPs on FP8 tensor cores (the down projections').
+    fp8_backward_share: float = 0.0
 
     def seconds(self, micro: int, ckpt_layers: int, streamed: int = 0) -> float:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
-        FP8 forward and input-gradient GEMMs run faster; a recomputation without its down
+        FP8 forward GEMMs and the down projections' FP8 input gradients run faster; a
+        recomputation without its down
         projection does less)
         and the host's work for it, plus what each micro-step boundary exposes. Streamed
         layers' weights cross the host link once in the forward and once for the backward's
@@ -236,9 +242,8 @@ class StepTimeModel:
         speedup = _FP8_FORWARD_SPEEDUP if self.fp8_forward else 1.0
         first = 2 / speedup
         again = 2 * recomputed * self.recompute_work / speedup
-        # FP8 input gradients: the forward's measured factor until they are measured on their
-        # own (exact accumulation may make them somewhat slower; bench/NOTES.md session 19).
-        backward = 2 / (_FP8_FORWARD_SPEEDUP if self.fp8_backward else 1.0)
+        fp8_share = self.fp8_backward_share
+        backward = 2 * ((1 - fp8_share) + fp8_share / _FP8_INPUT_GRADIENT_SPEEDUP)
         flops_per_unit = micro * self.tokens_per_example * self.matmul_params / self.matmul_rate
         copies = streamed * self.layer_bytes / self.host_link
         gpu = max(first * flops_per_unit, copies) + max((again + backward) * flops_per_unit, copies)

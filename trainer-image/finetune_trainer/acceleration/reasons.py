@@ -134,7 +134,7 @@ def base_compute_reasons(inputs: PlanInputs, half_int8: bool) -> list[str]:
         )
     if inputs.fp8_forward and not inputs.float8:
         gemms, bf16_gradients = (
-            ("forward GEMMs and input gradients", "the adapter's gradients")
+            ("forward GEMMs and down projections' input gradients", "other gradients")
             if inputs.fp8_backward
             else ("forward GEMMs", "gradients")
         )
