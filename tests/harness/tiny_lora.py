@@ -28,12 +28,14 @@ def tiny_qwen2(shape: dict[str, int], device: str = "cpu", dtype: Any = None) ->
     return model.to(device, dtype) if dtype is not None else model.to(device)
 
 
-def with_lora(base: Any, r: int, dropout: float, b_std: float, **extra: Any) -> Any:
+def with_lora(
+    base: Any, r: int, dropout: float, b_std: float, init_seed: int = 1, **extra: Any
+) -> Any:
     """A copy of ``base`` under a fresh all-linear LoRA (alpha = 2r), B drawn with ``b_std``;
-    seeded, so two calls give the same adapter."""
+    seeded (``init_seed``), so two calls give the same adapter."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(1)  # lora_A's initialisation draws from the global generator
+    torch.manual_seed(init_seed)  # lora_A's initialisation draws from the global generator
     model = get_peft_model(
         copy.deepcopy(base),
         LoraConfig(
