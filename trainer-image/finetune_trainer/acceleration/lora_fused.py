@@ -487,10 +487,9 @@ def fuse_lora_linears(model: Any, fp8_forward: bool = False, fp8_backward: bool 
     ``fp8_backward``: the input-gradient GEMM of each gated MLP's down projection too (the
     plan's ``fp8_backward``). Only there: its gradient is hidden-sized against an
     intermediate-sized input, so quantizing the gradient costs little beside the GEMM it speeds
-    up (1.41x on the 7B's shape on an H100), while gate's and up's intermediate-sized
-    gradients cost about what they save (1.05x). With all seven projections' input gradients
-    in FP8 the 12-step loss curve moved more than a change of data draw does
-    (bench/NOTES.md session 20).
+    up (1.31-1.41x on the 7B's shape on an H100), while gate's and up's intermediate-sized
+    gradients cost about what they save (1.05x), so e4m3's rounding is taken only where it
+    buys time (bench/NOTES.md session 20).
     """
     count = 0
     for module in model.modules():
