@@ -145,7 +145,7 @@ def run_row(
         env["FTJ_FP8_FORWARD_16BIT"] = "0"
     if config.endswith("-fp8bwd"):  # input gradients on FP8 tensor cores, whatever the base
         env["FTJ_FP8_BACKWARD"] = "1"  # a Float8 base's
-        env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's, with its FP8 forward
+        env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's down projections
     if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
     if config.endswith("-profile"):

@@ -381,8 +381,9 @@ def build_trainer_path(
 #     the default since session 17, so now the same as no suffix)
 #   -bf16fwd: a 16-bit base's forward GEMMs in bf16 (FTJ_FP8_FORWARD_16BIT=0; the default
 #     before session 17)
-#   -fp8bwd: input gradients on FP8 tensor cores too, whatever the base (FTJ_FP8_BACKWARD=1
-#     for a Float8 base, FTJ_FP8_BACKWARD_16BIT=1 for a 16-bit one with its FP8 forward)
+#   -fp8bwd: input gradients on FP8 tensor cores too (FTJ_FP8_BACKWARD=1: all of a Float8
+#     base's; FTJ_FP8_BACKWARD_16BIT=1: a 16-bit base's MLP down projections', with its FP8
+#     forward)
 #   -bf16bwd: a 16-bit base's input gradients in bf16 while its forward runs in FP8
 #     (FTJ_FP8_BACKWARD_16BIT=0, the default)
 #   -profile: where one step's GPU time goes (its tokens/s includes the profiler)

@@ -159,8 +159,9 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "bool",
         "With FP8 forward GEMMs on a 16-bit LoRA base, each MLP down projection's "
         "input-gradient GEMM runs on FP8 tensor cores too (the gradient quantized per token, "
-        "the weight per input channel; every other gradient stays bf16); 0 (default until it "
-        "is measured end to end, bench/NOTES.md session 20): bf16 input gradients.",
+        "the weight per input channel; every other gradient stays bf16; +2.5-3.3% tok/s on "
+        "an H100); 0 (the default until its loss test has run on a GPU, bench/NOTES.md "
+        "session 20): bf16 input gradients.",
     ),
     Switch(
         "FTJ_FP8_BACKWARD",

@@ -554,11 +554,11 @@ def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_und
 
 
 def test_fp8_input_gradients_follow_a_16bit_base_forward_onto_fp8_when_asked() -> None:
-    """FTJ_FP8_BACKWARD_16BIT (off by default until measured end to end) puts a 16-bit base's
-    down projections' input-gradient GEMMs on FP8 tensor cores wherever its forward GEMMs
-    are: predicted faster by the down projections' share at the measured ~1.36x, in the same
-    memory, and said in the plan. Never without the FP8 forward, and never for a Float8 base
-    (its own ablation, FTJ_FP8_BACKWARD)."""
+    """FTJ_FP8_BACKWARD_16BIT (off by default until its loss test has run on a GPU) puts a
+    16-bit base's down projections' input-gradient GEMMs on FP8 tensor cores wherever its
+    forward GEMMs are: predicted faster by the down projections' share at the measured
+    ~1.36x, in the same memory, and said in the plan. Never without the FP8 forward, and
+    never for a Float8 base (its own ablation, FTJ_FP8_BACKWARD)."""
 
     def plan(device: DeviceInfo = H100_80G, method: Method | None = None, **kw: Any) -> Any:
         kw.setdefault("fp8_16bit", True)

@@ -232,11 +232,10 @@ class StepTimeModel:
         """One optimizer step: per micro-step, the longer of the GPU's matrix work (forward 2N
         and input gradients 2N per token, plus 2N per token for the recomputed layers' share;
         FP8 forward GEMMs and the down projections' FP8 input gradients run faster; a
-        recomputation without its down
-        projection does less)
-        and the host's work for it, plus what each micro-step boundary exposes. Streamed
-        layers' weights cross the host link once in the forward and once for the backward's
-        recomputation; each crossing hides behind that pass's GPU work when it is shorter."""
+        recomputation without its down projection does less) and the host's work for it, plus
+        what each micro-step boundary exposes. Streamed layers' weights cross the host link
+        once in the forward and once for the backward's recomputation; each crossing hides
+        behind that pass's GPU work when it is shorter."""
         layers = self.layers
         recomputed = ckpt_layers / max(1, layers)
         speedup = _FP8_FORWARD_SPEEDUP if self.fp8_forward else 1.0
