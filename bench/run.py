@@ -148,6 +148,8 @@ def run_row(
         env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's down projections
     if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
+    if config.endswith("-dropfuse"):  # the LoRA dropout inside the rank-r GEMMs
+        env["FTJ_FUSED_DROPOUT_GEMM"] = "1"
     if config.endswith("-profile"):
         env["FTJ_BENCH_PROFILE"] = "1"
     if config.endswith("-hostprofile"):

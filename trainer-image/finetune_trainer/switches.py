@@ -132,6 +132,16 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "The LoRA backward draws its two dropout masks in one Triton kernel; 0: two kernels.",
     ),
     Switch(
+        "FTJ_FUSED_DROPOUT_GEMM",
+        "fused_dropout_gemm",
+        "bool",
+        "1: the LoRA dropout is applied inside the adapter's rank-r GEMMs (Triton, the same "
+        "masks): the dropped input is never written, so the forward reads each input once and "
+        "the backward makes one pass over the input and its gradient; 0 (the default until "
+        "it is measured on a GPU, bench/NOTES.md session 20): a dropout kernel writes the "
+        "dropped copies that the GEMMs read.",
+    ),
+    Switch(
         "FTJ_DROPOUT_HALVES",
         "dropout_halves",
         "int",
@@ -212,6 +222,7 @@ class TrainerSwitches:
     recompute_skip: bool = True
     triton_dropout: bool = True
     paired_dropout: bool = True
+    fused_dropout_gemm: bool = False
     dropout_halves: Literal[1, 2] = 2
     fp8_compute: bool = True
     fp8_forward_16bit: bool = True

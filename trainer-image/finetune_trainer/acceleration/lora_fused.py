@@ -124,6 +124,20 @@ def _pairs_on_gpu(rows: torch.Tensor, grad_rows: torch.Tensor) -> bool:
     )
 
 
+def _fused_dropout_gemms(rows: torch.Tensor, lora_a: torch.Tensor) -> bool:
+    """Whether the dropout runs inside the rank-r GEMMs (``triton_kernels.dropped_matmul`` and
+    ``dropped_backward``, ``FTJ_FUSED_DROPOUT_GEMM=1``): only where ``dropped`` takes the
+    Triton kernel outside ``torch.compile``, whose mask they draw, so either pass may fall
+    back to the unfused path and still use the other's mask."""
+    active = switches.active()
+    return (
+        active.fused_dropout_gemm
+        and active.triton_dropout
+        and not torch.compiler.is_compiling()
+        and triton_kernels.fused_dropout_fits(rows, lora_a)
+    )
+
+
 def _lora_forward(
     rows: torch.Tensor,
     weight: torch.Tensor,
@@ -146,7 +160,10 @@ def _lora_forward(
     GEMM runs on FP8 tensor cores (float8_base.linear_16bit); ``output_needed=False``
     while recomputing a layer whose output nothing reads (recompute.py): ``out`` is then
     uninitialised memory of the right shape, and the GEMM is not run."""
-    down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
+    if p > 0.0 and _fused_dropout_gemms(rows, lora_a):
+        down = triton_kernels.dropped_matmul(rows, lora_a, p, seed)
+    else:
+        down = dropped(rows, p, seed) @ lora_a.to(rows.dtype).t()
     if not output_needed:
         out_features = quant.shape[0] if quant is not None else weight.shape[0]  # 4-bit: packed
         return rows.new_empty(rows.shape[0], out_features), down
@@ -191,15 +208,23 @@ def _lora_backward(
         grad_rows = float8_base.grad_input(grad, weight, weight_scale)
     # The forward's mask, drawn again, for A's gradient (the dropped input) and for the input's
     # (the same mask and 1/(1-p) scale, applied to the bottleneck's gradient).
-    if p <= 0.0:
-        grad_rows.addmm_(grad_down, a_w)
-        dropped_rows = rows
-    elif _pairs_on_gpu(rows, grad_rows):  # both from one draw of the mask
-        dropped_rows = triton_kernels.seeded_dropout_pair(rows, grad_down @ a_w, grad_rows, p, seed)
+    needs_grad_a = ctx.needs_input_grad[first + 5]
+    grad_a: torch.Tensor | None
+    if p > 0.0 and grad_rows.is_contiguous() and _fused_dropout_gemms(rows, a_w):
+        grad_a = triton_kernels.dropped_backward(rows, grad_down, a_w, grad_rows, p, seed)
+        grad_a = grad_a if needs_grad_a else None
     else:
-        grad_rows.add_(dropped(grad_down @ a_w, p, seed))
-        dropped_rows = dropped(rows, p, seed)
-    grad_a = grad_down.t() @ dropped_rows if ctx.needs_input_grad[first + 5] else None
+        if p <= 0.0:
+            grad_rows.addmm_(grad_down, a_w)
+            dropped_rows = rows
+        elif _pairs_on_gpu(rows, grad_rows):  # both from one draw of the mask
+            dropped_rows = triton_kernels.seeded_dropout_pair(
+                rows, grad_down @ a_w, grad_rows, p, seed
+            )
+        else:
+            grad_rows.add_(dropped(grad_down @ a_w, p, seed))
+            dropped_rows = dropped(rows, p, seed)
+        grad_a = grad_down.t() @ dropped_rows if needs_grad_a else None
     return (
         grad_rows,
         None if grad_a is None else grad_a.to(lora_a.dtype),

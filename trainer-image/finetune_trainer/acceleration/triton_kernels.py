@@ -20,7 +20,13 @@ backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the d
   scaled per input channel (its column) and written transposed, the layout
   ``torch._scaled_mm`` wants for that product: one pass for the columns' max-abs, one to
   scale, cast and transpose, on a 2-D grid of tiles so that every SM has work even for a
-  512-row projection.
+  512-row projection;
+* ``dropped_matmul`` and ``dropped_backward``: the LoRA dropout inside the adapter's rank-r
+  GEMMs, with ``seeded_dropout``'s mask: the forward's ``dropout(x) @ A.T`` reads ``x`` once
+  and writes no dropped copy; the backward adds ``dropout(g @ A)`` into the input's gradient
+  and sums A's gradient ``g.T @ dropout(x)`` in the same pass over ``x`` and that gradient
+  (``FTJ_FUSED_DROPOUT_GEMM=1``; the profile of session 20 put the dropout kernel at 9% of
+  an H100 step).
 
 Callers use these only for CUDA tensors when Triton imports (``available``); the
 torch code next to each call stays the reference and the CPU path.
@@ -137,6 +143,88 @@ if triton is not None:
         tl.store(qt_ptr + c[None, :].to(tl.int64) * rows + r[:, None], q, mask=inside)
         if tl.program_id(0) == 0:
             tl.store(scale_ptr + c, largest / fp8_max, mask=c < cols)
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def _slot_keep(w0, w1, w2, w3, threshold, SLOT: tl.constexpr):  # type: ignore[no-untyped-def]
+        # dropout_kernel's rule with HALVES=2: element 8d + SLOT of draw d is kept when
+        # half-word SLOT % 2 of word SLOT // 2 is at least the threshold.
+        if SLOT // 2 == 0:
+            word = w0
+        elif SLOT // 2 == 1:
+            word = w1
+        elif SLOT // 2 == 2:
+            word = w2
+        else:
+            word = w3
+        number = (word >> ((SLOT % 2) * 16)) & 0xFFFF
+        return number.to(tl.int32) >= threshold
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def dropped_matmul_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, a_ptr, out_ptr, tokens, cols, draws_per_row, rank, threshold, scale, seed,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # out = dropout(x) @ A.T for a (tokens, cols) x and a (rank, cols) A, the mask drawn as
+        # dropout_kernel draws it. A chunk of 8 * BLOCK_D columns is BLOCK_D draws per row; the
+        # columns one slot of those draws decides (every eighth) are multiplied together.
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        r = tl.arange(0, BLOCK_R)
+        d = tl.arange(0, BLOCK_D)
+        acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+        for start in range(0, draws_per_row, BLOCK_D):
+            draw = start + d
+            w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+            for slot in tl.static_range(8):
+                c = draw * 8 + slot
+                inside = (t[:, None] < tokens) & (draw[None, :] < draws_per_row)
+                x = tl.load(x_ptr + t[:, None].to(tl.int64) * cols + c[None, :], mask=inside,
+                            other=0.0)  # fmt: skip
+                keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
+                x = tl.where(keep, x, tl.zeros_like(x))
+                a_inside = (draw[:, None] < draws_per_row) & (r[None, :] < rank)
+                a = tl.load(a_ptr + r[None, :] * cols + c[:, None], mask=a_inside, other=0.0)
+                acc += tl.dot(x, a)
+        inside = (t[:, None] < tokens) & (r[None, :] < rank)
+        tl.store(out_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
+                 (acc * scale).to(out_ptr.dtype.element_ty), mask=inside)  # fmt: skip
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def dropped_backward_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, g_ptr, a_ptr, grad_rows_ptr, grad_a_ptr, tokens, cols, draws_per_row, rank,
+        threshold, scale, seed, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # For one (BLOCK_T tokens, 8 * BLOCK_D columns) tile, with g the (tokens, rank)
+        # bottleneck gradient: grad_rows += dropout(g @ A) in place, and this tile's share of
+        # grad_A = g.T @ dropout(x), added into the fp32 grad_a with atomics. Neither dropped
+        # tensor is written to memory.
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        draw = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        r = tl.arange(0, BLOCK_R)
+        rows_in = t < tokens
+        g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
+                    mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
+        w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+        for slot in tl.static_range(8):
+            c = draw * 8 + slot
+            inside = rows_in[:, None] & (draw[None, :] < draws_per_row)
+            keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
+            a = tl.load(
+                a_ptr + r[:, None] * cols + c[None, :],
+                mask=(r[:, None] < rank) & (draw[None, :] < draws_per_row),
+                other=0.0,
+            )
+            to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
+            offsets = t[:, None].to(tl.int64) * cols + c[None, :]
+            grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
+            total = grad_rows.to(tl.float32) + to_input
+            tl.store(grad_rows_ptr + offsets, total.to(grad_rows_ptr.dtype.element_ty),
+                     mask=inside)  # fmt: skip
+            x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+            x = tl.where(keep, x, tl.zeros_like(x))
+            share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
+            tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share,
+                          mask=(r[:, None] < rank) & (draw[None, :] < draws_per_row))  # fmt: skip
 
 
 def _kernels() -> Any:
@@ -263,3 +351,78 @@ def quantize_columns_transposed(
             x, amax_bits, qt, scale, rows, cols, fp8_max, BLOCK_R=_TILE, BLOCK_C=_TILE
         )
     return qt, scale
+
+
+_DROPOUT_TOKENS = 64  # tokens per program of the fused dropout GEMMs
+_DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
+
+
+def fused_dropout_fits(x: torch.Tensor, lora_a: torch.Tensor) -> bool:
+    """Whether the fused dropout GEMMs take this input and adapter: the kernels' own
+    conditions (``available``), columns in whole draws of eight, the default eight mask
+    numbers per draw (``FTJ_DROPOUT_HALVES=2``), a rank of at most 128, 16-bit floats. Only
+    shapes, dtypes and switches decide, so the forward and the backward pass agree."""
+    return (
+        available(x)
+        and x.dim() == 2
+        and x.shape[1] % 8 == 0
+        and 0 < lora_a.shape[0] <= 128
+        and lora_a.shape[1] == x.shape[1]
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and switches.active().dropout_halves == 2
+    )
+
+
+def _rank_block(rank: int) -> int:
+    return max(16, 1 << (rank - 1).bit_length())
+
+
+def dropped_matmul(x: torch.Tensor, lora_a: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """``seeded_dropout(x, p, seed) @ lora_a.T`` without writing the dropped copy: each
+    program reads its tokens' rows once and draws their mask as ``seeded_dropout`` does (the
+    same mask, so the backward pass may use either path). ``x`` (tokens, cols), ``lora_a``
+    (rank, cols), both in ``x``'s dtype; the result (tokens, rank)."""
+    triton = _kernels()[0]
+    x, lora_a = x.contiguous(), lora_a.to(x.dtype).contiguous()
+    tokens, cols = x.shape
+    rank = lora_a.shape[0]
+    out = torch.empty((tokens, rank), dtype=x.dtype, device=x.device)
+    threshold = drop_threshold(p)
+    if tokens:
+        dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS),)](
+            x, lora_a, out, tokens, cols, cols // 8, rank, threshold,
+            1.0 / (1.0 - threshold / _THRESHOLD_SCALE), seed % SEED_MODULUS,
+            BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
+        )  # fmt: skip
+    return out
+
+
+def dropped_backward(
+    x: torch.Tensor,
+    grad_down: torch.Tensor,
+    lora_a: torch.Tensor,
+    grad_rows: torch.Tensor,
+    p: float,
+    seed: int,
+) -> torch.Tensor:
+    """The dropout part of a LoRA backward in one pass over ``x`` and ``grad_rows``:
+    ``grad_rows += seeded_dropout(grad_down @ lora_a, p, seed)`` in place, and the returned
+    ``grad_down.T @ seeded_dropout(x, p, seed)`` (A's gradient, fp32, summed over token
+    blocks with atomics, so its last bits may differ from run to run). The unfused path wrote
+    ``grad_down @ lora_a`` and the dropped ``x`` to memory and read both back."""
+    triton = _kernels()[0]
+    assert grad_rows.is_contiguous() and grad_rows.shape == x.shape
+    x, grad_down = x.contiguous(), grad_down.to(x.dtype).contiguous()
+    lora_a = lora_a.to(x.dtype).contiguous()
+    tokens, cols = x.shape
+    rank = lora_a.shape[0]
+    grad_a = torch.zeros((rank, cols), dtype=torch.float32, device=x.device)
+    threshold = drop_threshold(p)
+    if tokens:
+        grid = (triton.cdiv(tokens, _DROPOUT_TOKENS), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
+        dropped_backward_kernel[grid](
+            x, grad_down, lora_a, grad_rows, grad_a, tokens, cols, cols // 8, rank, threshold,
+            1.0 / (1.0 - threshold / _THRESHOLD_SCALE), seed % SEED_MODULUS,
+            BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
+        )  # fmt: skip
+    return grad_a
