@@ -353,7 +353,10 @@ def quantize_columns_transposed(
     return qt, scale
 
 
-_DROPOUT_TOKENS = 64  # tokens per program of the fused dropout GEMMs
+# Tokens per program of the fused dropout GEMMs: the forward's grid is one dimension (a 7B
+# micro-step's ~7,400 tokens make ~230 programs for 132 SMs), the backward's two.
+_DROPOUT_TOKENS_FORWARD = 32
+_DROPOUT_TOKENS = 64
 _DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
 
 
@@ -389,10 +392,10 @@ def dropped_matmul(x: torch.Tensor, lora_a: torch.Tensor, p: float, seed: int) -
     out = torch.empty((tokens, rank), dtype=x.dtype, device=x.device)
     threshold = drop_threshold(p)
     if tokens:
-        dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS),)](
+        dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
             x, lora_a, out, tokens, cols, cols // 8, rank, threshold,
             1.0 / (1.0 - threshold / _THRESHOLD_SCALE), seed % SEED_MODULUS,
-            BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
+            BLOCK_T=_DROPOUT_TOKENS_FORWARD, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
         )  # fmt: skip
     return out
 
