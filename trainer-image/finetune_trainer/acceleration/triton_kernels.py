@@ -174,14 +174,14 @@ if triton is not None:
         for start in range(0, draws_per_row, BLOCK_D):
             draw = start + d
             w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+            inside = (t[:, None] < tokens) & (draw[None, :] < draws_per_row)
+            a_inside = (draw[:, None] < draws_per_row) & (r[None, :] < rank)
             for slot in tl.static_range(8):
                 c = draw * 8 + slot
-                inside = (t[:, None] < tokens) & (draw[None, :] < draws_per_row)
                 x = tl.load(x_ptr + t[:, None].to(tl.int64) * cols + c[None, :], mask=inside,
                             other=0.0)  # fmt: skip
                 keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
                 x = tl.where(keep, x, tl.zeros_like(x))
-                a_inside = (draw[:, None] < draws_per_row) & (r[None, :] < rank)
                 a = tl.load(a_ptr + r[None, :] * cols + c[:, None], mask=a_inside, other=0.0)
                 acc += tl.dot(x, a)
         inside = (t[:, None] < tokens) & (r[None, :] < rank)
@@ -205,15 +205,12 @@ if triton is not None:
         g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
                     mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
         w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+        inside = rows_in[:, None] & (draw[None, :] < draws_per_row)
+        a_inside = (r[:, None] < rank) & (draw[None, :] < draws_per_row)
         for slot in tl.static_range(8):
             c = draw * 8 + slot
-            inside = rows_in[:, None] & (draw[None, :] < draws_per_row)
             keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
-            a = tl.load(
-                a_ptr + r[:, None] * cols + c[None, :],
-                mask=(r[:, None] < rank) & (draw[None, :] < draws_per_row),
-                other=0.0,
-            )
+            a = tl.load(a_ptr + r[:, None] * cols + c[None, :], mask=a_inside, other=0.0)
             to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
             offsets = t[:, None].to(tl.int64) * cols + c[None, :]
             grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
@@ -223,8 +220,7 @@ if triton is not None:
             x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
             x = tl.where(keep, x, tl.zeros_like(x))
             share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
-            tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share,
-                          mask=(r[:, None] < rank) & (draw[None, :] < draws_per_row))  # fmt: skip
+            tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share, mask=a_inside)
 
 
 def _kernels() -> Any:
@@ -258,7 +254,7 @@ def _dropout(
     halves = switches.active().dropout_halves
     grid = (triton.cdiv(n, 4 * halves * _BLOCK),)
     dropout_kernel[grid](
-        x, out, t, acc, n, threshold, 1.0 / (1.0 - threshold / _THRESHOLD_SCALE),
+        x, out, t, acc, n, threshold, _keep_scale(threshold),
         seed % SEED_MODULUS, BLOCK=_BLOCK, HALVES=halves, PAIR=pair is not None,
     )  # fmt: skip
     return out
@@ -270,6 +266,12 @@ def drop_threshold(p: float) -> int:
     what it keeps by the inverse of that probability's complement, so the expected output is
     still the input."""
     return min(_THRESHOLD_SCALE - 1, max(0, round(p * _THRESHOLD_SCALE)))
+
+
+def _keep_scale(threshold: int) -> float:
+    """What a kept element is multiplied by: the inverse of the keep probability that
+    ``threshold`` (``drop_threshold``) gives, so the expected output is the input."""
+    return 1.0 / (1.0 - threshold / _THRESHOLD_SCALE)
 
 
 def seeded_dropout(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
@@ -394,7 +396,7 @@ def dropped_matmul(x: torch.Tensor, lora_a: torch.Tensor, p: float, seed: int) -
     if tokens:
         dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
             x, lora_a, out, tokens, cols, cols // 8, rank, threshold,
-            1.0 / (1.0 - threshold / _THRESHOLD_SCALE), seed % SEED_MODULUS,
+            _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS_FORWARD, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
         )  # fmt: skip
     return out
@@ -425,7 +427,7 @@ def dropped_backward(
         grid = (triton.cdiv(tokens, _DROPOUT_TOKENS), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
         dropped_backward_kernel[grid](
             x, grad_down, lora_a, grad_rows, grad_a, tokens, cols, cols // 8, rank, threshold,
-            1.0 / (1.0 - threshold / _THRESHOLD_SCALE), seed % SEED_MODULUS,
+            _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
         )  # fmt: skip
     return grad_a
