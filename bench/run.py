@@ -143,12 +143,12 @@ def run_row(
         env["FTJ_FP8_FORWARD_16BIT"] = "1"  # (the default since session 17)
     if config.endswith("-bf16fwd"):  # ablation: a 16-bit base's forward GEMMs in bf16
         env["FTJ_FP8_FORWARD_16BIT"] = "0"
-    if config.endswith("-fp8bwd"):  # input gradients on FP8 tensor cores, whatever the base
+    if "-fp8bwd" in config:  # input gradients on FP8 tensor cores, whatever the base
         env["FTJ_FP8_BACKWARD"] = "1"  # a Float8 base's
         env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's down projections
     if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
-    if config.endswith("-dropfuse"):  # the LoRA dropout inside the rank-r GEMMs
+    if "-dropfuse" in config:  # the LoRA dropout inside the rank-r GEMMs
         env["FTJ_FUSED_DROPOUT_GEMM"] = "1"
     if config.endswith("-profile"):
         env["FTJ_BENCH_PROFILE"] = "1"

@@ -408,13 +408,15 @@ ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-bf16fwd", "-bf16bwd", "-fp8bwd", 
 
 def builder(config: str) -> Any:
     """The function that builds ``config``'s trainer: its own, or its base config's when the
-    name only adds an environment suffix."""
-    if config in CONFIGS:
-        return CONFIGS[config]
-    for suffix in ENVIRONMENT_SUFFIXES:
-        if config.endswith(suffix) and config.removesuffix(suffix) in CONFIGS:
-            return CONFIGS[config.removesuffix(suffix)]
-    raise KeyError(f"unknown bench config {config!r}")
+    name only adds environment suffixes (several may stack, e.g. ``default-dropfuse-fp8bwd``,
+    so two levers can be measured together in one row)."""
+    name = config
+    while name not in CONFIGS:
+        suffix = next((s for s in ENVIRONMENT_SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
+            raise KeyError(f"unknown bench config {config!r}")
+        name = name.removesuffix(suffix)
+    return CONFIGS[name]
 
 
 CONFIGS = {

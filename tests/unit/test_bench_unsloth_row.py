@@ -34,3 +34,12 @@ def test_without_a_gpu_the_row_fails_with_the_reason(tmp_path: Path) -> None:
     row = json.loads(out.read_text().splitlines()[-1])
     assert row["config"] == "unsloth" and "tokens_per_s" not in row
     assert "need a CUDA GPU" in row["error"] and "FTJ_BENCH_UNSLOTH_CPU=1" in row["error"]
+
+
+def test_environment_suffixes_stack_onto_their_base_config() -> None:
+    """Two levers measured together in one row (``default-dropfuse-fp8bwd``) still train the
+    default's trainer; an unknown name says which."""
+    assert worker.builder("default-dropfuse-fp8bwd") is worker.CONFIGS["default"]
+    assert worker.builder("default-dropfuse") is worker.CONFIGS["default"]
+    with pytest.raises(KeyError, match="default-nosuchlever"):
+        worker.builder("default-nosuchlever")
