@@ -222,6 +222,77 @@ if triton is not None:
             share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
             tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share, mask=a_inside)
 
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def _tile_keep(w0, w1, w2, w3, threshold, ROWS: tl.constexpr, DRAWS: tl.constexpr):  # type: ignore[no-untyped-def]
+        # dropout_kernel's rule with HALVES=2 for a (ROWS, DRAWS) tile of draws, as the
+        # (ROWS, 8 * DRAWS) keep mask of the consecutive columns they decide: column 8d + s of
+        # draw d is kept when half-word s % 2 of word s // 2 is at least the threshold.
+        slot = tl.arange(0, 8)[None, None, :]
+        word = slot // 2
+        bits = tl.where(word == 0, w0[:, :, None], w1[:, :, None])
+        bits = tl.where(word == 2, w2[:, :, None], bits)
+        bits = tl.where(word == 3, w3[:, :, None], bits)
+        number = (bits >> ((slot % 2) * 16).to(tl.uint32)) & 0xFFFF
+        return tl.reshape(number.to(tl.int32) >= threshold, (ROWS, DRAWS * 8))
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def dropped_matmul_tile_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, a_ptr, out_ptr, tokens, cols, draws_per_row, rank, threshold, scale, seed,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # dropped_matmul_kernel's product with whole, contiguous tiles: each chunk's
+        # (BLOCK_T, 8 * BLOCK_D) input tile is read in one coalesced load, its mask expanded
+        # from the (BLOCK_T, BLOCK_D) draws, and multiplied in one dot of depth 8 * BLOCK_D.
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        r = tl.arange(0, BLOCK_R)
+        d = tl.arange(0, BLOCK_D)
+        column = tl.arange(0, 8 * BLOCK_D)
+        acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
+        for start in range(0, draws_per_row, BLOCK_D):
+            w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + start + d[None, :])
+            keep = _tile_keep(w0, w1, w2, w3, threshold, BLOCK_T, BLOCK_D)
+            c = start * 8 + column
+            inside = (t[:, None] < tokens) & (c[None, :] < cols)
+            x = tl.load(x_ptr + t[:, None].to(tl.int64) * cols + c[None, :], mask=inside,
+                        other=0.0)  # fmt: skip
+            x = tl.where(keep, x, tl.zeros_like(x))
+            a = tl.load(a_ptr + r[None, :] * cols + c[:, None],
+                        mask=(c[:, None] < cols) & (r[None, :] < rank), other=0.0)  # fmt: skip
+            acc += tl.dot(x, a)
+        inside = (t[:, None] < tokens) & (r[None, :] < rank)
+        tl.store(out_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
+                 (acc * scale).to(out_ptr.dtype.element_ty), mask=inside)  # fmt: skip
+
+    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
+    def dropped_backward_tile_kernel(  # type: ignore[no-untyped-def]
+        x_ptr, g_ptr, a_ptr, grad_rows_ptr, grad_a_ptr, tokens, cols, draws_per_row, rank,
+        threshold, scale, seed, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+    ):  # fmt: skip
+        # dropped_backward_kernel's work with whole, contiguous tiles (see the forward's).
+        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        start = tl.program_id(1) * BLOCK_D
+        c = start * 8 + tl.arange(0, 8 * BLOCK_D)
+        r = tl.arange(0, BLOCK_R)
+        rows_in = t < tokens
+        g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
+                    mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
+        draw = start + tl.arange(0, BLOCK_D)
+        w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+        keep = _tile_keep(w0, w1, w2, w3, threshold, BLOCK_T, BLOCK_D)
+        inside = rows_in[:, None] & (c[None, :] < cols)
+        a_inside = (r[:, None] < rank) & (c[None, :] < cols)
+        a = tl.load(a_ptr + r[:, None] * cols + c[None, :], mask=a_inside, other=0.0)
+        to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
+        offsets = t[:, None].to(tl.int64) * cols + c[None, :]
+        grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
+        total = grad_rows.to(tl.float32) + to_input
+        tl.store(grad_rows_ptr + offsets, total.to(grad_rows_ptr.dtype.element_ty), mask=inside)
+        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+        x = tl.where(keep, x, tl.zeros_like(x))
+        share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
+        tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share, mask=a_inside)
+
 
 def _kernels() -> Any:
     """The compiled-on-first-use kernels, or ``None`` where Triton is unavailable."""
@@ -360,6 +431,10 @@ def quantize_columns_transposed(
 _DROPOUT_TOKENS_FORWARD = 32
 _DROPOUT_TOKENS = 64
 _DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
+# Which layout the fused dropout GEMMs load: whole contiguous (tokens, 128-column) tiles with
+# the mask expanded in registers, or the eight strided column slots of a chunk one at a time.
+# Both draw the same mask; the GPU timing test measures each.
+WHOLE_TILES = True
 
 
 def fused_dropout_fits(x: torch.Tensor, lora_a: torch.Tensor) -> bool:
@@ -394,7 +469,8 @@ def dropped_matmul(x: torch.Tensor, lora_a: torch.Tensor, p: float, seed: int) -
     out = torch.empty((tokens, rank), dtype=x.dtype, device=x.device)
     threshold = drop_threshold(p)
     if tokens:
-        dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
+        kernel = dropped_matmul_tile_kernel if WHOLE_TILES else dropped_matmul_kernel
+        kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
             x, lora_a, out, tokens, cols, cols // 8, rank, threshold,
             _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS_FORWARD, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
@@ -425,7 +501,8 @@ def dropped_backward(
     threshold = drop_threshold(p)
     if tokens:
         grid = (triton.cdiv(tokens, _DROPOUT_TOKENS), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
-        dropped_backward_kernel[grid](
+        kernel = dropped_backward_tile_kernel if WHOLE_TILES else dropped_backward_kernel
+        kernel[grid](
             x, grad_down, lora_a, grad_rows, grad_a, tokens, cols, cols // 8, rank, threshold,
             _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
