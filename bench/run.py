@@ -150,6 +150,8 @@ def run_row(
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
     if "-dropfuse" in config:  # the LoRA dropout inside the rank-r GEMMs
         env["FTJ_FUSED_DROPOUT_GEMM"] = "1"
+    if "-nodropfuse" in config:  # ablation: a dropout kernel writes the dropped copies
+        env["FTJ_FUSED_DROPOUT_GEMM"] = "0"
     if config.endswith("-profile"):
         env["FTJ_BENCH_PROFILE"] = "1"
     if config.endswith("-hostprofile"):

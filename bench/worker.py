@@ -387,6 +387,7 @@ def build_trainer_path(
 #   -bf16bwd: a 16-bit base's input gradients in bf16 while its forward runs in FP8
 #     (FTJ_FP8_BACKWARD_16BIT=0, the default)
 #   -dropfuse: the LoRA dropout inside the rank-r GEMMs (FTJ_FUSED_DROPOUT_GEMM=1)
+#   -nodropfuse: ablation, a dropout kernel writes the dropped copies (FTJ_FUSED_DROPOUT_GEMM=0)
 #   -profile: where one step's GPU time goes (its tokens/s includes the profiler)
 #   -hostprofile: the same with the host's (CPU) time per op
 #   -maskscan: transformers' packed-sequence scan at every forward, as before step 26
@@ -403,7 +404,7 @@ def build_trainer_path(
 ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-bf16fwd", "-bf16bwd", "-fp8bwd", "-profile",
                         "-hostprofile", "-maskscan", "-nocast", "-compile", "-noskip",
                         "-unpaired", "-nostream", "-draw4", "-trace", "-samelen-jitter",
-                        "-samelen", "-peftnf4", "-dropfuse")  # fmt: skip
+                        "-samelen", "-peftnf4", "-dropfuse", "-nodropfuse")  # fmt: skip
 
 
 def builder(config: str) -> Any:
