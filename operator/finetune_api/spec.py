@@ -306,7 +306,8 @@ class Training(ApiModel):
         description=(
             "auto: bf16 where the device supports it, else fp16 on GPUs, fp32 on CPUs; on GPUs "
             "with FP8 tensor cores (Ada, Hopper and newer) a LoRA's frozen 16-bit base also runs "
-            "its forward GEMMs in FP8 (weights and gradients stay bf16). bf16: every GEMM in bf16."
+            "its forward GEMMs and its MLP down projections' input-gradient GEMMs in FP8 "
+            "(weights stay bf16; the adapter's gradients stay bf16). bf16: every GEMM in bf16."
         ),
     )
     gradient_checkpointing: Literal["auto", "always", "never"] = Field(

@@ -1,4 +1,4 @@
-"""The LoRA dropout inside the rank-r GEMMs (``FTJ_FUSED_DROPOUT_GEMM=1``, off by default).
+"""The LoRA dropout inside the rank-r GEMMs (``FTJ_FUSED_DROPOUT_GEMM``, on by default).
 
 ``triton_kernels.dropped_matmul`` and ``dropped_backward`` draw the same mask as
 ``seeded_dropout`` (a function of the seed and the element's position) but never write the
@@ -48,13 +48,10 @@ def _relative(got: Any, want: Any) -> float:
     ("tokens", "cols", "rank", "p"),
     [(70, 256, 16, 0.1), (33, 136, 8, 0.3), (64, 128, 32, 0.05), (1, 3584, 16, 0.05)],
 )
-@pytest.mark.parametrize("whole_tiles", [True, False], ids=["whole-tiles", "slots"])
 def test_the_fused_dropout_gemms_compute_what_the_two_kernel_path_computes(
-    tokens: int, cols: int, rank: int, p: float, whole_tiles: bool, monkeypatch: pytest.MonkeyPatch
+    tokens: int, cols: int, rank: int, p: float
 ) -> None:
     from finetune_trainer.acceleration import triton_kernels as kernels
-
-    monkeypatch.setattr(kernels, "WHOLE_TILES", whole_tiles)
 
     torch.manual_seed(0)
     x = torch.randn(tokens, cols, device=_DEVICE, dtype=_DTYPE)
@@ -107,17 +104,11 @@ def test_a_fused_lora_model_trains_the_same_with_the_dropout_inside_its_gemms() 
 
 
 @pytest.mark.skipif(not _ON_GPU, reason="timing: on a GPU only")
-@pytest.mark.parametrize("whole_tiles", [True, False], ids=["whole-tiles", "slots"])
 @pytest.mark.parametrize("cols", [3584, 18944])
-def test_the_fused_dropout_gemms_are_faster_than_the_two_kernel_path(
-    cols: int, whole_tiles: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_fused_dropout_gemms_are_faster_than_the_two_kernel_path(cols: int) -> None:
     """What they exist for, on the 7B's input widths at a micro-step's ~7,400 tokens: the
-    forward (dropout + GEMM) and the backward (pair kernel, bottleneck product, GEMM), in
-    either load layout (``triton_kernels.WHOLE_TILES``)."""
+    forward (dropout + GEMM) and the backward (pair kernel, bottleneck product, GEMM)."""
     from finetune_trainer.acceleration import triton_kernels as kernels
-
-    monkeypatch.setattr(kernels, "WHOLE_TILES", whole_tiles)
 
     x = torch.randn(7400, cols, device="cuda", dtype=torch.bfloat16)
     lora_a = (torch.randn(16, cols, device="cuda") * 0.1).to(torch.bfloat16)
@@ -134,7 +125,6 @@ def test_the_fused_dropout_gemms_are_faster_than_the_two_kernel_path(
         _ = kernels.dropped_backward(x, grad_down, lora_a, grad_rows, 0.05, 1)
 
     two_ms, fused_ms = gpu_time_ms(two_kernels), gpu_time_ms(fused)
-    layout = "whole tiles" if whole_tiles else "slots"
-    print(f"\n7400 x {cols} ({layout}): two-kernel path {two_ms:.3f} ms, fused {fused_ms:.3f} ms "
+    print(f"\n7400 x {cols}: two-kernel path {two_ms:.3f} ms, fused {fused_ms:.3f} ms "
           f"({two_ms / fused_ms:.2f}x)")  # fmt: skip
     assert fused_ms < two_ms

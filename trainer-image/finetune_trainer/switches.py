@@ -135,10 +135,10 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "FTJ_FUSED_DROPOUT_GEMM",
         "fused_dropout_gemm",
         "bool",
-        "1: the LoRA dropout is applied inside the adapter's rank-r GEMMs (Triton, the same "
+        "The LoRA dropout is applied inside the adapter's rank-r GEMMs (Triton, the same "
         "masks): the dropped input is never written, so the forward reads each input once and "
-        "the backward makes one pass over the input and its gradient; 0 (the default until "
-        "it is measured on a GPU, bench/NOTES.md session 20): a dropout kernel writes the "
+        "the backward makes one pass over the input and its gradient (1.10x the two-kernel "
+        "path on the 7B's widths, bench/NOTES.md session 21); 0: a dropout kernel writes the "
         "dropped copies that the GEMMs read.",
     ),
     Switch(
@@ -170,8 +170,8 @@ SWITCHES: Final[tuple[Switch, ...]] = (
         "With FP8 forward GEMMs on a 16-bit LoRA base, each MLP down projection's "
         "input-gradient GEMM runs on FP8 tensor cores too (the gradient quantized per token, "
         "the weight per input channel; every other gradient stays bf16; +2.5-3.3% tok/s on "
-        "an H100); 0 (the default until its loss test has run on a GPU, bench/NOTES.md "
-        "session 20): bf16 input gradients.",
+        "an H100, final loss within another initialisation's, bench/NOTES.md sessions 20-21); "
+        "0: bf16 input gradients.",
     ),
     Switch(
         "FTJ_FP8_BACKWARD",
@@ -222,11 +222,11 @@ class TrainerSwitches:
     recompute_skip: bool = True
     triton_dropout: bool = True
     paired_dropout: bool = True
-    fused_dropout_gemm: bool = False
+    fused_dropout_gemm: bool = True
     dropout_halves: Literal[1, 2] = 2
     fp8_compute: bool = True
     fp8_forward_16bit: bool = True
-    fp8_backward_16bit: bool = False
+    fp8_backward_16bit: bool = True
     fp8_backward: bool = False
     packed_mask_scan: bool = False
     ranged_download: bool = True

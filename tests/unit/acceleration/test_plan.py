@@ -554,7 +554,7 @@ def test_fp8_forward_is_planned_for_a_16bit_base_only_when_asked_on_fp8_gpus_und
 
 
 def test_fp8_input_gradients_follow_a_16bit_base_forward_onto_fp8_when_asked() -> None:
-    """FTJ_FP8_BACKWARD_16BIT (off by default until its loss test has run on a GPU) puts a
+    """FTJ_FP8_BACKWARD_16BIT (on by default since its loss test passed on an H100) puts a
     16-bit base's down projections' input-gradient GEMMs on FP8 tensor cores wherever its
     forward GEMMs are: predicted faster by the down projections' share at the measured
     ~1.36x, in the same memory, and said in the plan. Never without the FP8 forward, and
@@ -581,8 +581,8 @@ def test_fp8_input_gradients_follow_a_16bit_base_forward_onto_fp8_when_asked() -
     assert not plan(fp8_compute=False).fp8_backward
     float8 = Method(type="qlora", quantization=Quantization(bits=8))
     assert plan(method=float8).fp8_forward and not plan(method=float8).fp8_backward
-    assert not TrainerSwitches.from_env({}).fp8_backward_16bit
-    assert TrainerSwitches.from_env({"FTJ_FP8_BACKWARD_16BIT": "1"}).fp8_backward_16bit
+    assert TrainerSwitches.from_env({}).fp8_backward_16bit
+    assert not TrainerSwitches.from_env({"FTJ_FP8_BACKWARD_16BIT": "0"}).fp8_backward_16bit
 
 
 def test_a_tie_in_predicted_time_goes_to_the_plan_needing_less_memory() -> None:

@@ -126,9 +126,9 @@ def _pairs_on_gpu(rows: torch.Tensor, grad_rows: torch.Tensor) -> bool:
 
 def _fused_dropout_gemms(rows: torch.Tensor, lora_a: torch.Tensor) -> bool:
     """Whether the dropout runs inside the rank-r GEMMs (``triton_kernels.dropped_matmul`` and
-    ``dropped_backward``, ``FTJ_FUSED_DROPOUT_GEMM=1``): only where ``dropped`` takes the
-    Triton kernel outside ``torch.compile``, whose mask they draw, so either pass may fall
-    back to the unfused path and still use the other's mask."""
+    ``dropped_backward``; ``FTJ_FUSED_DROPOUT_GEMM``, on by default): only where ``dropped``
+    takes the Triton kernel outside ``torch.compile``, whose mask they draw, so either pass
+    may fall back to the unfused path and still use the other's mask."""
     active = switches.active()
     return (
         active.fused_dropout_gemm

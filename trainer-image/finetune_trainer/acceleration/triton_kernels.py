@@ -25,8 +25,8 @@ backward), the per-row FP8 quantization (a reduction, a scale, a cast) and the d
   GEMMs, with ``seeded_dropout``'s mask: the forward's ``dropout(x) @ A.T`` reads ``x`` once
   and writes no dropped copy; the backward adds ``dropout(g @ A)`` into the input's gradient
   and sums A's gradient ``g.T @ dropout(x)`` in the same pass over ``x`` and that gradient
-  (``FTJ_FUSED_DROPOUT_GEMM=1``; the profile of session 20 put the dropout kernel at 9% of
-  an H100 step).
+  (``FTJ_FUSED_DROPOUT_GEMM``, on by default since session 21: 1.10x the two-kernel path on
+  the 7B's widths; the profile of session 20 put the dropout kernel at 9% of an H100 step).
 
 Callers use these only for CUDA tensors when Triton imports (``available``); the
 torch code next to each call stays the reference and the CPU path.
@@ -145,84 +145,6 @@ if triton is not None:
             tl.store(scale_ptr + c, largest / fp8_max, mask=c < cols)
 
     @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
-    def _slot_keep(w0, w1, w2, w3, threshold, SLOT: tl.constexpr):  # type: ignore[no-untyped-def]
-        # dropout_kernel's rule with HALVES=2: element 8d + SLOT of draw d is kept when
-        # half-word SLOT % 2 of word SLOT // 2 is at least the threshold.
-        if SLOT // 2 == 0:
-            word = w0
-        elif SLOT // 2 == 1:
-            word = w1
-        elif SLOT // 2 == 2:
-            word = w2
-        else:
-            word = w3
-        number = (word >> ((SLOT % 2) * 16)) & 0xFFFF
-        return number.to(tl.int32) >= threshold
-
-    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
-    def dropped_matmul_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, a_ptr, out_ptr, tokens, cols, draws_per_row, rank, threshold, scale, seed,
-        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
-    ):  # fmt: skip
-        # out = dropout(x) @ A.T for a (tokens, cols) x and a (rank, cols) A, the mask drawn as
-        # dropout_kernel draws it. A chunk of 8 * BLOCK_D columns is BLOCK_D draws per row; the
-        # columns one slot of those draws decides (every eighth) are multiplied together.
-        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-        r = tl.arange(0, BLOCK_R)
-        d = tl.arange(0, BLOCK_D)
-        acc = tl.zeros((BLOCK_T, BLOCK_R), dtype=tl.float32)
-        for start in range(0, draws_per_row, BLOCK_D):
-            draw = start + d
-            w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
-            inside = (t[:, None] < tokens) & (draw[None, :] < draws_per_row)
-            a_inside = (draw[:, None] < draws_per_row) & (r[None, :] < rank)
-            for slot in tl.static_range(8):
-                c = draw * 8 + slot
-                x = tl.load(x_ptr + t[:, None].to(tl.int64) * cols + c[None, :], mask=inside,
-                            other=0.0)  # fmt: skip
-                keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
-                x = tl.where(keep, x, tl.zeros_like(x))
-                a = tl.load(a_ptr + r[None, :] * cols + c[:, None], mask=a_inside, other=0.0)
-                acc += tl.dot(x, a)
-        inside = (t[:, None] < tokens) & (r[None, :] < rank)
-        tl.store(out_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
-                 (acc * scale).to(out_ptr.dtype.element_ty), mask=inside)  # fmt: skip
-
-    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
-    def dropped_backward_kernel(  # type: ignore[no-untyped-def]
-        x_ptr, g_ptr, a_ptr, grad_rows_ptr, grad_a_ptr, tokens, cols, draws_per_row, rank,
-        threshold, scale, seed, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_R: tl.constexpr,
-    ):  # fmt: skip
-        # For one (BLOCK_T tokens, 8 * BLOCK_D columns) tile, with g the (tokens, rank)
-        # bottleneck gradient: grad_rows += dropout(g @ A) in place, and this tile's share of
-        # grad_A = g.T @ dropout(x), added into the fp32 grad_a with atomics. Neither dropped
-        # tensor is written to memory.
-        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-        draw = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        r = tl.arange(0, BLOCK_R)
-        rows_in = t < tokens
-        g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
-                    mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
-        w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
-        inside = rows_in[:, None] & (draw[None, :] < draws_per_row)
-        a_inside = (r[:, None] < rank) & (draw[None, :] < draws_per_row)
-        for slot in tl.static_range(8):
-            c = draw * 8 + slot
-            keep = _slot_keep(w0, w1, w2, w3, threshold, slot)
-            a = tl.load(a_ptr + r[:, None] * cols + c[None, :], mask=a_inside, other=0.0)
-            to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
-            offsets = t[:, None].to(tl.int64) * cols + c[None, :]
-            grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
-            total = grad_rows.to(tl.float32) + to_input
-            tl.store(grad_rows_ptr + offsets, total.to(grad_rows_ptr.dtype.element_ty),
-                     mask=inside)  # fmt: skip
-            x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-            x = tl.where(keep, x, tl.zeros_like(x))
-            share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
-            tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share, mask=a_inside)
-
-    @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
     def _tile_keep(w0, w1, w2, w3, threshold, ROWS: tl.constexpr, DRAWS: tl.constexpr):  # type: ignore[no-untyped-def]
         # dropout_kernel's rule with HALVES=2 for a (ROWS, DRAWS) tile of draws, as the
         # (ROWS, 8 * DRAWS) keep mask of the consecutive columns they decide: column 8d + s of
@@ -236,13 +158,16 @@ if triton is not None:
         return tl.reshape(number.to(tl.int32) >= threshold, (ROWS, DRAWS * 8))
 
     @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
-    def dropped_matmul_tile_kernel(  # type: ignore[no-untyped-def]
+    def dropped_matmul_kernel(  # type: ignore[no-untyped-def]
         x_ptr, a_ptr, out_ptr, tokens, cols, draws_per_row, rank, threshold, scale, seed,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
     ):  # fmt: skip
-        # dropped_matmul_kernel's product with whole, contiguous tiles: each chunk's
-        # (BLOCK_T, 8 * BLOCK_D) input tile is read in one coalesced load, its mask expanded
-        # from the (BLOCK_T, BLOCK_D) draws, and multiplied in one dot of depth 8 * BLOCK_D.
+        # out = dropout(x) @ A.T for a (tokens, cols) x and a (rank, cols) A, the mask drawn as
+        # dropout_kernel draws it: each chunk's (BLOCK_T, 8 * BLOCK_D) input tile is read in
+        # one coalesced load, its mask expanded from the (BLOCK_T, BLOCK_D) draws that decide
+        # it, and multiplied in one dot of depth 8 * BLOCK_D. (Loading the eight columns each
+        # draw slot decides as strided tiles, session 20's first version, failed to compile
+        # on the H100's Triton.)
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         r = tl.arange(0, BLOCK_R)
         d = tl.arange(0, BLOCK_D)
@@ -264,12 +189,15 @@ if triton is not None:
                  (acc * scale).to(out_ptr.dtype.element_ty), mask=inside)  # fmt: skip
 
     @triton.jit  # type: ignore[untyped-decorator]  # Triton: untyped (or absent on CPUs)
-    def dropped_backward_tile_kernel(  # type: ignore[no-untyped-def]
+    def dropped_backward_kernel(  # type: ignore[no-untyped-def]
         x_ptr, g_ptr, a_ptr, grad_rows_ptr, grad_a_ptr, tokens, cols, draws_per_row, rank,
         threshold, scale, seed, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_R: tl.constexpr,
     ):  # fmt: skip
-        # dropped_backward_kernel's work with whole, contiguous tiles (see the forward's).
+        # For one (BLOCK_T tokens, 8 * BLOCK_D columns) tile, with g the (tokens, rank)
+        # bottleneck gradient: grad_rows += dropout(g @ A) in place, and this tile's share of
+        # grad_A = g.T @ dropout(x), added into the fp32 grad_a with atomics. Neither dropped
+        # tensor is written to memory; the mask is the forward's (_tile_keep).
         t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         start = tl.program_id(1) * BLOCK_D
         c = start * 8 + tl.arange(0, 8 * BLOCK_D)
@@ -431,10 +359,6 @@ def quantize_columns_transposed(
 _DROPOUT_TOKENS_FORWARD = 32
 _DROPOUT_TOKENS = 64
 _DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
-# Which layout the fused dropout GEMMs load: whole contiguous (tokens, 128-column) tiles with
-# the mask expanded in registers, or the eight strided column slots of a chunk one at a time.
-# Both draw the same mask; the GPU timing test measures each.
-WHOLE_TILES = True
 
 
 def fused_dropout_fits(x: torch.Tensor, lora_a: torch.Tensor) -> bool:
@@ -469,8 +393,7 @@ def dropped_matmul(x: torch.Tensor, lora_a: torch.Tensor, p: float, seed: int) -
     out = torch.empty((tokens, rank), dtype=x.dtype, device=x.device)
     threshold = drop_threshold(p)
     if tokens:
-        kernel = dropped_matmul_tile_kernel if WHOLE_TILES else dropped_matmul_kernel
-        kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
+        dropped_matmul_kernel[(triton.cdiv(tokens, _DROPOUT_TOKENS_FORWARD),)](
             x, lora_a, out, tokens, cols, cols // 8, rank, threshold,
             _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS_FORWARD, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
@@ -501,8 +424,7 @@ def dropped_backward(
     threshold = drop_threshold(p)
     if tokens:
         grid = (triton.cdiv(tokens, _DROPOUT_TOKENS), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
-        kernel = dropped_backward_tile_kernel if WHOLE_TILES else dropped_backward_kernel
-        kernel[grid](
+        dropped_backward_kernel[grid](
             x, grad_down, lora_a, grad_rows, grad_a, tokens, cols, cols // 8, rank, threshold,
             _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
