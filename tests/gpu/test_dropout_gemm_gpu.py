@@ -46,7 +46,13 @@ def _relative(got: Any, want: Any) -> float:
 
 @pytest.mark.parametrize(
     ("tokens", "cols", "rank", "p"),
-    [(70, 256, 16, 0.1), (33, 136, 8, 0.3), (64, 128, 32, 0.05), (1, 3584, 16, 0.05)],
+    [
+        (70, 256, 16, 0.1),
+        (33, 136, 8, 0.3),
+        (64, 128, 32, 0.05),
+        (1, 3584, 16, 0.05),
+        (600, 128, 16, 0.1),
+    ],  # fmt: skip
 )
 def test_the_fused_dropout_gemms_compute_what_the_two_kernel_path_computes(
     tokens: int, cols: int, rank: int, p: float

@@ -192,34 +192,39 @@ if triton is not None:
     def dropped_backward_kernel(  # type: ignore[no-untyped-def]
         x_ptr, g_ptr, a_ptr, grad_rows_ptr, grad_a_ptr, tokens, cols, draws_per_row, rank,
         threshold, scale, seed, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-        BLOCK_R: tl.constexpr,
+        BLOCK_R: tl.constexpr, STEPS: tl.constexpr,
     ):  # fmt: skip
-        # For one (BLOCK_T tokens, 8 * BLOCK_D columns) tile, with g the (tokens, rank)
-        # bottleneck gradient: grad_rows += dropout(g @ A) in place, and this tile's share of
-        # grad_A = g.T @ dropout(x), added into the fp32 grad_a with atomics. Neither dropped
-        # tensor is written to memory; the mask is the forward's (_tile_keep).
-        t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        # For STEPS consecutive (BLOCK_T tokens, 8 * BLOCK_D columns) tiles, with g the
+        # (tokens, rank) bottleneck gradient: grad_rows += dropout(g @ A) in place, and the
+        # tiles' share of grad_A = g.T @ dropout(x), summed in registers and added into the
+        # fp32 grad_a with one atomic per element (not one per tile: atomics were the
+        # suspected cost). Neither dropped tensor is written to memory; the mask is the
+        # forward's (_tile_keep).
         start = tl.program_id(1) * BLOCK_D
         c = start * 8 + tl.arange(0, 8 * BLOCK_D)
         r = tl.arange(0, BLOCK_R)
-        rows_in = t < tokens
-        g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
-                    mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
         draw = start + tl.arange(0, BLOCK_D)
-        w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
-        keep = _tile_keep(w0, w1, w2, w3, threshold, BLOCK_T, BLOCK_D)
-        inside = rows_in[:, None] & (c[None, :] < cols)
         a_inside = (r[:, None] < rank) & (c[None, :] < cols)
         a = tl.load(a_ptr + r[:, None] * cols + c[None, :], mask=a_inside, other=0.0)
-        to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
-        offsets = t[:, None].to(tl.int64) * cols + c[None, :]
-        grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
-        total = grad_rows.to(tl.float32) + to_input
-        tl.store(grad_rows_ptr + offsets, total.to(grad_rows_ptr.dtype.element_ty), mask=inside)
-        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
-        x = tl.where(keep, x, tl.zeros_like(x))
-        share = tl.dot(tl.trans(g), x) * scale  # (rank, columns), fp32
-        tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share, mask=a_inside)
+        share = tl.zeros((BLOCK_R, 8 * BLOCK_D), dtype=tl.float32)
+        for step in range(STEPS):
+            t = (tl.program_id(0) * STEPS + step) * BLOCK_T + tl.arange(0, BLOCK_T)
+            rows_in = t < tokens
+            g = tl.load(g_ptr + t[:, None].to(tl.int64) * rank + r[None, :],
+                        mask=rows_in[:, None] & (r[None, :] < rank), other=0.0)  # fmt: skip
+            w0, w1, w2, w3 = tl.randint4x(seed, t[:, None] * draws_per_row + draw[None, :])
+            keep = _tile_keep(w0, w1, w2, w3, threshold, BLOCK_T, BLOCK_D)
+            inside = rows_in[:, None] & (c[None, :] < cols)
+            to_input = tl.where(keep, tl.dot(g, a), 0.0) * scale  # (tokens, columns), fp32
+            offsets = t[:, None].to(tl.int64) * cols + c[None, :]
+            grad_rows = tl.load(grad_rows_ptr + offsets, mask=inside, other=0.0)
+            total = grad_rows.to(tl.float32) + to_input
+            tl.store(grad_rows_ptr + offsets, total.to(grad_rows_ptr.dtype.element_ty),
+                     mask=inside)  # fmt: skip
+            x = tl.load(x_ptr + offsets, mask=inside, other=0.0)
+            x = tl.where(keep, x, tl.zeros_like(x))
+            share += tl.dot(tl.trans(g), x)  # (rank, columns), fp32
+        tl.atomic_add(grad_a_ptr + r[:, None] * cols + c[None, :], share * scale, mask=a_inside)
 
 
 def _kernels() -> Any:
@@ -359,6 +364,9 @@ def quantize_columns_transposed(
 _DROPOUT_TOKENS_FORWARD = 32
 _DROPOUT_TOKENS = 64
 _DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
+# Token tiles per backward program: their A-gradient shares are summed before one atomic add
+# (bench/dropout_gemm_sweep.py times the choices).
+_DROPOUT_BACKWARD_STEPS = 8
 
 
 def fused_dropout_fits(x: torch.Tensor, lora_a: torch.Tensor) -> bool:
@@ -423,10 +431,12 @@ def dropped_backward(
     grad_a = torch.zeros((rank, cols), dtype=torch.float32, device=x.device)
     threshold = drop_threshold(p)
     if tokens:
-        grid = (triton.cdiv(tokens, _DROPOUT_TOKENS), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
+        token_rows = _DROPOUT_TOKENS * _DROPOUT_BACKWARD_STEPS
+        grid = (triton.cdiv(tokens, token_rows), triton.cdiv(cols // 8, _DROPOUT_DRAWS))
         dropped_backward_kernel[grid](
             x, grad_down, lora_a, grad_rows, grad_a, tokens, cols, cols // 8, rank, threshold,
             _keep_scale(threshold), seed % SEED_MODULUS,
             BLOCK_T=_DROPOUT_TOKENS, BLOCK_D=_DROPOUT_DRAWS, BLOCK_R=_rank_block(rank),
+            STEPS=_DROPOUT_BACKWARD_STEPS,
         )  # fmt: skip
     return grad_a
