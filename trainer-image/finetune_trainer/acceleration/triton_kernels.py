@@ -197,8 +197,8 @@ if triton is not None:
         # For STEPS consecutive (BLOCK_T tokens, 8 * BLOCK_D columns) tiles, with g the
         # (tokens, rank) bottleneck gradient: grad_rows += dropout(g @ A) in place, and the
         # tiles' share of grad_A = g.T @ dropout(x), summed in registers and added into the
-        # fp32 grad_a with one atomic per element (not one per tile: atomics were the
-        # suspected cost). Neither dropped tensor is written to memory; the mask is the
+        # fp32 grad_a with one atomic per element and program (STEPS > 1: fewer atomics,
+        # the suspected cost). Neither dropped tensor is written to memory; the mask is the
         # forward's (_tile_keep).
         start = tl.program_id(1) * BLOCK_D
         c = start * 8 + tl.arange(0, 8 * BLOCK_D)
@@ -364,9 +364,11 @@ def quantize_columns_transposed(
 _DROPOUT_TOKENS_FORWARD = 32
 _DROPOUT_TOKENS = 64
 _DROPOUT_DRAWS = 16  # Philox draws per token and chunk: 128 columns
-# Token tiles per backward program: their A-gradient shares are summed before one atomic add
-# (bench/dropout_gemm_sweep.py times the choices).
-_DROPOUT_BACKWARD_STEPS = 8
+# Token tiles per backward program: their A-gradient shares are summed in registers before one
+# atomic add. 1 is the launch shape measured on the H100 (session 21: 1.10x the two-kernel
+# path); larger values issue fewer atomics, not yet timed on a GPU (bench/dropout_gemm_sweep.py
+# times 1-16 against the two-kernel path).
+_DROPOUT_BACKWARD_STEPS = 1
 
 
 def fused_dropout_fits(x: torch.Tensor, lora_a: torch.Tensor) -> bool:
