@@ -15,9 +15,9 @@ micro-step's ~7,400 tokens, each against the two-kernel path measured in the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 from tests.harness.gpu_timing import gpu_time_ms
 
@@ -25,16 +25,6 @@ TOKENS = 7400
 WIDTHS = (3584, 18944)  # the 7B's hidden size and MLP width: every adapted input's columns
 RANK = 16
 P = 0.05
-
-
-@contextmanager
-def _constant(module: Any, name: str, value: int) -> Iterator[None]:
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 def _line(label: str, two_ms: float, fused: Callable[[], Any]) -> str:
@@ -68,11 +58,11 @@ def sweep_width(cols: int) -> None:
 
     forward_ms, backward_ms = gpu_time_ms(forward_two), gpu_time_ms(backward_two)
     for tokens_per_program in (16, 32, 64):
-        with _constant(kernels, "_DROPOUT_TOKENS_FORWARD", tokens_per_program):
+        with mock.patch.object(kernels, "_DROPOUT_TOKENS_FORWARD", tokens_per_program):
             label = f"{TOKENS}x{cols} forward, {tokens_per_program} tokens/program"
             print(_line(label, forward_ms, forward_fused))
     for steps in (1, 2, 4, 8, 16):
-        with _constant(kernels, "_DROPOUT_BACKWARD_STEPS", steps):
+        with mock.patch.object(kernels, "_DROPOUT_BACKWARD_STEPS", steps):
             label = f"{TOKENS}x{cols} backward, {steps} tiles/program"
             print(_line(label, backward_ms, backward_fused))
 

@@ -10,11 +10,11 @@
 ``:gpus=N`` runs the row under ``torchrun --standalone --nproc-per-node N`` (DDP, or FSDP where
 the plan shards; see ``run_row``), and ``:merge`` also times the trainer's full merge (the
 adapter saved to local disk, then ``finetune_trainer.merge.merge_adapter`` reloading the base
-from disk, merging and writing safetensors). A config may end in one ablation or diagnostic
-suffix (``-nostream``, ``-draw4``, ``-trace``, ``-samelen``, ...): the list, and what each
-changes, is ``ENVIRONMENT_SUFFIXES`` in ``bench/worker.py``. ``--deadline-s`` bounds the whole
-run: each row's timeout shrinks to what is left, so a slow last row cannot take the earlier
-rows' results with it.
+from disk, merging and writing safetensors). A config may end in ablation or diagnostic
+suffixes, stacked (``-nostream``, ``-draw4``, ``-trace``, ``-samelen``, ...): the list, and
+what each changes, is ``ENVIRONMENT_SUFFIXES`` in ``bench/worker.py`` (``split_config``
+reads them). ``--deadline-s`` bounds the whole run: each row's timeout shrinks to what is
+left, so a slow last row cannot take the earlier rows' results with it.
 
 For each model shape a random-initialised checkpoint is written once (safetensors), then every
 configuration trains on the same synthetic CoT-like data in a fresh process (``bench/worker.py``)
@@ -119,6 +119,9 @@ def run_row(
     single-GPU row's examples per optimizer step (the Trainer's per-device batch), so the
     optimizer step is N times larger and the row measures throughput, not time to a fixed
     batch. Each rank appends its own result; ``combine_ranks`` makes them one row."""
+    from bench.worker import split_config
+
+    suffixes = split_config(config)[1]  # ENVIRONMENT_SUFFIXES, as many as the name stacks
     env = dict(os.environ)
     if micro_examples:  # the plan's micro-step pinned (row flag micro=N)
         env["FTJ_MICRO_EXAMPLES"] = str(micro_examples)
@@ -137,44 +140,44 @@ def run_row(
         env["FTJ_BENCH_CAP_GIB"] = "74"
     if "-18g" in config:  # 60% of the tutorial baseline's 30.5 GiB on the 7B shape
         env["FTJ_MEMORY_BUDGET_GIB"] = "18"
-    if config.endswith("-nofp8"):  # ablation: every GEMM in bf16, no FP8 tensor cores
+    if "-nofp8" in suffixes:  # ablation: every GEMM in bf16, no FP8 tensor cores
         env["FTJ_FP8_COMPUTE"] = "0"
-    if config.endswith("-fp8fwd"):  # a 16-bit base's forward GEMMs on FP8 tensor cores
+    if "-fp8fwd" in suffixes:  # a 16-bit base's forward GEMMs on FP8 tensor cores
         env["FTJ_FP8_FORWARD_16BIT"] = "1"  # (the default since session 17)
-    if config.endswith("-bf16fwd"):  # ablation: a 16-bit base's forward GEMMs in bf16
+    if "-bf16fwd" in suffixes:  # ablation: a 16-bit base's forward GEMMs in bf16
         env["FTJ_FP8_FORWARD_16BIT"] = "0"
-    if "-fp8bwd" in config:  # input gradients on FP8 tensor cores, whatever the base
+    if "-fp8bwd" in suffixes:  # input gradients on FP8 tensor cores, whatever the base
         env["FTJ_FP8_BACKWARD"] = "1"  # a Float8 base's
         env["FTJ_FP8_BACKWARD_16BIT"] = "1"  # a 16-bit base's down projections
-    if config.endswith("-bf16bwd"):  # ablation: a 16-bit base's input gradients in bf16
+    if "-bf16bwd" in suffixes:  # ablation: a 16-bit base's input gradients in bf16
         env["FTJ_FP8_BACKWARD_16BIT"] = "0"
-    if "-dropfuse" in config:  # the LoRA dropout inside the rank-r GEMMs
+    if "-dropfuse" in suffixes:  # the LoRA dropout inside the rank-r GEMMs
         env["FTJ_FUSED_DROPOUT_GEMM"] = "1"
-    if "-nodropfuse" in config:  # ablation: a dropout kernel writes the dropped copies
+    if "-nodropfuse" in suffixes:  # ablation: a dropout kernel writes the dropped copies
         env["FTJ_FUSED_DROPOUT_GEMM"] = "0"
-    if config.endswith("-profile"):
+    if "-profile" in suffixes:
         env["FTJ_BENCH_PROFILE"] = "1"
-    if config.endswith("-hostprofile"):
+    if "-hostprofile" in suffixes:
         env["FTJ_BENCH_PROFILE"] = "host"
-    if config.endswith("-trace"):  # when the GPU waited in one step (bench/timeline.py)
+    if "-trace" in suffixes:  # when the GPU waited in one step (bench/timeline.py)
         env["FTJ_BENCH_PROFILE"] = "trace"
-    if config.endswith("-maskscan"):  # ablation: transformers' packed-sequence scan (a sync)
+    if "-maskscan" in suffixes:  # ablation: transformers' packed-sequence scan (a sync)
         env["FTJ_PACKED_MASK_SCAN"] = "1"
     if config == "default-unfused":
         env["FTJ_FUSED_LORA"] = "0"
-    if config.endswith("-compile"):
+    if "-compile" in suffixes:
         env["FTJ_TORCH_COMPILE"] = "1"
-    if config.endswith("-noskip"):  # ablation: recomputed layers redo their down projection
+    if "-noskip" in suffixes:  # ablation: recomputed layers redo their down projection
         env["FTJ_RECOMPUTE_SKIP"] = "0"
-    if config.endswith("-unpaired"):  # ablation: the backward draws its two masks apart
+    if "-unpaired" in suffixes:  # ablation: the backward draws its two masks apart
         env["FTJ_PAIRED_DROPOUT"] = "0"
-    if config.endswith("-draw4"):  # ablation: four dropout numbers per Philox draw, not eight
+    if "-draw4" in suffixes:  # ablation: four dropout numbers per Philox draw, not eight
         env["FTJ_DROPOUT_HALVES"] = "1"
-    if config.endswith("-nostream"):  # ablation: every frozen weight stays on the GPU
+    if "-nostream" in suffixes:  # ablation: every frozen weight stays on the GPU
         env["FTJ_STREAM_WEIGHTS"] = "0"
-    if config.endswith("-peftnf4"):  # ablation: 4-bit bases in peft's fp32 recipe and forward
+    if "-peftnf4" in suffixes:  # ablation: 4-bit bases in peft's fp32 recipe and forward
         env["FTJ_FUSED_NF4"] = "0"
-    if config.endswith("-nocast"):  # ablation: 8-bit base layers compute in fp32 (peft's cast)
+    if "-nocast" in suffixes:  # ablation: 8-bit base layers compute in fp32 (peft's cast)
         env["FTJ_INT8_HALF_COMPUTE"] = "0"
     if timeout <= 5:
         return {"model": model, "config": config, "error": "not run: deadline reached"}

@@ -407,17 +407,26 @@ ENVIRONMENT_SUFFIXES = ("-nofp8", "-fp8fwd", "-bf16fwd", "-bf16bwd", "-fp8bwd", 
                         "-samelen", "-peftnf4", "-dropfuse", "-nodropfuse")  # fmt: skip
 
 
-def builder(config: str) -> Any:
-    """The function that builds ``config``'s trainer: its own, or its base config's when the
-    name only adds environment suffixes (several may stack, e.g. ``default-dropfuse-fp8bwd``,
-    so two levers can be measured together in one row)."""
-    name = config
+def split_config(config: str) -> tuple[str, frozenset[str]]:
+    """``config``'s base config and the environment suffixes stacked on it (several may
+    stack, e.g. ``default-dropfuse-fp8bwd``, so two levers can be measured together in one
+    row). An unknown name comes back whole, with no suffixes."""
+    name, suffixes = config, set()
     while name not in CONFIGS:
         suffix = next((s for s in ENVIRONMENT_SUFFIXES if name.endswith(s)), None)
         if suffix is None:
-            raise KeyError(f"unknown bench config {config!r}")
+            return config, frozenset()
+        suffixes.add(suffix)
         name = name.removesuffix(suffix)
-    return CONFIGS[name]
+    return name, frozenset(suffixes)
+
+
+def builder(config: str) -> Any:
+    """The function that builds ``config``'s trainer: its base config's (``split_config``)."""
+    base, _ = split_config(config)
+    if base not in CONFIGS:
+        raise KeyError(f"unknown bench config {config!r}")
+    return CONFIGS[base]
 
 
 CONFIGS = {
@@ -499,9 +508,10 @@ def main() -> None:
         vocab = json.loads((a.ckpt / "config.json").read_text())["vocab_size"]
         count = a.examples or (a.steps + 4) * EXAMPLES_PER_STEP * 2
         lengths = None
-        if a.config.endswith("-samelen"):  # every step the same token count
+        suffixes = split_config(a.config)[1]
+        if "-samelen" in suffixes:  # every step the same token count
             lengths = synthetic.even_lengths(count)
-        elif a.config.endswith("-samelen-jitter"):  # the same, give or take 48 per example
+        elif "-samelen-jitter" in suffixes:  # the same, give or take 48 per example
             lengths = synthetic.even_lengths(count, jitter=48)
         rows = synthetic.examples(count, vocab, seed=1, lengths=lengths)
         trainer = builder(a.config)(a.ckpt, tok, rows, a)
